@@ -1,0 +1,95 @@
+"""
+The broker's configuration: one typed object with documented defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stomptw.frame import Limits
+
+__all__ = ["BrokerConfig", "DEFAULT_TCP", "DEFAULT_WS"]
+
+#: STOMP over TCP, loopback only, on the port RabbitMQ and ActiveMQ users know.
+DEFAULT_TCP = "tcp:61613:interface=127.0.0.1"
+#: STOMP over WebSocket, loopback only, on RabbitMQ Web-STOMP's port.
+DEFAULT_WS = "tcp:15674:interface=127.0.0.1"
+
+SUPPORTED_VERSIONS = ("1.2", "1.1", "1.0")
+
+
+@dataclass
+class BrokerConfig:
+    """
+    Everything that can be set on a broker.
+
+    Durations are in seconds unless the name says milliseconds.
+
+    :ivar tcp_endpoints: Twisted server endpoint strings for STOMP over TCP.
+    :ivar ws_endpoints: endpoint strings for the HTTP/WebSocket listener.
+    :ivar ws_path: the URL path of the WebSocket endpoint on that listener.
+    :ivar limits: frame size, header count, header line and body limits.
+    :ivar heartbeat_send_ms: the shortest interval at which the broker sends
+        heart-beats (its ``sx``); 0 means it never offers to send them.
+    :ivar heartbeat_receive_ms: the shortest interval at which the broker asks
+        clients to send heart-beats (its ``sy``); 0 means it never asks.
+    :ivar heartbeat_grace: a connection is closed when nothing arrived for the
+        negotiated client interval times this factor.
+    :ivar login_timeout: a connection that has not completed CONNECT within
+        this many seconds is closed.
+    :ivar close_linger: after an ERROR or DISCONNECT the broker stops
+        sending and waits this long for the client to close before it drops
+        the connection itself.
+    :ivar default_prefetch: the most unacknowledged messages per
+        subscription in the client ack modes when SUBSCRIBE has no
+        ``prefetch-count``; 0 means no limit.
+    :ivar server_name: sent in CONNECTED's ``server`` header.
+    :ivar ws_open_handshake_timeout: seconds allowed for the WebSocket
+        opening handshake.
+    :ivar ws_close_handshake_timeout: seconds allowed for the closing
+        handshake before the TCP connection is dropped.
+    :ivar ws_ping_interval: seconds between WebSocket pings on an idle
+        connection; 0 turns pings off.
+    :ivar ws_ping_timeout: seconds to wait for a pong before dropping the
+        connection.
+    """
+
+    tcp_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_TCP])
+    ws_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_WS])
+    ws_path: str = "/ws"
+    limits: Limits = field(default_factory=Limits)
+    heartbeat_send_ms: int = 10_000
+    heartbeat_receive_ms: int = 10_000
+    heartbeat_grace: float = 3.0
+    login_timeout: float = 10.0
+    close_linger: float = 5.0
+    default_prefetch: int = 0
+    server_name: str = ""
+    ws_open_handshake_timeout: float = 10.0
+    ws_close_handshake_timeout: float = 5.0
+    ws_ping_interval: float = 30.0
+    ws_ping_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.server_name:
+            from stomptw import __version__
+
+            self.server_name = f"stomptw/{__version__}"
+        if not self.ws_path.startswith("/"):
+            self.ws_path = "/" + self.ws_path
+        if self.heartbeat_send_ms < 0 or self.heartbeat_receive_ms < 0:
+            raise ValueError("heart-beat intervals must not be negative")
+        if self.heartbeat_grace < 1.0:
+            raise ValueError("heartbeat_grace must be at least 1.0")
+        for name in (
+            "login_timeout",
+            "close_linger",
+            "ws_open_handshake_timeout",
+            "ws_close_handshake_timeout",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.ws_ping_interval < 0 or self.ws_ping_timeout < 0 or self.default_prefetch < 0:
+            raise ValueError(
+                "ws_ping_interval, ws_ping_timeout and default_prefetch must not be negative"
+            )

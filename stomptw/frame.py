@@ -1,0 +1,432 @@
+"""
+Sans-IO STOMP codec: frames, an incremental parser and encoders.
+
+This module turns bytes into :class:`Frame` objects and frames into bytes.
+It performs no I/O and imports nothing from Twisted, so it can be tested
+(and reused) without a reactor.
+
+The parser understands STOMP 1.0, 1.1 and 1.2:
+
+* EOL is LF or CRLF; any number of EOLs between frames (heart-beats) are
+  skipped.
+* Header escaping follows the version in force: 1.2 decodes ``\\r``,
+  ``\\n``, ``\\c`` and ``\\\\``; 1.1 the same without ``\\r``; 1.0 does no
+  unescaping at all. CONNECT, STOMP and CONNECTED frames are never escaped.
+  An undefined escape sequence is a protocol error.
+* When a header is repeated, the first occurrence wins.
+* ``content-length`` is honoured, so a body may contain NUL bytes;
+  otherwise the body ends at the first NUL.
+* Every buffer is bounded by :class:`Limits`; a frame over a limit raises
+  :class:`FrameTooLarge` naming the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CLIENT_COMMANDS",
+    "SERVER_COMMANDS",
+    "Frame",
+    "FrameError",
+    "FrameTooLarge",
+    "FrameParser",
+    "Limits",
+    "encode_frame",
+    "escape_header",
+    "unescape_header",
+]
+
+CLIENT_COMMANDS = frozenset(
+    {
+        "SEND",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "BEGIN",
+        "COMMIT",
+        "ABORT",
+        "ACK",
+        "NACK",
+        "DISCONNECT",
+        "CONNECT",
+        "STOMP",
+    }
+)
+SERVER_COMMANDS = frozenset({"CONNECTED", "MESSAGE", "RECEIPT", "ERROR"})
+
+#: Commands whose headers are never escaped, in any version.
+_UNESCAPED_COMMANDS = frozenset({"CONNECT", "STOMP", "CONNECTED"})
+
+
+class FrameError(Exception):
+    """
+    The bytes received are not a valid STOMP frame.
+
+    The message (``str(error)``) is meant for a client developer: it is sent
+    back in the ERROR frame's ``message`` header.
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class FrameTooLarge(FrameError):
+    """
+    A frame exceeds one of the configured :class:`Limits`.
+
+    :ivar limit: the name of the limit that was exceeded, as in
+        :class:`Limits` (``max_frame_size``, ``max_headers``,
+        ``max_header_line`` or ``max_body_size``).
+    """
+
+    def __init__(self, limit: str, value: int, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """
+    Bounds on what the parser accepts from a peer.
+
+    :ivar max_frame_size: bytes in one frame, from the first byte of the
+        command to the terminating NUL inclusive.
+    :ivar max_headers: header lines in one frame (the command line not
+        counted).
+    :ivar max_header_line: bytes in one header line, EOL not counted; the
+        command line is bounded by it too.
+    :ivar max_body_size: bytes in one frame's body.
+    """
+
+    max_frame_size: int = 5 * 1024 * 1024
+    max_headers: int = 1000
+    max_header_line: int = 10 * 1024
+    max_body_size: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_frame_size", "max_headers", "max_header_line", "max_body_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number")
+
+
+class Frame:
+    """
+    One STOMP frame.
+
+    :ivar command: the command, e.g. ``"SEND"``.
+    :ivar headers: header names to values; decoded (unescaped) text. When a
+        frame repeats a header, the parser keeps the first value.
+    :ivar body: the body bytes.
+    """
+
+    __slots__ = ("command", "headers", "body")
+
+    def __init__(
+        self, command: str, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> None:
+        self.command = command
+        self.headers = headers if headers is not None else {}
+        self.body = body
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.command, self.headers, self.body) == (
+            other.command,
+            other.headers,
+            other.body,
+        )
+
+    def __repr__(self) -> str:
+        body = self.body if len(self.body) <= 40 else self.body[:40] + b"..."
+        return f"Frame({self.command!r}, {self.headers!r}, {body!r})"
+
+
+# -- header escaping ---------------------------------------------------------
+
+_UNESCAPE_12 = {"r": "\r", "n": "\n", "c": ":", "\\": "\\"}
+_UNESCAPE_11 = {"n": "\n", "c": ":", "\\": "\\"}
+
+
+def unescape_header(value: str, version: str) -> str:
+    """
+    Decode the escape sequences of a header name or value.
+
+    :param version: ``"1.0"``, ``"1.1"`` or ``"1.2"``.
+    :raises FrameError: on an escape sequence the version does not define.
+    """
+    if version == "1.0" or "\\" not in value:
+        return value
+    table = _UNESCAPE_12 if version == "1.2" else _UNESCAPE_11
+    out = []
+    pos = 0
+    while True:
+        i = value.find("\\", pos)
+        if i < 0:
+            out.append(value[pos:])
+            return "".join(out)
+        out.append(value[pos:i])
+        seq = value[i + 1 : i + 2]
+        decoded = table.get(seq)
+        if decoded is None:
+            shown = "\\" + seq if seq else "a trailing \\"
+            raise FrameError(
+                f"undefined escape sequence {shown!r} in header",
+                f"STOMP {version} defines only the escapes "
+                + ", ".join("\\" + k for k in table)
+                + " in header names and values; write a backslash as \\\\.",
+            )
+        out.append(decoded)
+        pos = i + 2
+
+
+_ESCAPE_12 = str.maketrans({"\\": "\\\\", "\r": "\\r", "\n": "\\n", ":": "\\c"})
+_ESCAPE_11 = str.maketrans({"\\": "\\\\", "\n": "\\n", ":": "\\c"})
+# STOMP 1.0 has no escapes; a line break would end the header, so it is
+# replaced by a space rather than corrupt the frame.
+_ESCAPE_10 = str.maketrans({"\r": " ", "\n": " "})
+
+
+def escape_header(value: str, version: str) -> str:
+    """Encode a header name or value for the given protocol version."""
+    if version == "1.2":
+        return value.translate(_ESCAPE_12)
+    if version == "1.1":
+        return value.translate(_ESCAPE_11)
+    return value.translate(_ESCAPE_10)
+
+
+_NEEDS_ESCAPE = frozenset("\\\r\n:")
+
+
+def encode_frame(
+    command: str,
+    headers: dict[str, str] | list[tuple[str, str]],
+    body: bytes = b"",
+    version: str = "1.2",
+    content_length: bool = True,
+) -> bytes:
+    """
+    Encode one frame to bytes, terminating NUL included.
+
+    Header names and values are escaped as ``version`` requires (never for
+    CONNECT, STOMP and CONNECTED). A ``content-length`` header is added when
+    ``content_length`` is true and the headers have none.
+    """
+    items = headers.items() if isinstance(headers, dict) else headers
+    escape = command not in _UNESCAPED_COMMANDS
+    parts = [command]
+    has_length = False
+    for name, value in items:
+        if name == "content-length":
+            has_length = True
+        if escape:
+            if not _NEEDS_ESCAPE.isdisjoint(name):
+                name = escape_header(name, version)
+            if not _NEEDS_ESCAPE.isdisjoint(value):
+                value = escape_header(value, version)
+        parts.append(f"{name}:{value}")
+    if content_length and not has_length:
+        parts.append(f"content-length:{len(body)}")
+    parts.append("")
+    parts.append("")
+    return "\n".join(parts).encode("utf-8") + body + b"\x00"
+
+
+# -- the parser --------------------------------------------------------------
+
+
+class FrameParser:
+    """
+    Incremental STOMP frame parser.
+
+    Feed it bytes as they arrive with :meth:`feed`, then take complete frames
+    with :meth:`next_frame` until it returns ``None``. Frames are taken one at
+    a time so that the version negotiated by a CONNECT applies to the frames
+    pipelined behind it (set :attr:`version` in between).
+
+    After a :class:`FrameError` the parser is unusable: the connection must
+    be closed.
+
+    :ivar version: the protocol version whose escaping rules apply, ``"1.0"``
+        until a session negotiates another.
+    :ivar bytes_received: total bytes fed, heart-beats included.
+    """
+
+    def __init__(self, limits: Limits | None = None, version: str = "1.0") -> None:
+        self.limits = limits or Limits()
+        self.version = version
+        self.bytes_received = 0
+        self._buf = bytearray()
+        # Where the search for the end of the header section resumes.
+        self._scan = 0
+        # Once the header section is parsed: (command, headers, body start,
+        # content length or -1); None while still reading headers.
+        self._head: tuple[str, dict[str, str], int, int] | None = None
+        self._failed: FrameError | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes received from the peer."""
+        self.bytes_received += len(data)
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a frame."""
+        return len(self._buf)
+
+    def next_frame(self) -> Frame | None:
+        """
+        Return the next complete frame, or ``None`` if more bytes are needed.
+
+        :raises FrameError: if the input is not valid STOMP or is over a limit.
+        """
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._next()
+        except FrameError as e:
+            self._failed = e
+            self._buf = bytearray()
+            raise
+
+    def _next(self) -> Frame | None:
+        buf = self._buf
+        if self._head is None:
+            # Skip heart-beats: EOLs between frames.
+            if buf[:1] in (b"\n", b"\r"):
+                stripped = buf.lstrip(b"\r\n")
+                del buf[: len(buf) - len(stripped)]
+                self._scan = 0
+            if not buf:
+                return None
+            head = self._parse_head(buf)
+            if head is None:
+                return None
+            self._head = head
+        command, headers, body_start, length = self._head
+        limits = self.limits
+        if length >= 0:
+            end = body_start + length
+            if len(buf) <= end:
+                return None
+            if buf[end] != 0:
+                raise FrameError(
+                    "frame body is not terminated by NUL",
+                    f"The frame declared content-length:{length} but the byte "
+                    "after that many body bytes is not the NUL that ends a frame.",
+                )
+        else:
+            end = buf.find(b"\x00", body_start)
+            if end < 0:
+                pending = len(buf) - body_start
+                if pending > limits.max_body_size:
+                    raise _too_large("max_body_size", limits.max_body_size, "body")
+                if len(buf) >= limits.max_frame_size:
+                    raise _too_large("max_frame_size", limits.max_frame_size, "frame")
+                return None
+            if end - body_start > limits.max_body_size:
+                raise _too_large("max_body_size", limits.max_body_size, "body")
+            if end + 1 > limits.max_frame_size:
+                raise _too_large("max_frame_size", limits.max_frame_size, "frame")
+        body = bytes(buf[body_start:end])
+        del buf[: end + 1]
+        self._head = None
+        self._scan = 0
+        return Frame(command, headers, body)
+
+    def _parse_head(self, buf: bytearray) -> tuple[str, dict[str, str], int, int] | None:
+        """Parse the command and headers once the blank line has arrived."""
+        limits = self.limits
+        # The header section ends at an empty line: LF LF, or with CRs.
+        start = max(self._scan - 3, 0)
+        i = buf.find(b"\n\n", start)
+        j = buf.find(b"\n\r\n", start)
+        if i < 0 and j < 0:
+            self._check_partial_head(buf)
+            self._scan = len(buf)
+            return None
+        if i < 0 or (0 <= j < i):
+            head_end, body_start = j, j + 3
+        else:
+            head_end, body_start = i, i + 2
+        if body_start > limits.max_frame_size:
+            raise _too_large("max_frame_size", limits.max_frame_size, "frame")
+        try:
+            text = bytes(buf[:head_end]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameError(
+                "frame command or headers are not valid UTF-8",
+                "STOMP requires the command and headers to be UTF-8 encoded.",
+            ) from None
+        lines = text.split("\n")
+        if len(lines) - 1 > limits.max_headers:
+            raise _too_large("max_headers", limits.max_headers, "headers")
+        command = lines[0]
+        if command.endswith("\r"):
+            command = command[:-1]
+        if len(command.encode("utf-8")) > limits.max_header_line:
+            raise _too_large("max_header_line", limits.max_header_line, "command line")
+        if not command:
+            raise FrameError("empty command line", "A frame must start with its command.")
+        unescape = command not in _UNESCAPED_COMMANDS and self.version != "1.0"
+        version = self.version
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line.endswith("\r"):
+                line = line[:-1]
+            if len(line) > limits.max_header_line and (
+                len(line.encode("utf-8")) > limits.max_header_line
+            ):
+                raise _too_large("max_header_line", limits.max_header_line, "header line")
+            colon = line.find(":")
+            if colon < 0:
+                raise FrameError(
+                    "malformed header line",
+                    f"The header line {line[:80]!r} has no ':' between name and value.",
+                )
+            name = line[:colon]
+            value = line[colon + 1 :]
+            if unescape:
+                name = unescape_header(name, version)
+                value = unescape_header(value, version)
+            if name not in headers:
+                headers[name] = value
+        length = -1
+        raw = headers.get("content-length")
+        if raw is not None:
+            raw = raw.strip()
+            if not raw.isdigit() or not raw.isascii():
+                raise FrameError(
+                    "invalid content-length header",
+                    f"content-length must be a non-negative integer, got {raw!r}.",
+                )
+            length = int(raw)
+            if length > limits.max_body_size:
+                raise _too_large("max_body_size", limits.max_body_size, "body")
+            if body_start + length + 1 > limits.max_frame_size:
+                raise _too_large("max_frame_size", limits.max_frame_size, "frame")
+        return command, headers, body_start, length
+
+    def _check_partial_head(self, buf: bytearray) -> None:
+        """Bound an incomplete header section before its blank line arrives."""
+        limits = self.limits
+        if len(buf) >= limits.max_frame_size:
+            raise _too_large("max_frame_size", limits.max_frame_size, "frame")
+        last = buf.rfind(b"\n")
+        tail = len(buf) - last - 1
+        # The incomplete last line may still gain its CR before the LF.
+        if tail > limits.max_header_line + 1:
+            raise _too_large("max_header_line", limits.max_header_line, "header line")
+
+
+def _too_large(limit: str, value: int, what: str) -> FrameTooLarge:
+    unit = "header lines" if limit == "max_headers" else "bytes"
+    return FrameTooLarge(
+        limit,
+        value,
+        f"{what} exceeds the broker's {limit} limit of {value} {unit}",
+    )

@@ -1,0 +1,637 @@
+"""
+The STOMP session: bytes in, frames through the codec, broker calls out.
+
+:class:`StompProtocol` is a Twisted protocol used for every transport: TCP
+connects it to a socket directly; WebSocket hosts it behind a small adapter
+(:mod:`stomptw.websocket`). It keeps the per-connection state (version,
+subscriptions, unacknowledged messages, transactions) and schedules
+heart-beats and timeouts on an injected ``IReactorTime``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from stomptw.broker import ACK_MODES, Broker, DestinationError, Message, Subscription
+from stomptw.config import SUPPORTED_VERSIONS, BrokerConfig
+from stomptw.frame import FrameError, FrameParser, FrameTooLarge, encode_frame
+from stomptw.interfaces import IMessageConsumer
+
+__all__ = ["ProtocolError", "StompFactory", "StompProtocol"]
+
+#: Headers of a SEND frame that do not travel on to MESSAGE frames; the
+#: broker sets its own ``destination``, ``message-id``, ``subscription``,
+#: ``ack``, ``content-length`` and ``redelivered``.
+_NOT_FORWARDED = frozenset(
+    {
+        "destination",
+        "message-id",
+        "subscription",
+        "ack",
+        "content-length",
+        "transaction",
+        "receipt",
+        "redelivered",
+    }
+)
+
+#: Client frames that may carry a body.
+_BODY_ALLOWED = frozenset({"SEND"})
+
+
+class ProtocolError(Exception):
+    """
+    A client broke the protocol; the session ends with an ERROR frame.
+
+    :ivar message: a one-line summary for the ERROR's ``message`` header.
+    :ivar details: the ERROR's body: what went wrong and how to fix it.
+    :ivar headers: extra ERROR headers (``version`` on a failed negotiation).
+    """
+
+    def __init__(self, message: str, details: str = "", headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+def _require(frame_headers: dict[str, str], command: str, name: str) -> str:
+    value = frame_headers.get(name)
+    if value is None or value == "":
+        raise ProtocolError(
+            f"{command} frame is missing the required '{name}' header",
+            f"Every {command} frame must carry a non-empty '{name}' header.",
+        )
+    return value
+
+
+@implementer(IMessageConsumer)
+class StompProtocol(Protocol):
+    """
+    One STOMP client connection.
+
+    :ivar version: the negotiated protocol version, ``None`` before CONNECT.
+    :ivar session_id: the session identifier sent in CONNECTED.
+    :ivar subscriptions: the client's subscriptions by id.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        broker: Broker,
+        config: BrokerConfig,
+        clock: IReactorTime,
+        transport_name: str = "tcp",
+    ) -> None:
+        self.broker = broker
+        self.config = config
+        self.clock = clock
+        self.transport_name = transport_name
+        self.version: str | None = None
+        self.session_id: str = ""
+        self.subscriptions: dict[str, Subscription] = {}
+        # ack id -> subscription, for every unacknowledged delivery.
+        self._pending: dict[str, Subscription] = {}
+        self._ack_ids = itertools.count(1)
+        self._transactions: dict[str, list[tuple[Callable[..., None], tuple]]] = {}
+        self._closing = False
+        self._peer = "?"
+        self._opened = 0.0
+        self._last_received = 0.0
+        self._last_sent = 0.0
+        self._send_interval = 0.0
+        self._receive_timeout = 0.0
+        self._login_timer = None
+        self._send_timer = None
+        self._receive_timer = None
+        self._linger_timer = None
+        self._close_reason = "client closed the connection"
+        self.parser = FrameParser(config.limits)
+        self._handlers: dict[str, Callable] = {
+            "SEND": self._on_send,
+            "SUBSCRIBE": self._on_subscribe,
+            "UNSUBSCRIBE": self._on_unsubscribe,
+            "ACK": self._on_ack,
+            "NACK": self._on_nack,
+            "BEGIN": self._on_begin,
+            "COMMIT": self._on_commit,
+            "ABORT": self._on_abort,
+            "DISCONNECT": self._on_disconnect,
+        }
+
+    # -- connection lifecycle -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        now = self.clock.seconds()
+        self._opened = self._last_received = self._last_sent = now
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            try:
+                set_nodelay(True)
+            except OSError:
+                pass
+        peer = self.transport.getPeer()
+        self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self.broker.sessions.add(self)
+        self._login_timer = self.clock.callLater(self.config.login_timeout, self._login_timed_out)
+        self.log.debug(
+            "connection opened from {peer} over {transport}",
+            peer=self._peer,
+            transport=self.transport_name,
+        )
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._closing = True
+        for name in ("_login_timer", "_send_timer", "_receive_timer", "_linger_timer"):
+            timer = getattr(self, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+        # Open transactions are aborted; unacknowledged messages go back.
+        self._transactions.clear()
+        subs = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        self._pending.clear()
+        for sub in subs:
+            self.broker.unsubscribe(sub)
+        self.broker.sessions.discard(self)
+        self.log.info(
+            "connection closed: peer={peer} transport={transport} session={session} "
+            "duration={duration:.1f}s reason={reason}",
+            peer=self._peer,
+            transport=self.transport_name,
+            session=self.session_id or "-",
+            duration=self.clock.seconds() - self._opened,
+            reason=self._close_reason,
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._last_received = self.clock.seconds()
+        parser = self.parser
+        parser.feed(data)
+        while not self._closing:
+            try:
+                frame = parser.next_frame()
+            except FrameTooLarge as e:
+                self._fail(ProtocolError(e.message, _limit_details(e)))
+                return
+            except FrameError as e:
+                self._fail(ProtocolError(e.message, e.details or "The frame could not be parsed."))
+                return
+            if frame is None:
+                return
+            self._handle(frame.command, frame.headers, frame.body)
+
+    # -- dispatch ---------------------------------------------------------------
+
+    def _handle(self, command: str, headers: dict[str, str], body: bytes) -> None:
+        try:
+            if self.version is None:
+                if command in ("CONNECT", "STOMP"):
+                    self._on_connect(headers)
+                    return
+                raise ProtocolError(
+                    f"{command} received before CONNECT",
+                    "The first frame on a connection must be CONNECT or STOMP.",
+                )
+            handler = self._handlers.get(command)
+            if handler is None:
+                if command in ("CONNECT", "STOMP"):
+                    raise ProtocolError(
+                        "already connected",
+                        f"This session has already been established; a second {command} "
+                        "is not allowed. Open a new connection instead.",
+                    )
+                if command == "NACK":
+                    raise ProtocolError(
+                        "NACK is not part of STOMP 1.0", "Use STOMP 1.1 or later to NACK."
+                    )
+                raise ProtocolError(
+                    f"unknown command {command[:40]!r}",
+                    "Client frames are SEND, SUBSCRIBE, UNSUBSCRIBE, BEGIN, COMMIT, ABORT, "
+                    "ACK, NACK and DISCONNECT (plus CONNECT or STOMP to start).",
+                )
+            if body and command not in _BODY_ALLOWED:
+                raise ProtocolError(
+                    f"{command} frame must not have a body",
+                    "Only SEND frames may carry a body.",
+                )
+            handler(headers, body)
+        except ProtocolError as e:
+            receipt = headers.get("receipt")
+            if receipt is not None:
+                e.headers.setdefault("receipt-id", receipt)
+            self._fail(e)
+            return
+        receipt = headers.get("receipt")
+        if receipt is not None and command != "DISCONNECT" and not self._closing:
+            self._send("RECEIPT", {"receipt-id": receipt})
+
+    # -- sending ------------------------------------------------------------------
+
+    def _send(self, command: str, headers: dict[str, str], body: bytes = b"") -> None:
+        self.transport.write(encode_frame(command, headers, body, self.version or "1.0"))
+        self._last_sent = self.clock.seconds()
+
+    def deliver(self, subscription: Subscription, message: Message) -> None:
+        """Send ``message`` to the client as a MESSAGE frame."""
+        headers = {
+            "subscription": subscription.id,
+            "message-id": message.message_id,
+            "destination": message.destination,
+        }
+        if subscription.ack_mode != "auto":
+            ack_id = str(next(self._ack_ids))
+            subscription.unacked[ack_id] = message
+            self._pending[ack_id] = subscription
+            if self.version == "1.2":
+                headers["ack"] = ack_id
+        if message.redelivered:
+            headers["redelivered"] = "true"
+        headers.update(message.headers)
+        self._send("MESSAGE", headers, message.body)
+
+    # -- closing ------------------------------------------------------------------
+
+    def _fail(self, error: ProtocolError) -> None:
+        """Send an ERROR frame for ``error``, then close the connection."""
+        self.log.info(
+            "protocol error from {peer} (session {session}): {error}",
+            peer=self._peer,
+            session=self.session_id or "-",
+            error=error.message,
+        )
+        headers = {"message": error.message}
+        headers.update(error.headers)
+        headers["content-type"] = "text/plain"
+        body = (error.details or error.message).encode("utf-8")
+        if not body.endswith(b"\n"):
+            body += b"\n"
+        self._send("ERROR", headers, body)
+        self._close_reason = f"protocol error: {error.message}"
+        self._close_gracefully()
+
+    def _close_gracefully(self) -> None:
+        """
+        Stop reading frames and close once everything written has gone out.
+
+        On TCP the write side is shut down first (the peer sees end of
+        stream after the last frame) and whatever the peer still sends is
+        read and discarded, so that the close never resets the connection
+        under the frames just written. If the peer does not close within
+        ``close_linger`` seconds, the connection is dropped.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        for name in ("_login_timer", "_send_timer", "_receive_timer"):
+            timer = getattr(self, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is not None:
+            half_close()
+        else:
+            self.transport.loseConnection()
+        self._linger_timer = self.clock.callLater(self.config.close_linger, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        self._linger_timer = None
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        self._fail(
+            ProtocolError(
+                "no CONNECT frame received in time",
+                f"A client must send CONNECT or STOMP within {self.config.login_timeout:g} "
+                "seconds of opening the connection.",
+            )
+        )
+
+    # -- heart-beats ------------------------------------------------------------------
+
+    def _start_heartbeats(self, send_ms: int, receive_ms: int) -> None:
+        if send_ms:
+            # Beats go out ahead of the deadline so that reactor latency
+            # never makes one late.
+            self._send_interval = send_ms / 1000.0 * 0.75
+            self._send_timer = self.clock.callLater(self._send_interval, self._send_heartbeat)
+        if receive_ms:
+            self._receive_timeout = receive_ms / 1000.0 * self.config.heartbeat_grace
+            self._receive_timer = self.clock.callLater(self._receive_timeout, self._check_receive)
+
+    def _send_heartbeat(self) -> None:
+        now = self.clock.seconds()
+        due = self._last_sent + self._send_interval
+        if now >= due - 1e-6:
+            self.transport.write(b"\n")
+            self._last_sent = now
+            due = now + self._send_interval
+        self._send_timer = self.clock.callLater(due - now, self._send_heartbeat)
+
+    def _check_receive(self) -> None:
+        now = self.clock.seconds()
+        deadline = self._last_received + self._receive_timeout
+        if now >= deadline - 1e-6:
+            self._receive_timer = None
+            self.log.info(
+                "heart-beat timeout: nothing from {peer} (session {session}) for {seconds:.1f}s",
+                peer=self._peer,
+                session=self.session_id,
+                seconds=now - self._last_received,
+            )
+            self._fail(
+                ProtocolError(
+                    "heart-beat timeout",
+                    f"Nothing arrived from the client for {now - self._last_received:.1f} "
+                    "seconds although heart-beats were agreed in CONNECT/CONNECTED.",
+                )
+            )
+            return
+        self._receive_timer = self.clock.callLater(deadline - now, self._check_receive)
+
+    # -- frame handlers -------------------------------------------------------------
+
+    def _on_connect(self, headers: dict[str, str]) -> None:
+        accept = headers.get("accept-version")
+        offered = ["1.0"] if accept is None else [v.strip() for v in accept.split(",")]
+        common = [v for v in SUPPORTED_VERSIONS if v in offered]
+        if not common:
+            raise ProtocolError(
+                "unsupported protocol version",
+                f"The client accepts STOMP versions {accept!r}; this broker speaks "
+                + ", ".join(reversed(SUPPORTED_VERSIONS))
+                + ".",
+                {"version": ",".join(reversed(SUPPORTED_VERSIONS))},
+            )
+        version = common[0]
+        send_ms = receive_ms = 0
+        if version != "1.0":
+            cx, cy = _parse_heartbeat(headers.get("heart-beat", "0,0"))
+            sx, sy = self.config.heartbeat_send_ms, self.config.heartbeat_receive_ms
+            send_ms = 0 if (sx == 0 or cy == 0) else max(sx, cy)
+            receive_ms = 0 if (cx == 0 or sy == 0) else max(cx, sy)
+        self.version = version
+        self.parser.version = version
+        self.session_id = self.broker.new_session_id()
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+        connected = {
+            "version": version,
+            "server": self.config.server_name,
+            "session": self.session_id,
+        }
+        if version != "1.0":
+            connected["heart-beat"] = f"{send_ms},{receive_ms}"
+        self._send("CONNECTED", connected)
+        self._start_heartbeats(send_ms, receive_ms)
+        self.log.info(
+            "session {session} established: peer={peer} transport={transport} "
+            "version={version} heart-beat={send_ms},{receive_ms}",
+            session=self.session_id,
+            peer=self._peer,
+            transport=self.transport_name,
+            version=version,
+            send_ms=send_ms,
+            receive_ms=receive_ms,
+        )
+
+    def _transaction(self, headers: dict[str, str]) -> list | None:
+        name = headers.get("transaction")
+        if name is None:
+            return None
+        actions = self._transactions.get(name)
+        if actions is None:
+            raise ProtocolError(
+                f"unknown transaction {name!r}",
+                "The frame names a transaction that was not started with BEGIN on this "
+                "connection, or that has already been committed or aborted.",
+            )
+        return actions
+
+    def _on_send(self, headers: dict[str, str], body: bytes) -> None:
+        destination = _require(headers, "SEND", "destination")
+        try:
+            self.broker.check_destination(destination)
+        except DestinationError as e:
+            raise ProtocolError(f"invalid destination: {e}", _DESTINATION_HELP) from None
+        forwarded = {k: v for k, v in headers.items() if k not in _NOT_FORWARDED}
+        actions = self._transaction(headers)
+        if actions is not None:
+            actions.append((self.broker.send, (destination, forwarded, body)))
+        else:
+            self.broker.send(destination, forwarded, body)
+
+    def _on_subscribe(self, headers: dict[str, str], body: bytes) -> None:
+        destination = _require(headers, "SUBSCRIBE", "destination")
+        sub_id = headers.get("id")
+        if not sub_id:
+            if self.version != "1.0":
+                _require(headers, "SUBSCRIBE", "id")
+            sub_id = destination
+        if sub_id in self.subscriptions:
+            raise ProtocolError(
+                f"subscription id {sub_id!r} is already in use",
+                "Each SUBSCRIBE on a connection needs its own id; UNSUBSCRIBE the old one first.",
+            )
+        ack = headers.get("ack", "auto")
+        if ack not in ACK_MODES:
+            raise ProtocolError(
+                f"invalid ack mode {ack!r}",
+                "The ack header of SUBSCRIBE must be auto, client or client-individual.",
+            )
+        prefetch = self.config.default_prefetch
+        raw = headers.get("prefetch-count")
+        if raw is not None:
+            if not raw.isdigit():
+                raise ProtocolError(
+                    f"invalid prefetch-count {raw!r}",
+                    "prefetch-count must be a non-negative integer (0 means no limit).",
+                )
+            prefetch = int(raw)
+        try:
+            self.broker.check_destination(destination)
+        except DestinationError as e:
+            raise ProtocolError(f"invalid destination: {e}", _DESTINATION_HELP) from None
+        sub = Subscription(self, sub_id, destination, ack, prefetch)
+        self.subscriptions[sub_id] = sub
+        self.broker.subscribe(sub)
+
+    def _on_unsubscribe(self, headers: dict[str, str], body: bytes) -> None:
+        sub_id = headers.get("id")
+        if not sub_id and self.version == "1.0":
+            sub_id = headers.get("destination")
+        if not sub_id:
+            _require(headers, "UNSUBSCRIBE", "id")
+        sub = self.subscriptions.pop(sub_id, None)
+        if sub is None:
+            raise ProtocolError(
+                f"no subscription with id {sub_id!r}",
+                "UNSUBSCRIBE must name the id of an active subscription on this connection.",
+            )
+        for ack_id in sub.unacked:
+            self._pending.pop(ack_id, None)
+        self.broker.unsubscribe(sub)
+
+    def _find_delivery(self, command: str, headers: dict[str, str]) -> tuple[Subscription, str]:
+        """Return the subscription and ack id an ACK or NACK refers to."""
+        ack_id = headers.get("id")
+        if self.version == "1.2" and ack_id:
+            sub = self._pending.get(ack_id)
+            if sub is None:
+                raise ProtocolError(
+                    f"{command} for unknown ack id {ack_id!r}",
+                    f"The id of {command} must be the ack header of a MESSAGE received on this "
+                    "connection in a client ack mode and not yet acknowledged.",
+                )
+            return sub, ack_id
+        if self.version == "1.2" and "message-id" not in headers:
+            _require(headers, command, "id")
+        message_id = _require(headers, command, "message-id")
+        sub_id = headers.get("subscription")
+        if self.version == "1.1" and not sub_id:
+            _require(headers, command, "subscription")
+        if sub_id:
+            sub = self.subscriptions.get(sub_id)
+            candidates = [sub] if sub is not None else []
+        else:
+            candidates = list(self.subscriptions.values())
+        for sub in candidates:
+            for key, message in sub.unacked.items():
+                if message.message_id == message_id:
+                    return sub, key
+        raise ProtocolError(
+            f"{command} for unknown message {message_id!r}",
+            f"{command} must name a message received on this connection in a client ack "
+            "mode and not yet acknowledged.",
+        )
+
+    def _on_ack(self, headers: dict[str, str], body: bytes) -> None:
+        sub, ack_id = self._find_delivery("ACK", headers)
+        actions = self._transaction(headers)
+        if actions is not None:
+            actions.append((self._settle, (sub, ack_id, True)))
+        else:
+            self._settle(sub, ack_id, True)
+
+    def _on_nack(self, headers: dict[str, str], body: bytes) -> None:
+        sub, ack_id = self._find_delivery("NACK", headers)
+        actions = self._transaction(headers)
+        if actions is not None:
+            actions.append((self._settle, (sub, ack_id, False)))
+        else:
+            self._settle(sub, ack_id, False)
+
+    def _settle(self, sub: Subscription, ack_id: str, ack: bool) -> None:
+        # ``client`` mode is cumulative for ACK and NACK alike.
+        taken = sub.take(ack_id, cumulative=sub.ack_mode == "client")
+        if not taken:
+            return
+        pending = self._pending
+        for key, _ in taken:
+            pending.pop(key, None)
+        messages = [message for _, message in taken]
+        if ack:
+            self.broker.ack(sub, messages)
+        else:
+            self.broker.nack(sub, messages)
+
+    def _on_begin(self, headers: dict[str, str], body: bytes) -> None:
+        name = _require(headers, "BEGIN", "transaction")
+        if name in self._transactions:
+            raise ProtocolError(
+                f"transaction {name!r} is already open",
+                "BEGIN must name a transaction that is not already in progress on this connection.",
+            )
+        self._transactions[name] = []
+
+    def _on_commit(self, headers: dict[str, str], body: bytes) -> None:
+        name = _require(headers, "COMMIT", "transaction")
+        actions = self._transaction(headers)
+        del self._transactions[name]
+        for action, args in actions:
+            action(*args)
+
+    def _on_abort(self, headers: dict[str, str], body: bytes) -> None:
+        name = _require(headers, "ABORT", "transaction")
+        self._transaction(headers)
+        del self._transactions[name]
+
+    def _on_disconnect(self, headers: dict[str, str], body: bytes) -> None:
+        receipt = headers.get("receipt")
+        if receipt is not None:
+            self._send("RECEIPT", {"receipt-id": receipt})
+        self._close_reason = "client sent DISCONNECT"
+        self._close_gracefully()
+
+
+_DESTINATION_HELP = (
+    "Destinations are named /queue/NAME (each message to one subscriber) or "
+    "/topic/NAME (each message to every subscriber)."
+)
+
+
+def _parse_heartbeat(value: str) -> tuple[int, int]:
+    parts = value.split(",")
+    if len(parts) == 2:
+        a, b = parts[0].strip(), parts[1].strip()
+        if a.isdigit() and b.isdigit():
+            return int(a), int(b)
+    raise ProtocolError(
+        f"invalid heart-beat header {value!r}",
+        "heart-beat must be two non-negative integers separated by a comma, e.g. 10000,10000.",
+    )
+
+
+def _limit_details(error: FrameTooLarge) -> str:
+    return (
+        f"The frame was refused because it is over the broker's {error.limit} limit "
+        f"({error.value}). Send smaller frames, or ask the operator to raise the limit."
+    )
+
+
+class StompFactory(Factory):
+    """
+    Builds :class:`StompProtocol` instances for one transport.
+
+    :param broker: the broker all sessions talk to.
+    :param config: the broker configuration.
+    :param clock: the reactor's time interface, for heart-beats and timeouts.
+    :param transport_name: a label for logs (``"tcp"``, ``"ws"``, ``"tls"``).
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        broker: Broker,
+        config: BrokerConfig,
+        clock: IReactorTime,
+        transport_name: str = "tcp",
+    ) -> None:
+        self.broker = broker
+        self.config = config
+        self.clock = clock
+        self.transport_name = transport_name
+
+    def buildProtocol(self, addr: object) -> StompProtocol:
+        proto = StompProtocol(self.broker, self.config, self.clock, self.transport_name)
+        proto.factory = self
+        return proto

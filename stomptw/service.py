@@ -1,0 +1,177 @@
+"""
+The broker's service tree, for twistd and for applications that embed it.
+
+::
+
+    from stomptw.config import BrokerConfig
+    from stomptw.service import makeService
+
+    service = makeService(BrokerConfig(tcp_endpoints=["tcp:61613"]))
+    service.setServiceParent(application)
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from stomptw import __version__
+from stomptw.broker import Broker
+from stomptw.config import BrokerConfig
+from stomptw.protocol import StompFactory
+from stomptw.websocket import websocket_site
+
+__all__ = ["BrokerService", "makeService"]
+
+log = Logger()
+
+
+class _Listener(StreamServerEndpointService):
+    """An endpoint service that logs where it listens and reports its port."""
+
+    def __init__(self, endpoint, factory, description: str, kind: str) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        self.kind = kind
+        self._waiters: list[defer.Deferred] = []
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        failures: list[Failure] = []
+
+        def failed(failure: Failure) -> None:
+            log.failure("cannot listen on {endpoint}", failure, endpoint=self.description)
+            failures.append(failure)
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.errback(failure)
+
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(self._listening, failed)
+        self._waitingForPort = d
+        if failures:
+            # Bound synchronously and failed (port in use, bad address):
+            # refuse to start rather than run without the listener.
+            failures[0].raiseException()
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        address = port.getHost()
+        log.info(
+            "{kind} listening on {endpoint} ({address})",
+            kind=self.kind,
+            endpoint=self.description,
+            address=f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}",
+        )
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(port)
+        return port
+
+    def whenListening(self) -> defer.Deferred:
+        """A Deferred that fires with the listening port once bound."""
+        if self.port is not None:
+            return defer.succeed(self.port)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+
+class BrokerService(MultiService):
+    """
+    One broker and its listeners.
+
+    :ivar broker: the :class:`~stomptw.broker.Broker`.
+    :ivar config: the configuration it was built from.
+    """
+
+    def __init__(self, broker: Broker, config: BrokerConfig) -> None:
+        super().__init__()
+        self.broker = broker
+        self.config = config
+
+    def listeners(self, kind: str | None = None) -> list[_Listener]:
+        """The listener services, optionally only those of ``kind`` (``"stomp"``/``"ws"``)."""
+        return [s for s in self if isinstance(s, _Listener) and kind in (None, s.kind)]
+
+    def whenListening(self) -> defer.Deferred:
+        """
+        Fire with ``{"stomp": [port, ...], "ws": [port, ...]}`` once every
+        listener is bound.
+        """
+        listeners = self.listeners()
+        d = defer.gatherResults([s.whenListening() for s in listeners], consumeErrors=True)
+
+        def group(ports: list[IListeningPort]) -> dict[str, list[IListeningPort]]:
+            result: dict[str, list[IListeningPort]] = {"stomp": [], "ws": []}
+            for listener, port in zip(listeners, ports, strict=False):
+                result.setdefault(listener.kind, []).append(port)
+            return result
+
+        return d.addCallback(group)
+
+    def startService(self) -> None:
+        from autobahn.websocket import USES_NVX
+
+        log.info("stomptw {version} starting", version=__version__)
+        if self.listeners("ws"):
+            if USES_NVX:
+                log.info("Autobahn native acceleration (NVX) is in use")
+            else:
+                log.warn(
+                    "Autobahn native acceleration (NVX) is NOT in use: WebSocket "
+                    "masking and UTF-8 validation run in pure Python and are much slower. "
+                    "Install autobahn with its native extension (and do not set "
+                    "AUTOBAHN_USE_NVX=0)."
+                )
+        super().startService()
+
+    def stopService(self) -> defer.Deferred:
+        log.info(
+            "stomptw stopping: closing listeners and {count} client connection(s)",
+            count=len(self.broker.sessions),
+        )
+        d = defer.maybeDeferred(super().stopService)
+
+        def close_sessions(result: object) -> object:
+            for session in list(self.broker.sessions):
+                transport = getattr(session, "transport", None)
+                if transport is not None:
+                    transport.loseConnection()
+            return result
+
+        return d.addBoth(close_sessions)
+
+
+def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerService:
+    """
+    Build the broker's service: one :class:`~stomptw.broker.Broker` with a
+    STOMP-over-TCP listener per ``config.tcp_endpoints`` entry and an
+    HTTP/WebSocket listener per ``config.ws_endpoints`` entry.
+
+    :param config: the configuration; defaults to :class:`BrokerConfig`'s.
+    :param reactor: the reactor to listen and schedule with; the global one
+        by default.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    config = config or BrokerConfig()
+    broker = Broker()
+    service = BrokerService(broker, config)
+    if config.tcp_endpoints:
+        factory = StompFactory(broker, config, reactor, "tcp")
+        for description in config.tcp_endpoints:
+            endpoint = serverFromString(reactor, description)
+            _Listener(endpoint, factory, description, "stomp").setServiceParent(service)
+    if config.ws_endpoints:
+        site = websocket_site(broker, config, reactor)
+        for description in config.ws_endpoints:
+            endpoint = serverFromString(reactor, description)
+            _Listener(endpoint, site, description, "ws").setServiceParent(service)
+    return service

@@ -1,0 +1,211 @@
+"""
+The ``twistd stomptw`` command line: options and ``makeService``.
+"""
+
+from __future__ import annotations
+
+from twisted.python import usage
+
+from stomptw.config import DEFAULT_TCP, DEFAULT_WS, BrokerConfig
+from stomptw.frame import Limits
+
+__all__ = ["Options", "makeService", "config_from_options"]
+
+_DEFAULTS = BrokerConfig()
+_LIMITS = Limits()
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _heartbeat(value: str) -> tuple[int, int]:
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError("expected two integers in milliseconds, e.g. 10000,10000")
+    return int(parts[0]), int(parts[1])
+
+
+class Options(usage.Options):
+    """Options of ``twistd stomptw``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the stomptw STOMP broker. With no options it serves STOMP over TCP on "
+        f"{DEFAULT_TCP} and STOMP over WebSocket on {DEFAULT_WS} at the path /ws. "
+        "Listeners take Twisted endpoint strings (see 'Twisted endpoint strings' in "
+        "the Twisted documentation), e.g. tcp:61613, tcp:61613:interface=0.0.0.0, "
+        "ssl:61614:privateKey=key.pem:certKey=cert.pem."
+    )
+
+    optFlags = [
+        ["no-tcp", None, "Do not listen for STOMP over TCP."],
+        ["no-ws", None, "Do not listen for STOMP over WebSocket."],
+    ]
+
+    optParameters = [
+        ["ws-path", None, _DEFAULTS.ws_path, "URL path of the WebSocket endpoint."],
+        [
+            "heartbeat",
+            None,
+            f"{_DEFAULTS.heartbeat_send_ms},{_DEFAULTS.heartbeat_receive_ms}",
+            "The broker's heart-beat offer 'sx,sy' in milliseconds: the shortest "
+            "interval it sends beats at, and the shortest it asks clients to send "
+            "at; 0 turns either direction off.",
+            _heartbeat,
+        ],
+        [
+            "heartbeat-grace",
+            None,
+            _DEFAULTS.heartbeat_grace,
+            "Close a connection when nothing arrived for the negotiated client "
+            "heart-beat interval times this factor.",
+            float,
+        ],
+        [
+            "login-timeout",
+            None,
+            _DEFAULTS.login_timeout,
+            "Seconds a new connection has to send CONNECT.",
+            _non_negative_float,
+        ],
+        [
+            "close-linger",
+            None,
+            _DEFAULTS.close_linger,
+            "Seconds to wait for a client to close after an ERROR or DISCONNECT.",
+            _non_negative_float,
+        ],
+        [
+            "prefetch",
+            None,
+            _DEFAULTS.default_prefetch,
+            "Default prefetch-count of client-ack subscriptions (0 = no limit).",
+            int,
+        ],
+        [
+            "max-frame-size",
+            None,
+            _LIMITS.max_frame_size,
+            "Largest frame accepted, in bytes (also the WebSocket message limit).",
+            _positive_int,
+        ],
+        [
+            "max-body-size",
+            None,
+            _LIMITS.max_body_size,
+            "Largest frame body accepted, in bytes.",
+            _positive_int,
+        ],
+        [
+            "max-headers",
+            None,
+            _LIMITS.max_headers,
+            "Most header lines accepted in one frame.",
+            _positive_int,
+        ],
+        [
+            "max-header-line",
+            None,
+            _LIMITS.max_header_line,
+            "Longest header line (or command line) accepted, in bytes.",
+            _positive_int,
+        ],
+        [
+            "ws-handshake-timeout",
+            None,
+            _DEFAULTS.ws_open_handshake_timeout,
+            "Seconds allowed for the WebSocket opening handshake.",
+            _non_negative_float,
+        ],
+        [
+            "ws-ping-interval",
+            None,
+            _DEFAULTS.ws_ping_interval,
+            "Seconds between WebSocket pings on a connection (0 = off).",
+            _non_negative_float,
+        ],
+        [
+            "ws-ping-timeout",
+            None,
+            _DEFAULTS.ws_ping_timeout,
+            "Seconds to wait for a WebSocket pong before dropping the connection.",
+            _non_negative_float,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["tcp"] = []
+        self["ws"] = []
+
+    def opt_tcp(self, endpoint: str) -> None:
+        """
+        Listen for STOMP over TCP on this endpoint string (repeatable;
+        default tcp:61613:interface=127.0.0.1).
+        """
+        self["tcp"].append(endpoint)
+
+    def opt_ws(self, endpoint: str) -> None:
+        """
+        Listen for STOMP over WebSocket (HTTP) on this endpoint string
+        (repeatable; default tcp:15674:interface=127.0.0.1).
+        """
+        self["ws"].append(endpoint)
+
+    def postOptions(self) -> None:
+        if self["no-tcp"] and self["tcp"]:
+            raise usage.UsageError("--no-tcp and --tcp contradict each other")
+        if self["no-ws"] and self["ws"]:
+            raise usage.UsageError("--no-ws and --ws contradict each other")
+        try:
+            self.config = config_from_options(self)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def config_from_options(options: usage.Options) -> BrokerConfig:
+    """Build a :class:`BrokerConfig` from parsed :class:`Options`."""
+    tcp = [] if options["no-tcp"] else (options["tcp"] or [DEFAULT_TCP])
+    ws = [] if options["no-ws"] else (options["ws"] or [DEFAULT_WS])
+    heartbeat = options["heartbeat"]
+    if isinstance(heartbeat, str):  # usage.Options leaves defaults uncoerced
+        heartbeat = _heartbeat(heartbeat)
+    send_ms, receive_ms = heartbeat
+    return BrokerConfig(
+        tcp_endpoints=tcp,
+        ws_endpoints=ws,
+        ws_path=options["ws-path"],
+        limits=Limits(
+            max_frame_size=options["max-frame-size"],
+            max_headers=options["max-headers"],
+            max_header_line=options["max-header-line"],
+            max_body_size=options["max-body-size"],
+        ),
+        heartbeat_send_ms=send_ms,
+        heartbeat_receive_ms=receive_ms,
+        heartbeat_grace=options["heartbeat-grace"],
+        login_timeout=options["login-timeout"],
+        close_linger=options["close-linger"],
+        default_prefetch=options["prefetch"],
+        ws_open_handshake_timeout=options["ws-handshake-timeout"],
+        ws_ping_interval=options["ws-ping-interval"],
+        ws_ping_timeout=options["ws-ping-timeout"],
+    )
+
+
+def makeService(options: Options):
+    """Called by twistd: the broker service for these options."""
+    from stomptw.service import makeService as make
+
+    return make(options.config)

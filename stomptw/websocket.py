@@ -1,0 +1,195 @@
+"""
+STOMP over WebSocket (RFC 6455), served by Autobahn.
+
+Each WebSocket connection hosts one :class:`~stomptw.protocol.StompProtocol`
+behind a small transport adapter: every incoming message, text or binary,
+is fed to the same incremental parser as TCP (one STOMP frame may span
+several WebSocket messages, and one message may hold several frames), and
+every outgoing frame is sent as one WebSocket message, text when the frame
+is valid UTF-8 and binary otherwise.
+
+:func:`websocket_resource` returns a ``twisted.web`` resource that an
+application can mount in its own site; :func:`websocket_site` is the site the
+broker serves on its own WebSocket listener.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from stomptw import __version__
+from stomptw.broker import Broker
+from stomptw.config import BrokerConfig
+from stomptw.protocol import StompFactory, StompProtocol
+
+__all__ = [
+    "STOMP_SUBPROTOCOLS",
+    "StompWebSocketFactory",
+    "StompWebSocketProtocol",
+    "websocket_resource",
+    "websocket_site",
+]
+
+#: WebSocket subprotocols for STOMP, most preferred first.
+STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
+
+
+@implementer(ITransport)
+class _WebSocketTransport:
+    """What a StompProtocol sees as its transport on a WebSocket connection."""
+
+    def __init__(self, ws: StompWebSocketProtocol) -> None:
+        self._ws = ws
+
+    def write(self, data: bytes) -> None:
+        ws = self._ws
+        if ws.state != ws.STATE_OPEN:
+            return
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            ws.sendMessage(data, isBinary=True)
+        else:
+            ws.sendMessage(data, isBinary=False)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """Start the WebSocket closing handshake (after queued messages)."""
+        ws = self._ws
+        if ws.state == ws.STATE_OPEN:
+            ws.sendClose(code=1000)
+        elif ws.state != ws.STATE_CLOSED:
+            ws.dropConnection(abort=False)
+
+    def abortConnection(self) -> None:
+        """Drop the TCP connection at once."""
+        if self._ws.state != self._ws.STATE_CLOSED:
+            self._ws.dropConnection(abort=True)
+
+    def getPeer(self):
+        return self._ws.transport.getPeer()
+
+    def getHost(self):
+        return self._ws.transport.getHost()
+
+
+class StompWebSocketProtocol(WebSocketServerProtocol):
+    """An Autobahn WebSocket protocol carrying one STOMP session."""
+
+    stomp: StompProtocol | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        """Pick the highest STOMP subprotocol the client offers, if any."""
+        for name in STOMP_SUBPROTOCOLS:
+            if name in request.protocols:
+                return name
+        # A client that offers no STOMP subprotocol is still served.
+        return None
+
+    def onOpen(self) -> None:
+        self.stomp = self.factory.stomp_factory.buildProtocol(self.transport.getPeer())
+        self.stomp.makeConnection(_WebSocketTransport(self))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.stomp is not None:
+            self.stomp.dataReceived(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        stomp, self.stomp = self.stomp, None
+        if stomp is not None:
+            why = ConnectionDone if wasClean else ConnectionLost
+            stomp.connectionLost(Failure(why(f"WebSocket closed: code={code} reason={reason}")))
+
+
+class StompWebSocketFactory(WebSocketServerFactory):
+    """
+    Builds STOMP-over-WebSocket connections for one broker.
+
+    Autobahn's options are set explicitly from the broker configuration:
+    message and frame payloads are bounded by the STOMP frame limit, the
+    HTML status page is off, handshake and ping timeouts are configured.
+    """
+
+    protocol = StompWebSocketProtocol
+
+    def __init__(self, broker: Broker, config: BrokerConfig, reactor: IReactorTime) -> None:
+        super().__init__(server=config.server_name, reactor=reactor)
+        self.stomp_factory = StompFactory(broker, config, reactor, "ws")
+        limit = config.limits.max_frame_size
+        self.setProtocolOptions(
+            webStatus=False,
+            maxFramePayloadSize=limit,
+            maxMessagePayloadSize=limit,
+            openHandshakeTimeout=config.ws_open_handshake_timeout,
+            closeHandshakeTimeout=config.ws_close_handshake_timeout,
+            autoPingInterval=config.ws_ping_interval,
+            autoPingTimeout=config.ws_ping_timeout,
+            tcpNoDelay=True,
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+        )
+
+
+def websocket_resource(
+    broker: Broker, config: BrokerConfig, reactor: IReactorTime
+) -> WebSocketResource:
+    """
+    Return a ``twisted.web`` resource serving STOMP over WebSocket.
+
+    Mount it wherever an application wants the endpoint, e.g.
+    ``root.putChild(b"stomp", websocket_resource(broker, config, reactor))``.
+    """
+    return WebSocketResource(StompWebSocketFactory(broker, config, reactor))
+
+
+class _Index(Resource):
+    """A plain page at ``/`` that says where the STOMP endpoint is."""
+
+    isLeaf = False
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+
+    def getChild(self, path: bytes, request):
+        if path == b"":
+            return self
+        return Resource.getChild(self, path, request)
+
+    def render_GET(self, request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return (
+            f"stomptw {__version__}: STOMP over WebSocket is served at {self._path}\n"
+            "(subprotocols v12.stomp, v11.stomp, v10.stomp).\n"
+        ).encode()
+
+
+def websocket_site(broker: Broker, config: BrokerConfig, reactor: IReactorTime) -> Site:
+    """
+    Return the site the broker's WebSocket listener serves: the STOMP
+    endpoint at ``config.ws_path`` and a short text page at ``/``.
+    """
+    segments = [s.encode("utf-8") for s in config.ws_path.strip("/").split("/") if s]
+    if not segments:
+        raise ValueError("ws_path must name a path below /, e.g. /ws")
+    root = _Index(config.ws_path)
+    parent: Resource = root
+    for segment in segments[:-1]:
+        child = Resource()
+        parent.putChild(segment, child)
+        parent = child
+    parent.putChild(segments[-1], websocket_resource(broker, config, reactor))
+    site = Site(root)
+    site.noisy = False
+    site.displayTracebacks = False
+    return site
