@@ -240,7 +240,15 @@ class StompProtocol(Protocol):
     # -- sending ------------------------------------------------------------------
 
     def _send(self, command: str, headers: dict[str, str], body: bytes = b"") -> None:
-        self.transport.write(encode_frame(command, headers, body, self.version or "1.0"))
+        self.transport.write(
+            encode_frame(
+                command,
+                headers,
+                body,
+                self.version or "1.0",
+                content_length=bool(body) or command == "MESSAGE",
+            )
+        )
         self._last_sent = self.clock.seconds()
 
     def deliver(self, subscription: Subscription, message: Message) -> None:

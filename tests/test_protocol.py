@@ -1,0 +1,700 @@
+"""
+StompProtocol over StringTransport with a Clock: every frame, every error
+path, heart-beats and timeouts, deterministically.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from stomptw.broker import Broker, Subscription
+from stomptw.config import BrokerConfig
+from stomptw.destinations import Queue, Topic
+from stomptw.frame import Frame, FrameParser, Limits, encode_frame
+from stomptw.interfaces import IDestination, IMessageConsumer
+from stomptw.protocol import StompFactory, StompProtocol
+
+
+class Client:
+    """One protocol instance on a StringTransport, seen from the client side."""
+
+    def __init__(self, broker: Broker, clock: Clock, config: BrokerConfig) -> None:
+        self.transport = StringTransport()
+        self.proto = StompFactory(broker, config, clock).buildProtocol(None)
+        self.proto.makeConnection(self.transport)
+        self._parser = FrameParser(version="1.2")
+        self.version = "1.2"
+
+    def send(self, command: str, body: bytes = b"", **headers: str) -> None:
+        headers = {k.replace("_", "-"): v for k, v in headers.items()}
+        self.proto.dataReceived(
+            encode_frame(command, headers, body, self.version, content_length=bool(body))
+        )
+
+    def raw(self, data: bytes) -> None:
+        self.proto.dataReceived(data)
+
+    def frames(self) -> list[Frame]:
+        """Frames written since the last call (heart-beats skipped)."""
+        data = self.transport.value()
+        self.transport.clear()
+        self._parser.version = self.version
+        self._parser.feed(data)
+        out = []
+        while (frame := self._parser.next_frame()) is not None:
+            out.append(frame)
+        return out
+
+    def frame(self) -> Frame:
+        frames = self.frames()
+        assert len(frames) == 1, frames
+        return frames[0]
+
+    def connect(self, version: str = "1.2", **headers: str) -> Frame:
+        self.version = version
+        self.send("CONNECT", accept_version=version, host="localhost", **headers)
+        connected = self.frame()
+        assert connected.command == "CONNECTED", connected
+        return connected
+
+    @property
+    def closing(self) -> bool:
+        return self.transport.disconnecting or self.transport.disconnected
+
+    def lose(self) -> None:
+        self.proto.connectionLost(Failure(ConnectionDone()))
+
+
+@pytest.fixture
+def env():
+    class Env:
+        def __init__(self) -> None:
+            self.broker = Broker()
+            self.clock = Clock()
+            self.config = BrokerConfig()
+
+        def client(self, **config: object) -> Client:
+            cfg = BrokerConfig(**config) if config else self.config
+            return Client(self.broker, self.clock, cfg)
+
+    return Env()
+
+
+def assert_error(client: Client, text: str) -> Frame:
+    frames = client.frames()
+    assert frames and frames[-1].command == "ERROR", frames
+    error = frames[-1]
+    assert text in error.headers["message"], error
+    assert error.body, "an ERROR explains itself in its body"
+    assert b"Traceback" not in error.body
+    assert client.closing
+    return error
+
+
+# -- interfaces ---------------------------------------------------------------
+
+
+def test_interfaces(env):
+    client = env.client()
+    assert verifyObject(IMessageConsumer, client.proto)
+    assert verifyObject(IDestination, Queue("/queue/a"))
+    assert verifyObject(IDestination, Topic("/topic/a"))
+
+
+# -- CONNECT -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["CONNECT", "STOMP"])
+def test_connect_headers(env, command):
+    client = env.client()
+    client.send(command, accept_version="1.0,1.1,1.2", host="x", heart_beat="0,0")
+    connected = client.frame()
+    assert connected.command == "CONNECTED"
+    assert connected.headers["version"] == "1.2"
+    assert connected.headers["server"].startswith("stomptw/")
+    assert connected.headers["session"]
+    assert connected.headers["heart-beat"] == "0,0"
+
+
+@pytest.mark.parametrize(
+    "accept, expected",
+    [("1.1", "1.1"), ("1.0,1.1", "1.1"), ("1.2, 1.0", "1.2"), ("1.0", "1.0"), ("1.1,3.0", "1.1")],
+)
+def test_version_negotiation(env, accept, expected):
+    client = env.client()
+    client.send("CONNECT", accept_version=accept)
+    assert client.frame().headers["version"] == expected
+
+
+def test_no_accept_version_means_10(env):
+    client = env.client()
+    client.send("CONNECT")
+    connected = client.frame()
+    assert connected.headers["version"] == "1.0"
+    assert "heart-beat" not in connected.headers
+
+
+def test_no_common_version(env):
+    client = env.client()
+    client.send("CONNECT", accept_version="2.0,2.1", receipt="r1")
+    error = assert_error(client, "version")
+    assert error.headers["version"] == "1.0,1.1,1.2"
+
+
+def test_frame_before_connect(env):
+    client = env.client()
+    client.send("SEND", destination="/queue/a", receipt="r")
+    error = assert_error(client, "before CONNECT")
+    assert error.headers["receipt-id"] == "r"
+
+
+def test_second_connect(env):
+    client = env.client()
+    client.connect()
+    client.send("CONNECT", accept_version="1.2")
+    assert_error(client, "already connected")
+
+
+def test_data_after_error_ignored(env):
+    client = env.client()
+    client.raw(b"BOGUS\n\n\x00SEND\ndestination:/queue/a\n\nx\x00")
+    assert_error(client, "BOGUS")
+    client.raw(encode_frame("CONNECT", {"accept-version": "1.2"}))
+    assert client.frames() == []
+    assert "/queue/a" not in env.broker.destinations
+
+
+def test_invalid_heart_beat_header(env):
+    client = env.client()
+    client.send("CONNECT", accept_version="1.2", heart_beat="x,1")
+    assert_error(client, "heart-beat")
+
+
+# -- heart-beats -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "server, client_hb, expected",
+    [
+        ((10000, 10000), "0,0", "0,0"),
+        ((10000, 10000), "5000,5000", "10000,10000"),
+        ((10000, 10000), "20000,30000", "30000,20000"),
+        ((0, 10000), "1000,1000", "0,10000"),
+        ((10000, 0), "1000,1000", "10000,0"),
+        ((1000, 2000), "0,500", "1000,0"),
+        ((1000, 2000), "500,0", "0,2000"),
+    ],
+)
+def test_heart_beat_negotiation(env, server, client_hb, expected):
+    client = env.client(heartbeat_send_ms=server[0], heartbeat_receive_ms=server[1])
+    assert client.connect(heart_beat=client_hb).headers["heart-beat"] == expected
+
+
+def test_server_sends_heart_beats_when_idle(env):
+    client = env.client(heartbeat_send_ms=1000, heartbeat_receive_ms=0)
+    client.connect(heart_beat="0,1000")
+    for _ in range(10):
+        env.clock.advance(0.5)
+    data = client.transport.value()
+    # 5 seconds idle with a promised beat every second: never a gap over 1s.
+    assert data.count(b"\n") >= 5
+    assert set(data) == {ord("\n")}
+    assert not client.closing
+
+
+def test_server_beats_never_late(env):
+    client = env.client(heartbeat_send_ms=1000, heartbeat_receive_ms=0)
+    client.connect(heart_beat="0,1000")
+    last_write = 0.0
+    for _ in range(200):
+        before = len(client.transport.value())
+        env.clock.advance(0.05)
+        if len(client.transport.value()) != before:
+            assert env.clock.seconds() - last_write <= 1.0
+            last_write = env.clock.seconds()
+        if int(env.clock.seconds() * 20) % 7 == 0:
+            # Other traffic postpones beats but never makes one late.
+            client.send("SEND", b"x", destination="/queue/hb")
+            client.transport.clear()
+            last_write = env.clock.seconds()
+    assert env.clock.seconds() - last_write <= 1.0
+
+
+def test_no_beats_when_not_negotiated(env):
+    client = env.client()
+    client.connect(heart_beat="0,0")
+    env.clock.advance(60)
+    assert client.transport.value() == b""
+    assert not client.closing
+
+
+def test_receive_timeout_with_grace(env):
+    client = env.client(heartbeat_send_ms=0, heartbeat_receive_ms=1000, heartbeat_grace=3.0)
+    assert client.connect(heart_beat="1000,0").headers["heart-beat"] == "0,1000"
+    env.clock.advance(2.9)
+    assert not client.closing
+    client.raw(b"\n")  # a heart-beat resets the deadline
+    env.clock.advance(2.9)
+    assert not client.closing
+    client.raw(b"\r\n")
+    env.clock.advance(2.9)
+    assert not client.closing
+    env.clock.advance(0.2)
+    assert_error(client, "heart-beat timeout")
+
+
+def test_login_timeout(env):
+    client = env.client(login_timeout=5.0)
+    env.clock.advance(4.9)
+    assert not client.closing
+    env.clock.advance(0.2)
+    assert_error(client, "no CONNECT")
+
+
+def test_login_timeout_cancelled_by_connect(env):
+    client = env.client(login_timeout=5.0)
+    client.connect()
+    env.clock.advance(60)
+    assert not client.closing
+
+
+def test_linger_then_abort(env):
+    client = env.client(close_linger=2.0)
+    client.raw(b"NOPE\n\n\x00")
+    assert client.transport.disconnecting
+    assert not client.transport.disconnected
+    env.clock.advance(2.1)
+    assert client.transport.disconnected
+    client.lose()
+    assert env.clock.getDelayedCalls() == []
+
+
+def test_timers_cancelled_on_connection_lost(env):
+    client = env.client(heartbeat_send_ms=1000, heartbeat_receive_ms=1000)
+    client.connect(heart_beat="1000,1000")
+    client.lose()
+    assert env.clock.getDelayedCalls() == []
+
+
+# -- SEND, SUBSCRIBE, MESSAGE ---------------------------------------------------
+
+
+def test_send_and_message_headers(env):
+    consumer, producer = env.client(), env.client()
+    consumer.connect()
+    producer.connect()
+    consumer.send("SUBSCRIBE", destination="/queue/a", id="s1", receipt="r1")
+    assert consumer.frame().headers == {"receipt-id": "r1"}
+    producer.send(
+        "SEND",
+        b"hello\x00world",
+        destination="/queue/a",
+        content_type="text/plain",
+        foo="bar:baz",
+        receipt="r2",
+        **{"message-id": "forged", "subscription": "forged"},
+    )
+    assert producer.frame().headers == {"receipt-id": "r2"}
+    message = consumer.frame()
+    assert message.command == "MESSAGE"
+    assert message.body == b"hello\x00world"
+    h = message.headers
+    assert h["destination"] == "/queue/a"
+    assert h["subscription"] == "s1"
+    assert h["message-id"] and h["message-id"] != "forged"
+    assert h["content-type"] == "text/plain"
+    assert h["content-length"] == "11"
+    assert h["foo"] == "bar:baz"
+    assert "receipt" not in h and "ack" not in h and "redelivered" not in h
+
+
+def test_message_ids_unique(env):
+    consumer = env.client()
+    consumer.connect()
+    consumer.send("SUBSCRIBE", destination="/queue/u", id="s")
+    for i in range(50):
+        consumer.send("SEND", str(i).encode(), destination="/queue/u")
+    ids = [f.headers["message-id"] for f in consumer.frames()]
+    assert len(ids) == len(set(ids)) == 50
+
+
+def test_send_requires_destination(env):
+    client = env.client()
+    client.connect()
+    client.send("SEND", b"x", receipt="r9")
+    error = assert_error(client, "destination")
+    assert error.headers["receipt-id"] == "r9"
+
+
+@pytest.mark.parametrize("destination", ["/queue/", "/topic/"])
+def test_destination_without_name(env, destination):
+    client = env.client()
+    client.connect()
+    client.send("SEND", b"x", destination=destination)
+    assert_error(client, "invalid destination")
+
+
+def test_subscribe_requires_id_in_12(env):
+    client = env.client()
+    client.connect()
+    client.send("SUBSCRIBE", destination="/queue/a")
+    assert_error(client, "'id'")
+
+
+def test_subscribe_without_id_in_10(env):
+    client = env.client()
+    client.connect("1.0")
+    client.send("SUBSCRIBE", destination="/queue/a")
+    client.send("SEND", b"x", destination="/queue/a")
+    assert client.frame().headers["subscription"] == "/queue/a"
+    client.send("UNSUBSCRIBE", destination="/queue/a", receipt="u")
+    assert client.frame().headers == {"receipt-id": "u"}
+
+
+def test_duplicate_subscription_id(env):
+    client = env.client()
+    client.connect()
+    client.send("SUBSCRIBE", destination="/queue/a", id="1")
+    client.send("SUBSCRIBE", destination="/queue/b", id="1")
+    assert_error(client, "already in use")
+
+
+def test_invalid_ack_mode(env):
+    client = env.client()
+    client.connect()
+    client.send("SUBSCRIBE", destination="/queue/a", id="1", ack="sometimes")
+    assert_error(client, "ack mode")
+
+
+def test_unsubscribe_unknown(env):
+    client = env.client()
+    client.connect()
+    client.send("UNSUBSCRIBE", id="nope")
+    assert_error(client, "no subscription")
+
+
+def test_body_not_allowed(env):
+    client = env.client()
+    client.connect()
+    client.send("SUBSCRIBE", b"oops", destination="/queue/a", id="1")
+    assert_error(client, "must not have a body")
+
+
+def test_unknown_command(env):
+    client = env.client()
+    client.connect()
+    client.raw(b"PUBLISH\ndestination:/queue/a\n\n\x00")
+    assert_error(client, "unknown command")
+
+
+def test_nack_not_in_10(env):
+    client = env.client()
+    client.connect("1.0")
+    client.send("NACK", message_id="x")
+    assert_error(client, "NACK")
+
+
+def test_frame_over_limit(env):
+    client = env.client(limits=Limits(max_body_size=10))
+    client.connect()
+    client.send("SEND", b"x" * 11, destination="/queue/a")
+    error = assert_error(client, "max_body_size")
+    assert b"max_body_size" in error.body
+
+
+def test_pipelined_frames_after_connect_use_negotiated_escaping(env):
+    client = env.client()
+    client.version = "1.2"
+    client.raw(
+        b"CONNECT\naccept-version:1.2\n\n\x00"
+        b"SUBSCRIBE\ndestination:/queue/e\nid:1\n\n\x00"
+        b"SEND\ndestination:/queue/e\nk\\cey:a\\nb\\\\c\n\nx\x00"
+    )
+    frames = client.frames()
+    assert [f.command for f in frames] == ["CONNECTED", "MESSAGE"]
+    assert frames[1].headers["k:ey"] == "a\nb\\c"
+
+
+def test_heart_beats_between_frames(env):
+    client = env.client()
+    client.version = "1.2"
+    client.raw(b"\n\r\n\nCONNECT\r\naccept-version:1.2\r\n\r\n\x00\n\n\r\n")
+    client.raw(b"SUBSCRIBE\ndestination:/queue/h\nid:1\nreceipt:r\n\n\x00\n")
+    assert [f.command for f in client.frames()] == ["CONNECTED", "RECEIPT"]
+
+
+# -- queues and topics ----------------------------------------------------------
+
+
+def test_queue_round_robin(env):
+    consumers = [env.client() for _ in range(3)]
+    for i, c in enumerate(consumers):
+        c.connect()
+        c.send("SUBSCRIBE", destination="/queue/rr", id=str(i))
+    producer = env.client()
+    producer.connect()
+    for i in range(9):
+        producer.send("SEND", str(i).encode(), destination="/queue/rr")
+    bodies = [[f.body for f in c.frames()] for c in consumers]
+    assert [len(b) for b in bodies] == [3, 3, 3]
+    assert sorted(sum(bodies, [])) == [str(i).encode() for i in range(9)]
+
+
+def test_queue_keeps_messages_until_subscribed(env):
+    producer = env.client()
+    producer.connect()
+    for i in range(3):
+        producer.send("SEND", str(i).encode(), destination="/queue/later")
+    consumer = env.client()
+    consumer.connect()
+    consumer.send("SUBSCRIBE", destination="/queue/later", id="1")
+    assert [f.body for f in consumer.frames()] == [b"0", b"1", b"2"]
+
+
+def test_topic_fan_out_and_no_retention(env):
+    producer = env.client()
+    producer.connect()
+    producer.send("SEND", b"before", destination="/topic/t")
+    subs = [env.client() for _ in range(3)]
+    for s in subs:
+        s.connect()
+        s.send("SUBSCRIBE", destination="/topic/t", id="t")
+    producer.send("SEND", b"after", destination="/topic/t")
+    for s in subs:
+        assert [f.body for f in s.frames()] == [b"after"]
+
+
+def test_idle_destinations_are_forgotten(env):
+    client = env.client()
+    client.connect()
+    client.send("SUBSCRIBE", destination="/topic/x", id="1")
+    client.send("UNSUBSCRIBE", id="1")
+    assert "/topic/x" not in env.broker.destinations
+    client.send("SEND", b"x", destination="/topic/nobody")
+    assert "/topic/nobody" not in env.broker.destinations
+
+
+# -- acknowledgements -------------------------------------------------------------
+
+
+def _consumer(env, ack: str, version: str = "1.2", dest: str = "/queue/q", **extra: str) -> Client:
+    consumer = env.client()
+    consumer.connect(version)
+    consumer.send("SUBSCRIBE", destination=dest, id="s", ack=ack, **extra)
+    return consumer
+
+
+def _publish(env, count: int, dest: str = "/queue/q") -> None:
+    producer = env.client()
+    producer.connect()
+    for i in range(count):
+        producer.send("SEND", str(i).encode(), destination=dest)
+
+
+def test_client_ack_is_cumulative(env):
+    consumer = _consumer(env, "client")
+    _publish(env, 4)
+    messages = consumer.frames()
+    assert all("ack" in m.headers for m in messages)
+    consumer.send("ACK", id=messages[2].headers["ack"], receipt="a")
+    assert consumer.frame().command == "RECEIPT"
+    sub = consumer.proto.subscriptions["s"]
+    assert [m.body for m in sub.unacked.values()] == [b"3"]
+    # Acking an already acknowledged message is an error.
+    consumer.send("ACK", id=messages[0].headers["ack"])
+    assert_error(consumer, "unknown ack id")
+
+
+def test_client_individual_ack(env):
+    consumer = _consumer(env, "client-individual")
+    _publish(env, 3)
+    messages = consumer.frames()
+    consumer.send("ACK", id=messages[1].headers["ack"])
+    sub = consumer.proto.subscriptions["s"]
+    assert [m.body for m in sub.unacked.values()] == [b"0", b"2"]
+
+
+def test_auto_ack_has_no_ack_header(env):
+    consumer = _consumer(env, "auto")
+    _publish(env, 1)
+    message = consumer.frame()
+    assert "ack" not in message.headers
+    consumer.send("ACK", id="1")
+    assert_error(consumer, "unknown ack id")
+
+
+def test_ack_requires_id_in_12(env):
+    consumer = _consumer(env, "client")
+    consumer.send("ACK")
+    assert_error(consumer, "'id'")
+
+
+def test_ack_11_by_message_id_and_subscription(env):
+    consumer = _consumer(env, "client-individual", version="1.1")
+    _publish(env, 2)
+    messages = consumer.frames()
+    assert "ack" not in messages[0].headers
+    consumer.send("ACK", message_id=messages[0].headers["message-id"], subscription="s")
+    sub = consumer.proto.subscriptions["s"]
+    assert [m.body for m in sub.unacked.values()] == [b"1"]
+    consumer.send("ACK", message_id=messages[1].headers["message-id"])
+    assert_error(consumer, "'subscription'")
+
+
+def test_ack_10_by_message_id(env):
+    consumer = _consumer(env, "client", version="1.0")
+    _publish(env, 2)
+    messages = consumer.frames()
+    consumer.send("ACK", message_id=messages[1].headers["message-id"])
+    assert consumer.proto.subscriptions["s"].unacked == {}
+
+
+def test_nack_redelivers_marked(env):
+    first = _consumer(env, "client-individual")
+    _publish(env, 1)
+    message = first.frame()
+    second = _consumer(env, "client-individual")
+    first.send("NACK", id=message.headers["ack"])
+    # Round robin moves on: the second consumer gets the redelivery.
+    redelivered = second.frame()
+    assert redelivered.body == message.body
+    assert redelivered.headers["message-id"] == message.headers["message-id"]
+    assert redelivered.headers["redelivered"] == "true"
+
+
+def test_unacked_return_when_consumer_goes(env):
+    first = _consumer(env, "client")
+    _publish(env, 3)
+    assert len(first.frames()) == 3
+    second = _consumer(env, "client")
+    assert second.frames() == []
+    first.lose()
+    again = second.frames()
+    assert [m.body for m in again] == [b"0", b"1", b"2"]
+    assert all(m.headers["redelivered"] == "true" for m in again)
+
+
+def test_unacked_return_on_unsubscribe(env):
+    first = _consumer(env, "client-individual")
+    _publish(env, 2)
+    messages = first.frames()
+    first.send("ACK", id=messages[0].headers["ack"])
+    second = _consumer(env, "auto")
+    first.send("UNSUBSCRIBE", id="s")
+    assert [m.body for m in second.frames()] == [b"1"]
+
+
+def test_prefetch_count(env):
+    consumer = _consumer(env, "client-individual", **{"prefetch-count": "2"})
+    _publish(env, 5)
+    messages = consumer.frames()
+    assert [m.body for m in messages] == [b"0", b"1"]
+    consumer.send("ACK", id=messages[0].headers["ack"])
+    assert [m.body for m in consumer.frames()] == [b"2"]
+
+
+def test_topic_nack_drops(env):
+    consumer = _consumer(env, "client", dest="/topic/n")
+    _publish(env, 1, dest="/topic/n")
+    message = consumer.frame()
+    consumer.send("NACK", id=message.headers["ack"], receipt="r")
+    assert consumer.frame().command == "RECEIPT"
+
+
+# -- transactions ----------------------------------------------------------------
+
+
+def test_transaction_commit_and_abort(env):
+    consumer = _consumer(env, "auto")
+    producer = env.client()
+    producer.connect()
+    producer.send("BEGIN", transaction="t1")
+    producer.send("SEND", b"a", destination="/queue/q", transaction="t1")
+    producer.send("SEND", b"b", destination="/queue/q", transaction="t1")
+    assert consumer.frames() == []
+    producer.send("COMMIT", transaction="t1", receipt="c")
+    assert producer.frame().headers == {"receipt-id": "c"}
+    assert [m.body for m in consumer.frames()] == [b"a", b"b"]
+    producer.send("BEGIN", transaction="t2")
+    producer.send("SEND", b"c", destination="/queue/q", transaction="t2")
+    producer.send("ABORT", transaction="t2")
+    producer.send("SEND", b"d", destination="/queue/q")
+    assert [m.body for m in consumer.frames()] == [b"d"]
+
+
+def test_transactional_ack(env):
+    consumer = _consumer(env, "client-individual")
+    _publish(env, 2)
+    messages = consumer.frames()
+    sub = consumer.proto.subscriptions["s"]
+    consumer.send("BEGIN", transaction="t")
+    consumer.send("ACK", id=messages[0].headers["ack"], transaction="t")
+    assert len(sub.unacked) == 2
+    consumer.send("ABORT", transaction="t")
+    assert len(sub.unacked) == 2
+    consumer.send("BEGIN", transaction="t")
+    consumer.send("ACK", id=messages[0].headers["ack"], transaction="t")
+    consumer.send("COMMIT", transaction="t")
+    assert [m.body for m in sub.unacked.values()] == [b"1"]
+
+
+@pytest.mark.parametrize("command", ["COMMIT", "ABORT"])
+def test_unknown_transaction(env, command):
+    client = env.client()
+    client.connect()
+    client.send(command, transaction="nope")
+    assert_error(client, "unknown transaction")
+
+
+def test_send_in_unknown_transaction(env):
+    client = env.client()
+    client.connect()
+    client.send("SEND", b"x", destination="/queue/q", transaction="nope")
+    assert_error(client, "unknown transaction")
+
+
+def test_duplicate_begin(env):
+    client = env.client()
+    client.connect()
+    client.send("BEGIN", transaction="t")
+    client.send("BEGIN", transaction="t")
+    assert_error(client, "already open")
+
+
+def test_transaction_aborted_when_connection_ends(env):
+    consumer = _consumer(env, "auto")
+    producer = env.client()
+    producer.connect()
+    producer.send("BEGIN", transaction="t")
+    producer.send("SEND", b"lost", destination="/queue/q", transaction="t")
+    producer.lose()
+    assert consumer.frames() == []
+
+
+# -- DISCONNECT --------------------------------------------------------------------
+
+
+def test_disconnect_receipt_then_close(env):
+    client = env.client()
+    client.connect()
+    client.send("DISCONNECT", receipt="bye")
+    assert client.frame().headers == {"receipt-id": "bye"}
+    assert client.transport.disconnecting
+    client.send("SEND", b"x", destination="/queue/after")
+    assert client.frames() == []
+    assert "/queue/after" not in env.broker.destinations
+
+
+def test_subscription_rejects_unknown_ack_mode():
+    with pytest.raises(ValueError):
+        Subscription(None, "1", "/queue/a", "never")
+
+
+def test_build_protocol():
+    proto = StompFactory(Broker(), BrokerConfig(), Clock(), "tcp").buildProtocol(None)
+    assert isinstance(proto, StompProtocol)

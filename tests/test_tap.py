@@ -1,0 +1,151 @@
+"""
+The twistd options, the service tree and the embedding helpers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import websocket
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.python import usage
+
+from stomptw.config import DEFAULT_TCP, DEFAULT_WS, BrokerConfig
+from stomptw.service import BrokerService
+from stomptw.tap import Options, makeService
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults():
+    config = parse().config
+    assert config.tcp_endpoints == [DEFAULT_TCP] == ["tcp:61613:interface=127.0.0.1"]
+    assert config.ws_endpoints == [DEFAULT_WS] == ["tcp:15674:interface=127.0.0.1"]
+    assert config.ws_path == "/ws"
+    assert (config.heartbeat_send_ms, config.heartbeat_receive_ms) == (10000, 10000)
+    assert config == BrokerConfig()
+
+
+def test_repeatable_endpoints_and_limits():
+    config = parse(
+        "--tcp",
+        "tcp:1234",
+        "--tcp=tcp:1235",
+        "--ws",
+        "tcp:8080",
+        "--ws-path",
+        "stomp",
+        "--heartbeat",
+        "0,5000",
+        "--heartbeat-grace",
+        "2",
+        "--max-frame-size",
+        "1000",
+        "--max-body-size",
+        "500",
+        "--max-headers",
+        "10",
+        "--max-header-line",
+        "100",
+        "--login-timeout",
+        "3",
+        "--prefetch",
+        "7",
+    ).config
+    assert config.tcp_endpoints == ["tcp:1234", "tcp:1235"]
+    assert config.ws_endpoints == ["tcp:8080"]
+    assert config.ws_path == "/stomp"
+    assert (config.heartbeat_send_ms, config.heartbeat_receive_ms) == (0, 5000)
+    assert config.heartbeat_grace == 2.0
+    assert config.limits.max_frame_size == 1000
+    assert config.limits.max_body_size == 500
+    assert config.limits.max_headers == 10
+    assert config.limits.max_header_line == 100
+    assert config.login_timeout == 3.0
+    assert config.default_prefetch == 7
+
+
+def test_switch_listeners_off():
+    config = parse("--no-tcp").config
+    assert config.tcp_endpoints == [] and config.ws_endpoints == [DEFAULT_WS]
+    config = parse("--no-ws").config
+    assert config.ws_endpoints == [] and config.tcp_endpoints == [DEFAULT_TCP]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--no-tcp", "--tcp", "tcp:1"],
+        ["--no-ws", "--ws", "tcp:1"],
+        ["--heartbeat", "10"],
+        ["--max-frame-size", "0"],
+        ["--heartbeat-grace", "0.5"],
+        ["--login-timeout", "-1"],
+    ],
+)
+def test_bad_options(args):
+    with pytest.raises(usage.UsageError):
+        parse(*args)
+
+
+def test_make_service_is_an_iservice():
+    service = makeService(parse())
+    assert IService.providedBy(service)
+    assert isinstance(service, BrokerService)
+    kinds = sorted(listener.kind for listener in service.listeners())
+    assert kinds == ["stomp", "ws"]
+
+
+def _load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_resource_example():
+    """docs/examples/embed_resource.py mounts the endpoint beside other pages."""
+    site = _load_example("embed_resource").make_site(reactor)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        number = port.getHost().port
+
+        def client():
+            ws = websocket.create_connection(
+                f"ws://127.0.0.1:{number}/live/stomp", subprotocols=["v12.stomp"], timeout=10
+            )
+            try:
+                ws.send("CONNECT\naccept-version:1.2\nhost:x\n\n\x00")
+                connected = ws.recv()
+                ws.send("SUBSCRIBE\nid:1\ndestination:/topic/e\n\n\x00")
+                ws.send("SEND\ndestination:/topic/e\nreceipt:r\n\nembedded\x00")
+                frames = [ws.recv(), ws.recv()]
+                return ws.subprotocol, connected, frames
+            finally:
+                ws.close()
+
+        subprotocol, connected, frames = await deferToThread(client)
+        assert subprotocol == "v12.stomp"
+        assert connected.startswith("CONNECTED\n")
+        assert any(f.startswith("MESSAGE\n") and f.endswith("embedded\x00") for f in frames)
+    finally:
+        await port.stopListening()
+
+
+def test_embedded_service_example():
+    module = _load_example("embed_service")
+    services = list(IService(module.application))
+    assert len(services) == 1 and isinstance(services[0], BrokerService)
+    assert services[0].config.heartbeat_send_ms == 5000
