@@ -150,18 +150,8 @@ class StompProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._closing = True
-        for name in ("_login_timer", "_send_timer", "_receive_timer", "_linger_timer"):
-            timer = getattr(self, name)
-            if timer is not None and timer.active():
-                timer.cancel()
-            setattr(self, name, None)
-        # Open transactions are aborted; unacknowledged messages go back.
-        self._transactions.clear()
-        subs = list(self.subscriptions.values())
-        self.subscriptions.clear()
-        self._pending.clear()
-        for sub in subs:
-            self.broker.unsubscribe(sub)
+        self._cancel_timers("_linger_timer")
+        self._end_session()
         self.broker.sessions.discard(self)
         self.log.info(
             "connection closed: peer={peer} transport={transport} session={session} "
@@ -233,6 +223,22 @@ class StompProtocol(Protocol):
                 e.headers.setdefault("receipt-id", receipt)
             self._fail(e)
             return
+        except Exception:
+            # A broker bug must not leave the session in an unknown state:
+            # log it in full, tell the client in words, and close.
+            self.log.failure(
+                "internal error handling {command} from {peer}", command=command, peer=self._peer
+            )
+            error = ProtocolError(
+                "internal broker error",
+                f"The broker failed while processing a {command} frame. This is a bug in "
+                "the broker, not in the client; it has been logged.",
+            )
+            receipt = headers.get("receipt")
+            if receipt is not None:
+                error.headers["receipt-id"] = receipt
+            self._fail(error)
+            return
         receipt = headers.get("receipt")
         if receipt is not None and command != "DISCONNECT" and not self._closing:
             self._send("RECEIPT", {"receipt-id": receipt})
@@ -302,17 +308,35 @@ class StompProtocol(Protocol):
         if self._closing:
             return
         self._closing = True
-        for name in ("_login_timer", "_send_timer", "_receive_timer"):
-            timer = getattr(self, name)
-            if timer is not None and timer.active():
-                timer.cancel()
-            setattr(self, name, None)
+        self._end_session()
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if half_close is not None:
             half_close()
         else:
             self.transport.loseConnection()
         self._linger_timer = self.clock.callLater(self.config.close_linger, self._linger_expired)
+
+    def _cancel_timers(self, *extra: str) -> None:
+        for name in ("_login_timer", "_send_timer", "_receive_timer", *extra):
+            timer = getattr(self, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+
+    def _end_session(self) -> None:
+        """
+        Release what the session holds, once: open transactions are aborted,
+        subscriptions end and their unacknowledged messages go back to their
+        queues. Done as soon as the broker decides to close, so that no
+        message is handed to a connection that is going away.
+        """
+        self._cancel_timers()
+        self._transactions.clear()
+        subs = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        self._pending.clear()
+        for sub in subs:
+            self.broker.unsubscribe(sub)
 
     def _linger_expired(self) -> None:
         self._linger_timer = None

@@ -698,3 +698,28 @@ def test_subscription_rejects_unknown_ack_mode():
 def test_build_protocol():
     proto = StompFactory(Broker(), BrokerConfig(), Clock(), "tcp").buildProtocol(None)
     assert isinstance(proto, StompProtocol)
+
+
+def test_internal_error_is_reported_without_traceback(env, monkeypatch):
+    client = env.client()
+    client.connect()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(env.broker, "send", broken)
+    client.send("SEND", b"x", destination="/queue/a", receipt="r")
+    error = assert_error(client, "internal broker error")
+    assert error.headers["receipt-id"] == "r"
+    assert b"boom" not in error.body
+
+
+def test_no_delivery_to_a_closing_connection(env):
+    """Once the broker decides to close, queue messages go elsewhere."""
+    doomed = _consumer(env, "auto")
+    doomed.raw(b"BOGUS\n\n\x00")
+    assert_error(doomed, "BOGUS")
+    _publish(env, 1)
+    assert doomed.frames() == []
+    survivor = _consumer(env, "auto")
+    assert [m.body for m in survivor.frames()] == [b"0"]
