@@ -58,8 +58,8 @@ class BrokerConfig:
     ws_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_WS])
     ws_path: str = "/ws"
     limits: Limits = field(default_factory=Limits)
-    heartbeat_send_ms: int = 10_000
-    heartbeat_receive_ms: int = 10_000
+    heartbeat_send_ms: int = 1_000
+    heartbeat_receive_ms: int = 1_000
     heartbeat_grace: float = 3.0
     login_timeout: float = 10.0
     close_linger: float = 5.0

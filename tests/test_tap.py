@@ -33,7 +33,7 @@ def test_defaults():
     assert config.tcp_endpoints == [DEFAULT_TCP] == ["tcp:61613:interface=127.0.0.1"]
     assert config.ws_endpoints == [DEFAULT_WS] == ["tcp:15674:interface=127.0.0.1"]
     assert config.ws_path == "/ws"
-    assert (config.heartbeat_send_ms, config.heartbeat_receive_ms) == (10000, 10000)
+    assert (config.heartbeat_send_ms, config.heartbeat_receive_ms) == (1000, 1000)
     assert config == BrokerConfig()
 
 
