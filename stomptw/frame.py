@@ -22,6 +22,7 @@ The parser understands STOMP 1.0, 1.1 and 1.2:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -56,6 +57,10 @@ SERVER_COMMANDS = frozenset({"CONNECTED", "MESSAGE", "RECEIPT", "ERROR"})
 
 #: Commands whose headers are never escaped, in any version.
 _UNESCAPED_COMMANDS = frozenset({"CONNECT", "STOMP", "CONNECTED"})
+
+# A run of EOLs (heart-beats) between frames, skipped in one C-level match.
+_EOLS = re.compile(rb"[\r\n]+")
+_EOL_BYTES = (0x0A, 0x0D)
 
 
 class FrameError(Exception):
@@ -261,8 +266,11 @@ class FrameParser:
         self.version = version
         self.bytes_received = 0
         self._buf = bytearray()
-        # Where the search for the end of the header section resumes.
+        # Where the search for the end of the header section (then for the
+        # NUL ending a body without content-length) resumes.
         self._scan = 0
+        # Complete lines (command line included) of a partial header section.
+        self._lines = 0
         # Once the header section is parsed: (command, headers, body start,
         # content length or -1); None while still reading headers.
         self._head: tuple[str, dict[str, str], int, int] | None = None
@@ -271,7 +279,8 @@ class FrameParser:
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer."""
         self.bytes_received += len(data)
-        self._buf += data
+        if self._failed is None:
+            self._buf += data
 
     @property
     def buffered(self) -> int:
@@ -297,10 +306,10 @@ class FrameParser:
         buf = self._buf
         if self._head is None:
             # Skip heart-beats: EOLs between frames.
-            if buf[:1] in (b"\n", b"\r"):
-                stripped = buf.lstrip(b"\r\n")
-                del buf[: len(buf) - len(stripped)]
+            if buf and buf[0] in _EOL_BYTES:
+                del buf[: _EOLS.match(buf).end()]
                 self._scan = 0
+                self._lines = 0
             if not buf:
                 return None
             head = self._parse_head(buf)
@@ -320,8 +329,9 @@ class FrameParser:
                     "after that many body bytes is not the NUL that ends a frame.",
                 )
         else:
-            end = buf.find(b"\x00", body_start)
+            end = buf.find(b"\x00", max(body_start, self._scan))
             if end < 0:
+                self._scan = len(buf)
                 pending = len(buf) - body_start
                 if pending > limits.max_body_size:
                     raise _too_large("max_body_size", limits.max_body_size, "body")
@@ -336,6 +346,7 @@ class FrameParser:
         del buf[: end + 1]
         self._head = None
         self._scan = 0
+        self._lines = 0
         return Frame(command, headers, body)
 
     def _parse_head(self, buf: bytearray) -> tuple[str, dict[str, str], int, int] | None:
@@ -343,13 +354,13 @@ class FrameParser:
         limits = self.limits
         # The header section ends at an empty line: LF LF, or with CRs.
         start = max(self._scan - 3, 0)
-        i = buf.find(b"\n\n", start)
-        j = buf.find(b"\n\r\n", start)
+        i, j = _find_blank_line(buf, start)
         if i < 0 and j < 0:
+            self._lines += buf.count(b"\n", self._scan)
             self._check_partial_head(buf)
             self._scan = len(buf)
             return None
-        if i < 0 or (0 <= j < i):
+        if j >= 0:
             head_end, body_start = j, j + 3
         else:
             head_end, body_start = i, i + 2
@@ -378,8 +389,10 @@ class FrameParser:
         for line in lines[1:]:
             if line.endswith("\r"):
                 line = line[:-1]
-            if len(line) > limits.max_header_line and (
-                len(line.encode("utf-8")) > limits.max_header_line
+            # A character is 1 to 4 bytes: encode only when the count is unsure.
+            if len(line) > limits.max_header_line or (
+                len(line) * 4 > limits.max_header_line
+                and len(line.encode("utf-8")) > limits.max_header_line
             ):
                 raise _too_large("max_header_line", limits.max_header_line, "header line")
             colon = line.find(":")
@@ -416,11 +429,37 @@ class FrameParser:
         limits = self.limits
         if len(buf) >= limits.max_frame_size:
             raise _too_large("max_frame_size", limits.max_frame_size, "frame")
+        if self._lines - 1 > limits.max_headers:
+            raise _too_large("max_headers", limits.max_headers, "headers")
         last = buf.rfind(b"\n")
         tail = len(buf) - last - 1
         # The incomplete last line may still gain its CR before the LF.
         if tail > limits.max_header_line + 1:
             raise _too_large("max_header_line", limits.max_header_line, "header line")
+
+
+def _find_blank_line(buf: bytearray, start: int) -> tuple[int, int]:
+    """
+    Find the first empty line at or after ``start``: return the index of
+    the first ``LF LF`` and of the first ``LF CR LF``, -1 for none (at most
+    one of them is set). The two searches run over growing windows, so a
+    pattern that does not occur never makes either scan the rest of a
+    buffer full of pipelined frames.
+    """
+    size = len(buf)
+    window = 512
+    while start < size:
+        stop = min(start + window, size)
+        # Matches starting before ``stop`` lie within these bounds.
+        i = buf.find(b"\n\n", start, stop + 1)
+        j = buf.find(b"\n\r\n", start, stop + 2)
+        if j >= 0 and (i < 0 or j < i):
+            return -1, j
+        if i >= 0:
+            return i, -1
+        start = stop
+        window *= 2
+    return -1, -1
 
 
 def _too_large(limit: str, value: int, what: str) -> FrameTooLarge:
