@@ -52,6 +52,11 @@ class BrokerConfig:
         connection; 0 turns pings off.
     :ivar ws_ping_timeout: seconds to wait for a pong before dropping the
         connection.
+    :ivar ws_max_message_size: the largest WebSocket message (and frame),
+        in or out, before Autobahn closes the connection with code 1009.
+        Incoming data streams into the STOMP parser, whose limits apply first
+        and are answered with an ERROR frame; this is the outer bound. 0 means
+        the larger of 64 MiB and four times ``limits.max_frame_size``.
     """
 
     tcp_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_TCP])
@@ -69,6 +74,7 @@ class BrokerConfig:
     ws_close_handshake_timeout: float = 5.0
     ws_ping_interval: float = 30.0
     ws_ping_timeout: float = 30.0
+    ws_max_message_size: int = 0
 
     def __post_init__(self) -> None:
         if not self.server_name:
@@ -89,7 +95,16 @@ class BrokerConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.ws_max_message_size < 0:
+            raise ValueError("ws_max_message_size must not be negative")
         if self.ws_ping_interval < 0 or self.ws_ping_timeout < 0 or self.default_prefetch < 0:
             raise ValueError(
                 "ws_ping_interval, ws_ping_timeout and default_prefetch must not be negative"
             )
+
+    @property
+    def ws_message_limit(self) -> int:
+        """The WebSocket message size limit in force (see ``ws_max_message_size``)."""
+        if self.ws_max_message_size:
+            return self.ws_max_message_size
+        return max(64 * 1024 * 1024, 4 * self.limits.max_frame_size)

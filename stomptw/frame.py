@@ -205,6 +205,7 @@ def escape_header(value: str, version: str) -> str:
 
 
 _NEEDS_ESCAPE = frozenset("\\\r\n:")
+_UNSAFE_10_NAME = frozenset("\r\n:")
 
 
 def encode_frame(
@@ -230,6 +231,10 @@ def encode_frame(
             has_length = True
         if escape:
             if not _NEEDS_ESCAPE.isdisjoint(name):
+                if version == "1.0" and not _UNSAFE_10_NAME.isdisjoint(name):
+                    # STOMP 1.0 cannot represent this name; written raw it
+                    # would read as another header (a forged message-id, say).
+                    continue
                 name = escape_header(name, version)
             if not _NEEDS_ESCAPE.isdisjoint(value):
                 value = escape_header(value, version)

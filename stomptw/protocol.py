@@ -524,8 +524,8 @@ class StompProtocol(Protocol):
 
     def _find_delivery(self, command: str, headers: dict[str, str]) -> tuple[Subscription, str]:
         """Return the subscription and ack id an ACK or NACK refers to."""
-        ack_id = headers.get("id")
-        if self.version == "1.2" and ack_id:
+        if self.version == "1.2":
+            ack_id = _require(headers, command, "id")
             sub = self._pending.get(ack_id)
             if sub is None:
                 raise ProtocolError(
@@ -534,8 +534,6 @@ class StompProtocol(Protocol):
                     "connection in a client ack mode and not yet acknowledged.",
                 )
             return sub, ack_id
-        if self.version == "1.2" and "message-id" not in headers:
-            _require(headers, command, "id")
         message_id = _require(headers, command, "message-id")
         sub_id = headers.get("subscription")
         if self.version == "1.1" and not sub_id:

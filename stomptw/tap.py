@@ -122,6 +122,14 @@ class Options(usage.Options):
             _positive_int,
         ],
         [
+            "ws-max-message-size",
+            None,
+            _DEFAULTS.ws_max_message_size,
+            "Largest WebSocket message or frame, in bytes, before the connection is "
+            "closed with code 1009 (0 = the larger of 64 MiB and 4 x --max-frame-size).",
+            int,
+        ],
+        [
             "ws-handshake-timeout",
             None,
             _DEFAULTS.ws_open_handshake_timeout,
@@ -201,6 +209,7 @@ def config_from_options(options: usage.Options) -> BrokerConfig:
         ws_open_handshake_timeout=options["ws-handshake-timeout"],
         ws_ping_interval=options["ws-ping-interval"],
         ws_ping_timeout=options["ws-ping-timeout"],
+        ws_max_message_size=options["ws-max-message-size"],
     )
 
 

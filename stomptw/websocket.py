@@ -100,9 +100,24 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         self.stomp = self.factory.stomp_factory.buildProtocol(self.transport.getPeer())
         self.stomp.makeConnection(_WebSocketTransport(self))
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.stomp is not None:
+    # Messages are not buffered: the payload of every WebSocket frame streams
+    # into the STOMP parser as it arrives (after Autobahn's UTF-8 check for
+    # text messages), so the STOMP limits bound memory and an oversized STOMP
+    # frame is answered with an ERROR whatever the WebSocket framing.
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self.message_is_binary = isBinary
+        self.message_data_total_length = 0
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if not self.failedByMe and self.stomp is not None:
             self.stomp.dataReceived(payload)
+
+    def onMessageFrameEnd(self) -> None:
+        self.frame_data = None
+
+    def onMessageEnd(self) -> None:
+        pass
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         stomp, self.stomp = self.stomp, None
@@ -116,8 +131,10 @@ class StompWebSocketFactory(WebSocketServerFactory):
     Builds STOMP-over-WebSocket connections for one broker.
 
     Autobahn's options are set explicitly from the broker configuration:
-    message and frame payloads are bounded by the STOMP frame limit, the
-    HTML status page is off, handshake and ping timeouts are configured.
+    message and frame payloads are bounded (``ws_message_limit``, derived from
+    the STOMP frame limit), a connection over the bound is closed with code
+    1009 through the closing handshake, the HTML status page is off,
+    handshake and ping timeouts are configured.
     """
 
     protocol = StompWebSocketProtocol
@@ -125,9 +142,10 @@ class StompWebSocketFactory(WebSocketServerFactory):
     def __init__(self, broker: Broker, config: BrokerConfig, reactor: IReactorTime) -> None:
         super().__init__(server=config.server_name, reactor=reactor)
         self.stomp_factory = StompFactory(broker, config, reactor, "ws")
-        limit = config.limits.max_frame_size
+        limit = config.ws_message_limit
         self.setProtocolOptions(
             webStatus=False,
+            failByDrop=False,
             maxFramePayloadSize=limit,
             maxMessagePayloadSize=limit,
             openHandshakeTimeout=config.ws_open_handshake_timeout,

@@ -35,6 +35,7 @@ def test_defaults():
     assert config.ws_path == "/ws"
     assert (config.heartbeat_send_ms, config.heartbeat_receive_ms) == (1000, 1000)
     assert config == BrokerConfig()
+    assert config.ws_message_limit == 64 * 1024 * 1024
 
 
 def test_repeatable_endpoints_and_limits():
@@ -62,7 +63,10 @@ def test_repeatable_endpoints_and_limits():
         "3",
         "--prefetch",
         "7",
+        "--ws-max-message-size",
+        "9000",
     ).config
+    assert config.ws_message_limit == 9000
     assert config.tcp_endpoints == ["tcp:1234", "tcp:1235"]
     assert config.ws_endpoints == ["tcp:8080"]
     assert config.ws_path == "/stomp"
