@@ -66,9 +66,20 @@ class Subscription:
         mode; 0 means no limit.
     :ivar unacked: ack id -> message, in delivery order, for messages
         delivered in a client mode and not yet acknowledged.
+    :ivar active: False once the subscription is being torn down; it then
+        receives nothing more.
     """
 
-    __slots__ = ("consumer", "id", "destination", "ack_mode", "prefetch", "unacked", "target")
+    __slots__ = (
+        "consumer",
+        "id",
+        "destination",
+        "ack_mode",
+        "prefetch",
+        "unacked",
+        "target",
+        "active",
+    )
 
     def __init__(
         self,
@@ -87,14 +98,17 @@ class Subscription:
         self.prefetch = prefetch
         self.unacked: dict[str, Message] = {}
         self.target: IDestination | None = None
+        self.active = True
 
     def is_ready(self) -> bool:
         """Whether this subscription may be handed another message now."""
+        if not self.active:
+            return False
         return self.prefetch <= 0 or self.ack_mode == "auto" or len(self.unacked) < self.prefetch
 
-    def deliver(self, message: Message) -> None:
-        """Pass ``message`` to the consumer."""
-        self.consumer.deliver(self, message)
+    def deliver(self, message: Message) -> bool:
+        """Pass ``message`` to the consumer; False if it could not take it."""
+        return self.consumer.deliver(self, message)
 
     def take(self, ack_id: str, cumulative: bool) -> list[tuple[str, Message]]:
         """

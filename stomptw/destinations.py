@@ -70,7 +70,8 @@ class Queue:
         self._dispatch()
 
     def is_idle(self) -> bool:
-        return not self.pending and not self.subscriptions
+        # Mid-dispatch a message may be out of ``pending`` for a moment.
+        return not self.pending and not self.subscriptions and not self._dispatching
 
     def _requeue(self, messages: list[Message]) -> None:
         for message in reversed(messages):
@@ -91,7 +92,11 @@ class Queue:
                 sub = self._pick()
                 if sub is None:
                     break
-                sub.deliver(pending.popleft())
+                message = pending.popleft()
+                if not sub.deliver(message):
+                    # The consumer could not take it (and is going away):
+                    # the message keeps its place for the others.
+                    pending.appendleft(message)
         finally:
             self._dispatching = False
 
@@ -127,7 +132,8 @@ class Topic:
 
     def publish(self, message: Message) -> None:
         for sub in tuple(self.subscriptions):
-            sub.deliver(message)
+            if sub.active:
+                sub.deliver(message)
 
     def subscribe(self, subscription: Subscription) -> None:
         self.subscriptions.append(subscription)

@@ -69,12 +69,17 @@ class FrameError(Exception):
 
     The message (``str(error)``) is meant for a client developer: it is sent
     back in the ERROR frame's ``message`` header.
+
+    :ivar headers: the failing frame's headers when they could be read
+        (a body over a limit, say), so that the ERROR can name its
+        ``receipt``; otherwise empty.
     """
 
     def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        self.headers: dict[str, str] = {}
 
 
 class FrameTooLarge(FrameError):
@@ -280,6 +285,8 @@ class FrameParser:
         # content length or -1); None while still reading headers.
         self._head: tuple[str, dict[str, str], int, int] | None = None
         self._failed: FrameError | None = None
+        # The headers of the frame being parsed, once read (for errors).
+        self._headers: dict[str, str] | None = None
 
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer."""
@@ -303,6 +310,10 @@ class FrameParser:
         try:
             return self._next()
         except FrameError as e:
+            if self._head is not None:
+                e.headers = self._head[1]
+            elif self._headers is not None:
+                e.headers = self._headers
             self._failed = e
             self._buf = bytearray()
             raise
@@ -350,6 +361,7 @@ class FrameParser:
         body = bytes(buf[body_start:end])
         del buf[: end + 1]
         self._head = None
+        self._headers = None
         self._scan = 0
         self._lines = 0
         return Frame(command, headers, body)
@@ -413,6 +425,7 @@ class FrameParser:
                 value = unescape_header(value, version)
             if name not in headers:
                 headers[name] = value
+        self._headers = headers
         length = -1
         raw = headers.get("content-length")
         if raw is not None:

@@ -20,6 +20,10 @@ class IMessageConsumer(Interface):
 
         In the client acknowledgement modes the consumer records the message
         in ``subscription.unacked`` under an ack id of its choosing.
+
+        Return True when the message was sent; False when this consumer
+        cannot take it (it is closing, or the message is too large for its
+        transport), in which case the destination keeps the message.
         """
 
 

@@ -172,11 +172,17 @@ class StompProtocol(Protocol):
         while not self._closing:
             try:
                 frame = parser.next_frame()
-            except FrameTooLarge as e:
-                self._fail(ProtocolError(e.message, _limit_details(e)))
-                return
             except FrameError as e:
-                self._fail(ProtocolError(e.message, e.details or "The frame could not be parsed."))
+                details = (
+                    _limit_details(e)
+                    if isinstance(e, FrameTooLarge)
+                    else (e.details or "The frame could not be parsed.")
+                )
+                error = ProtocolError(e.message, details)
+                receipt = e.headers.get("receipt")
+                if receipt is not None:
+                    error.headers["receipt-id"] = receipt
+                self._fail(error)
                 return
             if frame is None:
                 return
@@ -201,10 +207,6 @@ class StompProtocol(Protocol):
                         "already connected",
                         f"This session has already been established; a second {command} "
                         "is not allowed. Open a new connection instead.",
-                    )
-                if command == "NACK":
-                    raise ProtocolError(
-                        "NACK is not part of STOMP 1.0", "Use STOMP 1.1 or later to NACK."
                     )
                 raise ProtocolError(
                     f"unknown command {command[:40]!r}",
@@ -257,23 +259,48 @@ class StompProtocol(Protocol):
         )
         self._last_sent = self.clock.seconds()
 
-    def deliver(self, subscription: Subscription, message: Message) -> None:
-        """Send ``message`` to the client as a MESSAGE frame."""
+    def deliver(self, subscription: Subscription, message: Message) -> bool:
+        """
+        Send ``message`` to the client as a MESSAGE frame.
+
+        Return False, having sent nothing, when this connection cannot carry
+        it: the session is closing, or the frame is larger than the
+        transport's message limit (a WebSocket connection then ends with an
+        ERROR). The destination keeps the message for someone else.
+        """
+        if self._closing:
+            return False
         headers = {
             "subscription": subscription.id,
             "message-id": message.message_id,
             "destination": message.destination,
         }
+        ack_id = None
         if subscription.ack_mode != "auto":
             ack_id = str(next(self._ack_ids))
-            subscription.unacked[ack_id] = message
-            self._pending[ack_id] = subscription
             if self.version == "1.2":
                 headers["ack"] = ack_id
         if message.redelivered:
             headers["redelivered"] = "true"
         headers.update(message.headers)
-        self._send("MESSAGE", headers, message.body)
+        data = encode_frame("MESSAGE", headers, message.body, self.version or "1.0")
+        limit = getattr(self.transport, "max_message_size", 0)
+        if limit and len(data) > limit:
+            self._fail(
+                ProtocolError(
+                    "message too large for this connection",
+                    f"A {len(data)}-byte MESSAGE frame for subscription {subscription.id!r} is "
+                    f"over this connection's WebSocket message limit of {limit} bytes. The "
+                    "message stays with the broker for other subscribers.",
+                )
+            )
+            return False
+        if ack_id is not None:
+            subscription.unacked[ack_id] = message
+            self._pending[ack_id] = subscription
+        self.transport.write(data)
+        self._last_sent = self.clock.seconds()
+        return True
 
     # -- closing ------------------------------------------------------------------
 
@@ -335,6 +362,10 @@ class StompProtocol(Protocol):
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
         self._pending.clear()
+        # Detach every subscription before any message is requeued, so that
+        # what one returns is never handed to a sibling on this same session.
+        for sub in subs:
+            sub.active = False
         for sub in subs:
             self.broker.unsubscribe(sub)
 
@@ -562,6 +593,11 @@ class StompProtocol(Protocol):
             self._settle(sub, ack_id, True)
 
     def _on_nack(self, headers: dict[str, str], body: bytes) -> None:
+        if self.version == "1.0":
+            raise ProtocolError(
+                "NACK is not part of STOMP 1.0",
+                "STOMP 1.0 has no NACK frame; connect with accept-version 1.1 or 1.2 to use it.",
+            )
         sub, ack_id = self._find_delivery("NACK", headers)
         actions = self._transaction(headers)
         if actions is not None:

@@ -48,6 +48,8 @@ class _WebSocketTransport:
 
     def __init__(self, ws: StompWebSocketProtocol) -> None:
         self._ws = ws
+        #: The largest message Autobahn will send; StompProtocol checks it.
+        self.max_message_size = ws.maxMessagePayloadSize
 
     def write(self, data: bytes) -> None:
         ws = self._ws
