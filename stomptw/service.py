@@ -95,6 +95,7 @@ class BrokerService(MultiService):
         super().__init__()
         self.broker = broker
         self.config = config
+        self._announced = False
 
     def listeners(self, kind: str | None = None) -> list[_Listener]:
         """The listener services, optionally only those of ``kind`` (``"stomp"``/``"ws"``)."""
@@ -116,7 +117,19 @@ class BrokerService(MultiService):
 
         return d.addCallback(group)
 
+    def privilegedStartService(self) -> None:
+        self._announce()
+        super().privilegedStartService()
+
     def startService(self) -> None:
+        # Embedding code may call startService without privilegedStartService.
+        self._announce()
+        super().startService()
+
+    def _announce(self) -> None:
+        if self._announced:
+            return
+        self._announced = True
         from autobahn.websocket import USES_NVX
 
         log.info("stomptw {version} starting", version=__version__)
@@ -130,7 +143,6 @@ class BrokerService(MultiService):
                     "Install autobahn with its native extension (and do not set "
                     "AUTOBAHN_USE_NVX=0)."
                 )
-        super().startService()
 
     def stopService(self) -> defer.Deferred:
         log.info(

@@ -153,3 +153,48 @@ def test_embedded_service_example():
     services = list(IService(module.application))
     assert len(services) == 1 and isinstance(services[0], BrokerService)
     assert services[0].config.heartbeat_send_ms == 5000
+
+
+@pytest_twisted.ensureDeferred
+async def test_startup_logs_listeners_and_acceleration():
+    from twisted.logger import globalLogPublisher
+
+    from stomptw.service import makeService as make
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    service = make(
+        BrokerConfig(
+            tcp_endpoints=["tcp:0:interface=127.0.0.1"], ws_endpoints=["tcp:0:interface=127.0.0.1"]
+        ),
+        reactor,
+    )
+    try:
+        service.privilegedStartService()
+        service.startService()
+        await service.whenListening()
+    finally:
+        await service.stopService()
+        globalLogPublisher.removeObserver(events.append)
+    formats = [e.get("log_format", "") for e in events]
+    assert sum("starting" in f and "stomptw" in f for f in formats) == 1
+    assert any("NVX" in f for f in formats)
+    assert sum("listening on" in f for f in formats) == 2
+
+
+def test_listen_failure_refuses_to_start():
+    """A port already taken stops twistd from starting rather than running deaf."""
+    import socket
+
+    from stomptw.service import makeService as make
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = make(
+            BrokerConfig(tcp_endpoints=[f"tcp:{port}:interface=127.0.0.1"], ws_endpoints=[]),
+            reactor,
+        )
+        with pytest.raises(Exception, match="[Aa]ddress already in use|CannotListen"):
+            service.privilegedStartService()
