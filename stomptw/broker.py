@@ -146,7 +146,6 @@ class Broker:
         self._message_ids = itertools.count(1)
         self._session_ids = itertools.count(1)
         self.sessions: set[object] = set()
-        self.stats = {"published": 0, "delivered": 0}
 
     def new_session_id(self) -> str:
         """A session identifier for a new client connection."""
@@ -175,7 +174,6 @@ class Broker:
     def send(self, destination: str, headers: dict[str, str], body: bytes) -> Message:
         """Accept a message for ``destination`` and route it."""
         message = Message(f"{self._prefix}-{next(self._message_ids)}", destination, headers, body)
-        self.stats["published"] += 1
         dest = self.destination(destination)
         dest.publish(message)
         self._forget_if_idle(dest)
@@ -189,6 +187,7 @@ class Broker:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop ``subscription``; its unacknowledged messages are returned."""
+        subscription.active = False
         dest = subscription.target
         if dest is None:
             return

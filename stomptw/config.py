@@ -56,7 +56,12 @@ class BrokerConfig:
         in or out, before Autobahn closes the connection with code 1009.
         Incoming data streams into the STOMP parser, whose limits apply first
         and are answered with an ERROR frame; this is the outer bound. 0 means
-        the larger of 64 MiB and four times ``limits.max_frame_size``.
+        the larger of 64 MiB and four times ``limits.max_frame_size``. It
+        must leave room for the largest MESSAGE the broker can build from an
+        accepted SEND (twice the frame limit, as escaping may double headers).
+    :ivar allowed_origins: browser origins allowed to open WebSocket sessions
+        besides the same host and loopback pages (shell-style patterns such as
+        ``https://*.example.com``; ``*`` allows every origin).
     """
 
     tcp_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_TCP])
@@ -75,6 +80,7 @@ class BrokerConfig:
     ws_ping_interval: float = 30.0
     ws_ping_timeout: float = 30.0
     ws_max_message_size: int = 0
+    allowed_origins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.server_name:
@@ -97,10 +103,21 @@ class BrokerConfig:
                 raise ValueError(f"{name} must be positive")
         if self.ws_max_message_size < 0:
             raise ValueError("ws_max_message_size must not be negative")
+        if self.ws_max_message_size and self.ws_max_message_size < self.min_ws_message_size:
+            raise ValueError(
+                f"ws_max_message_size must be at least {self.min_ws_message_size} bytes "
+                "(twice max_frame_size plus room for the headers the broker adds), so that "
+                "every message the broker accepts can be delivered over WebSocket"
+            )
         if self.ws_ping_interval < 0 or self.ws_ping_timeout < 0 or self.default_prefetch < 0:
             raise ValueError(
                 "ws_ping_interval, ws_ping_timeout and default_prefetch must not be negative"
             )
+
+    @property
+    def min_ws_message_size(self) -> int:
+        """The smallest WebSocket message limit that fits every possible MESSAGE."""
+        return 2 * self.limits.max_frame_size + 2 * self.limits.max_header_line + 4096
 
     @property
     def ws_message_limit(self) -> int:

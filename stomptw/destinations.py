@@ -85,29 +85,31 @@ class Queue:
         if self._dispatching:
             return
         self._dispatching = True
+        # Subscriptions that declined a message sit out the rest of this pass.
+        declined: set[int] = set()
         try:
             pending = self.pending
-            subs = self.subscriptions
-            while pending and subs:
-                sub = self._pick()
+            while pending and self.subscriptions:
+                sub = self._pick(declined)
                 if sub is None:
                     break
                 message = pending.popleft()
                 if not sub.deliver(message):
-                    # The consumer could not take it (and is going away):
-                    # the message keeps its place for the others.
+                    # The consumer could not take it: the message keeps its
+                    # place for the others.
                     pending.appendleft(message)
+                    declined.add(id(sub))
         finally:
             self._dispatching = False
 
-    def _pick(self) -> Subscription | None:
+    def _pick(self, declined: set[int]) -> Subscription | None:
         subs = self.subscriptions
         count = len(subs)
         start = self._next % count
         for offset in range(count):
             i = (start + offset) % count
             sub = subs[i]
-            if sub.is_ready():
+            if sub.is_ready() and id(sub) not in declined:
                 self._next = i + 1
                 return sub
         return None

@@ -13,9 +13,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -114,6 +116,7 @@ class StompProtocol(Protocol):
         self._receive_timer = None
         self._linger_timer = None
         self._close_reason = "client closed the connection"
+        self._closed_waiters: list[Deferred] = []
         self.parser = FrameParser(config.limits)
         self._handlers: dict[str, Callable] = {
             "SEND": self._on_send,
@@ -153,6 +156,9 @@ class StompProtocol(Protocol):
         self._cancel_timers("_linger_timer")
         self._end_session()
         self.broker.sessions.discard(self)
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
         self.log.info(
             "connection closed: peer={peer} transport={transport} session={session} "
             "duration={duration:.1f}s reason={reason}",
@@ -192,6 +198,11 @@ class StompProtocol(Protocol):
 
     def _handle(self, command: str, headers: dict[str, str], body: bytes) -> None:
         try:
+            if body and command not in _BODY_ALLOWED:
+                raise ProtocolError(
+                    f"{command} frame must not have a body",
+                    "Only SEND frames may carry a body.",
+                )
             if self.version is None:
                 if command in ("CONNECT", "STOMP"):
                     self._on_connect(headers)
@@ -212,11 +223,6 @@ class StompProtocol(Protocol):
                     f"unknown command {command[:40]!r}",
                     "Client frames are SEND, SUBSCRIBE, UNSUBSCRIBE, BEGIN, COMMIT, ABORT, "
                     "ACK, NACK and DISCONNECT (plus CONNECT or STOMP to start).",
-                )
-            if body and command not in _BODY_ALLOWED:
-                raise ProtocolError(
-                    f"{command} frame must not have a body",
-                    "Only SEND frames may carry a body.",
                 )
             handler(headers, body)
         except ProtocolError as e:
@@ -268,7 +274,7 @@ class StompProtocol(Protocol):
         transport's message limit (a WebSocket connection then ends with an
         ERROR). The destination keeps the message for someone else.
         """
-        if self._closing:
+        if self._closing or self.transport.disconnecting:
             return False
         headers = {
             "subscription": subscription.id,
@@ -304,14 +310,37 @@ class StompProtocol(Protocol):
 
     # -- closing ------------------------------------------------------------------
 
-    def _fail(self, error: ProtocolError) -> None:
+    def shutdown(self) -> Deferred:
+        """
+        End the session because the broker is stopping: an ERROR saying so,
+        then the same orderly close as after any ERROR (bounded by
+        ``close_linger``). The Deferred fires once the connection is gone.
+        """
+        done: Deferred = Deferred()
+        if self in self.broker.sessions:
+            self._closed_waiters.append(done)
+            if not self._closing:
+                self._fail(
+                    ProtocolError(
+                        "broker is shutting down",
+                        "The broker is stopping and closes every connection; reconnect "
+                        "later. Unacknowledged messages go back to their queues.",
+                    ),
+                    reason="broker shutdown",
+                )
+        else:
+            done.callback(None)
+        return done
+
+    def _fail(self, error: ProtocolError, reason: str = "") -> None:
         """Send an ERROR frame for ``error``, then close the connection."""
-        self.log.info(
-            "protocol error from {peer} (session {session}): {error}",
-            peer=self._peer,
-            session=self.session_id or "-",
-            error=error.message,
-        )
+        if not reason:
+            self.log.info(
+                "protocol error from {peer} (session {session}): {error}",
+                peer=self._peer,
+                session=self.session_id or "-",
+                error=error.message,
+            )
         headers = {"message": error.message}
         headers.update(error.headers)
         headers["content-type"] = "text/plain"
@@ -319,7 +348,7 @@ class StompProtocol(Protocol):
         if not body.endswith(b"\n"):
             body += b"\n"
         self._send("ERROR", headers, body)
-        self._close_reason = f"protocol error: {error.message}"
+        self._close_reason = reason or f"protocol error: {error.message}"
         self._close_gracefully()
 
     def _close_gracefully(self) -> None:
@@ -336,11 +365,13 @@ class StompProtocol(Protocol):
             return
         self._closing = True
         self._end_session()
-        half_close = getattr(self.transport, "loseWriteConnection", None)
-        if half_close is not None:
-            half_close()
+        transport = self.transport
+        if _can_half_close(transport):
+            transport.loseWriteConnection()
         else:
-            self.transport.loseConnection()
+            # TLS (a wrapping transport) closes with close_notify after the
+            # data written; WebSocket with its closing handshake.
+            transport.loseConnection()
         self._linger_timer = self.clock.callLater(self.config.close_linger, self._linger_expired)
 
     def _cancel_timers(self, *extra: str) -> None:
@@ -646,6 +677,17 @@ class StompProtocol(Protocol):
             self._send("RECEIPT", {"receipt-id": receipt})
         self._close_reason = "client sent DISCONNECT"
         self._close_gracefully()
+
+
+def _can_half_close(transport: object) -> bool:
+    """
+    Whether ``transport`` is a plain TCP connection whose sending side can be
+    shut down alone. A TLS transport wraps one and forwards attribute lookups
+    to it, so half-closing "through" it would cut the TCP stream under TLS.
+    """
+    if isinstance(transport, ProtocolWrapper) or ISSLTransport.providedBy(transport):
+        return False
+    return ITCPTransport.providedBy(transport) and hasattr(transport, "loseWriteConnection")
 
 
 _DESTINATION_HELP = (

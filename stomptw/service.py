@@ -40,6 +40,7 @@ class _Listener(StreamServerEndpointService):
         self.kind = kind
         self._waiters: list[defer.Deferred] = []
         self.port: IListeningPort | None = None
+        self._failure: Failure | None = None
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
@@ -48,6 +49,7 @@ class _Listener(StreamServerEndpointService):
         def failed(failure: Failure) -> None:
             log.failure("cannot listen on {endpoint}", failure, endpoint=self.description)
             failures.append(failure)
+            self._failure = failure
             waiters, self._waiters = self._waiters, []
             for d in waiters:
                 d.errback(failure)
@@ -78,6 +80,8 @@ class _Listener(StreamServerEndpointService):
         """A Deferred that fires with the listening port once bound."""
         if self.port is not None:
             return defer.succeed(self.port)
+        if self._failure is not None:
+            return defer.fail(self._failure)
         d: defer.Deferred = defer.Deferred()
         self._waiters.append(d)
         return d
@@ -145,18 +149,20 @@ class BrokerService(MultiService):
                 )
 
     def stopService(self) -> defer.Deferred:
+        """
+        Stop listening, then end every session in order (an ERROR saying the
+        broker is stopping, then the usual close, at most ``close_linger``
+        seconds each, in parallel); fires when all connections are gone.
+        """
         log.info(
             "stomptw stopping: closing listeners and {count} client connection(s)",
             count=len(self.broker.sessions),
         )
         d = defer.maybeDeferred(super().stopService)
 
-        def close_sessions(result: object) -> object:
-            for session in list(self.broker.sessions):
-                transport = getattr(session, "transport", None)
-                if transport is not None:
-                    transport.loseConnection()
-            return result
+        def close_sessions(result: object) -> defer.Deferred:
+            closing = [session.shutdown() for session in list(self.broker.sessions)]
+            return defer.gatherResults(closing, consumeErrors=True).addBoth(lambda _: result)
 
         return d.addBoth(close_sessions)
 
@@ -177,10 +183,13 @@ def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerServi
     broker = Broker()
     service = BrokerService(broker, config)
     if config.tcp_endpoints:
-        factory = StompFactory(broker, config, reactor, "tcp")
+        factories = {
+            label: StompFactory(broker, config, reactor, label) for label in ("tcp", "tls")
+        }
         for description in config.tcp_endpoints:
             endpoint = serverFromString(reactor, description)
-            _Listener(endpoint, factory, description, "stomp").setServiceParent(service)
+            label = "tls" if description.split(":", 1)[0] in ("ssl", "tls") else "tcp"
+            _Listener(endpoint, factories[label], description, "stomp").setServiceParent(service)
     if config.ws_endpoints:
         site = websocket_site(broker, config, reactor)
         for description in config.ws_endpoints:

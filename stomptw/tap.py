@@ -59,9 +59,9 @@ class Options(usage.Options):
             "heartbeat",
             None,
             f"{_DEFAULTS.heartbeat_send_ms},{_DEFAULTS.heartbeat_receive_ms}",
-            "The broker's heart-beat offer 'sx,sy' in milliseconds: the shortest "
-            "interval it sends beats at, and the shortest it asks clients to send "
-            "at; 0 turns either direction off.",
+            "The broker's heart-beat offer 'sx,sy' in milliseconds: floors on the "
+            "negotiated interval it sends beats at and on the one it asks clients "
+            "to send at; 0 turns either direction off.",
             _heartbeat,
         ],
         [
@@ -97,7 +97,7 @@ class Options(usage.Options):
             "max-frame-size",
             None,
             _LIMITS.max_frame_size,
-            "Largest frame accepted, in bytes (also the WebSocket message limit).",
+            "Largest frame accepted, in bytes, command to NUL inclusive.",
             _positive_int,
         ],
         [
@@ -156,6 +156,7 @@ class Options(usage.Options):
         super().__init__()
         self["tcp"] = []
         self["ws"] = []
+        self["allowed-origins"] = []
 
     def opt_tcp(self, endpoint: str) -> None:
         """
@@ -163,6 +164,14 @@ class Options(usage.Options):
         default tcp:61613:interface=127.0.0.1).
         """
         self["tcp"].append(endpoint)
+
+    def opt_allowed_origins(self, patterns: str) -> None:
+        """
+        Browser origins allowed to open WebSocket sessions besides the same
+        host and loopback pages: comma-separated shell-style patterns such as
+        https://*.example.com; * allows every origin (repeatable).
+        """
+        self["allowed-origins"].extend(p.strip() for p in patterns.split(",") if p.strip())
 
     def opt_ws(self, endpoint: str) -> None:
         """
@@ -210,6 +219,7 @@ def config_from_options(options: usage.Options) -> BrokerConfig:
         ws_ping_interval=options["ws-ping-interval"],
         ws_ping_timeout=options["ws-ping-timeout"],
         ws_max_message_size=options["ws-max-message-size"],
+        allowed_origins=options["allowed-origins"],
     )
 
 

@@ -15,11 +15,15 @@ broker serves on its own WebSocket listener.
 
 from __future__ import annotations
 
+import fnmatch
+from urllib.parse import urlsplit
+
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -34,9 +38,12 @@ __all__ = [
     "STOMP_SUBPROTOCOLS",
     "StompWebSocketFactory",
     "StompWebSocketProtocol",
+    "origin_allowed",
     "websocket_resource",
     "websocket_site",
 ]
+
+log = Logger()
 
 #: WebSocket subprotocols for STOMP, most preferred first.
 STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
@@ -73,6 +80,11 @@ class _WebSocketTransport:
         elif ws.state != ws.STATE_CLOSED:
             ws.dropConnection(abort=False)
 
+    @property
+    def disconnecting(self) -> bool:
+        """True once the WebSocket has left the OPEN state: nothing more is sent."""
+        return self._ws.state != self._ws.STATE_OPEN
+
     def abortConnection(self) -> None:
         """Drop the TCP connection at once."""
         if self._ws.state != self._ws.STATE_CLOSED:
@@ -91,7 +103,18 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     stomp: StompProtocol | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
-        """Pick the highest STOMP subprotocol the client offers, if any."""
+        """
+        Refuse an origin the broker does not allow (HTTP 403), then pick the
+        highest STOMP subprotocol the client offers, if any.
+        """
+        origin = request.origin
+        if origin and not origin_allowed(origin, request.host, self.factory.allowed_origins):
+            log.info(
+                "WebSocket handshake refused: origin {origin} not allowed (peer {peer})",
+                origin=origin,
+                peer=request.peer,
+            )
+            raise ConnectionDeny(403, f"origin {origin} is not allowed")
         for name in STOMP_SUBPROTOCOLS:
             if name in request.protocols:
                 return name
@@ -144,6 +167,7 @@ class StompWebSocketFactory(WebSocketServerFactory):
     def __init__(self, broker: Broker, config: BrokerConfig, reactor: IReactorTime) -> None:
         super().__init__(server=config.server_name, reactor=reactor)
         self.stomp_factory = StompFactory(broker, config, reactor, "ws")
+        self.allowed_origins = list(config.allowed_origins)
         limit = config.ws_message_limit
         self.setProtocolOptions(
             webStatus=False,
@@ -155,9 +179,43 @@ class StompWebSocketFactory(WebSocketServerFactory):
             autoPingInterval=config.ws_ping_interval,
             autoPingTimeout=config.ws_ping_timeout,
             tcpNoDelay=True,
+            # Origins are checked in onConnect (same host, loopback or the
+            # configured patterns), answered with 403.
             allowedOrigins=["*"],
             allowNullOrigin=True,
         )
+
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def origin_allowed(origin: str, host: str, patterns: list[str]) -> bool:
+    """
+    Whether a browser page from ``origin`` may open a STOMP session.
+
+    Allowed: a page served by the same host and port the client connected to
+    (the ``Host`` header), a page on a loopback address (``localhost``,
+    ``127.0.0.1``, ``[::1]``, any port), and any origin matching one of
+    ``patterns`` (shell-style wildcards on ``scheme://host[:port]``, e.g.
+    ``https://*.example.com``; ``*`` allows every origin, ``null`` the null
+    origin of local files and sandboxed frames).
+    """
+    origin = origin.strip().lower()
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(origin, pattern.strip().lower()):
+            return True
+    if origin == "null":
+        return False
+    try:
+        parts = urlsplit(origin)
+        hostname = parts.hostname
+    except ValueError:
+        return False
+    if not hostname:
+        return False
+    if hostname in _LOOPBACK_HOSTS or hostname.endswith(".localhost"):
+        return True
+    return bool(host) and parts.netloc == host.strip().lower()
 
 
 def websocket_resource(

@@ -1835,7 +1835,7 @@ async def test_websocket_message_of_small_frames_over_frame_limit(make_broker):
 @pytest_twisted.ensureDeferred
 async def test_websocket_message_over_websocket_limit_closes_1009(make_broker):
     """Past the WebSocket layer's own bound: close code 1009 through the closing handshake."""
-    running = await make_broker(limits=LIMITS, ws_max_message_size=4096)
+    running = await make_broker(limits=LIMITS, ws_max_message_size=8192)
 
     def run():
         ws = websocket.create_connection(
@@ -1844,7 +1844,7 @@ async def test_websocket_message_over_websocket_limit_closes_1009(make_broker):
         try:
             ws.send("CONNECT\naccept-version:1.2\n\n\x00")
             assert ws.recv().startswith("CONNECTED\n")
-            ws.send(frame("SEND", "destination:/queue/x", body=b"w" * 5000).decode())
+            ws.send(frame("SEND", "destination:/queue/x", body=b"w" * 10000).decode())
             opcode, data = ws.recv_data(control_frame=True)
             assert opcode == websocket.ABNF.OPCODE_CLOSE
             assert int.from_bytes(data[:2], "big") == 1009

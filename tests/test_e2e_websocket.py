@@ -424,14 +424,14 @@ async def test_ws_message_over_the_websocket_limit_is_closed_with_1009(make_brok
     (``ws_max_message_size``); Autobahn refuses a bigger message as soon as
     its length is known, with the closing handshake and code 1009.
     """
-    if "ws_max_message_size" not in BrokerConfig.__dataclass_fields__:
-        pytest.skip("this broker has no separate WebSocket message limit")
-    running = await make_broker(limits=Limits(max_frame_size=LIMIT), ws_max_message_size=2 * LIMIT)
+    limits = Limits(max_frame_size=LIMIT)
+    ws_limit = BrokerConfig(limits=limits).min_ws_message_size
+    running = await make_broker(limits=limits, ws_max_message_size=ws_limit)
 
     def scenario(pool: ClientPool):
         ws = pool.websocket(running.ws_url, ["v12.stomp"])
         ws.connect("1.2")
-        ws.send_text(send_frame_of_size(2 * LIMIT + 1, queue_name("limit"), "too-big"))
+        ws.send_text(send_frame_of_size(ws_limit + 1, queue_name("limit"), "too-big"))
         assert ws.recv_close()[0] == 1009
 
     await run_clients(scenario)
@@ -473,7 +473,7 @@ async def test_frame_over_max_frame_size_split_in_small_ws_messages_gets_error(
     await run_clients(scenario)
 
 
-@pytest.mark.parametrize("ws_limit", ["default", "equal-to-max-frame-size"])
+@pytest.mark.parametrize("ws_limit", ["default", "smallest-allowed"])
 @pytest.mark.parametrize("ack", ["auto", "client-individual"])
 @pytest_twisted.ensureDeferred
 async def test_message_at_the_limit_reaches_a_websocket_consumer(make_broker, ack, ws_limit):
@@ -487,9 +487,8 @@ async def test_message_at_the_limit_reaches_a_websocket_consumer(make_broker, ac
     """
     overrides = {}
     if ws_limit != "default":
-        if "ws_max_message_size" not in BrokerConfig.__dataclass_fields__:
-            pytest.skip("this broker has no separate WebSocket message limit")
-        overrides["ws_max_message_size"] = LIMIT
+        smallest = BrokerConfig(limits=Limits(max_frame_size=LIMIT)).min_ws_message_size
+        overrides["ws_max_message_size"] = smallest
     running = await make_broker(limits=Limits(max_frame_size=LIMIT), **overrides)
     dest = queue_name("at-limit")
     send = send_frame_of_size(LIMIT, dest, "r")

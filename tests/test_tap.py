@@ -64,9 +64,13 @@ def test_repeatable_endpoints_and_limits():
         "--prefetch",
         "7",
         "--ws-max-message-size",
-        "9000",
+        "30000",
+        "--allowed-origins",
+        "https://*.example.com, http://app.test:8080",
+        "--allowed-origins=null",
     ).config
-    assert config.ws_message_limit == 9000
+    assert config.ws_message_limit == 30000
+    assert config.allowed_origins == ["https://*.example.com", "http://app.test:8080", "null"]
     assert config.tcp_endpoints == ["tcp:1234", "tcp:1235"]
     assert config.ws_endpoints == ["tcp:8080"]
     assert config.ws_path == "/stomp"
