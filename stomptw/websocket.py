@@ -108,7 +108,9 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         highest STOMP subprotocol the client offers, if any.
         """
         origin = request.origin
-        if origin and not origin_allowed(origin, request.host, self.factory.allowed_origins):
+        # request.host has the port stripped; the same-host rule needs it.
+        host = request.headers.get("host", "")
+        if origin and not origin_allowed(origin, host, self.factory.allowed_origins):
             log.info(
                 "WebSocket handshake refused: origin {origin} not allowed (peer {peer})",
                 origin=origin,

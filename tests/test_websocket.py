@@ -39,8 +39,10 @@ def test_origin_policy(origin, host, patterns, allowed):
     assert origin_allowed(origin, host, patterns) is allowed
 
 
-def _handshake(url: str, origin: str | None):
+def _handshake(url: str, origin: str | None, host: str | None = None):
     kwargs = {"origin": origin} if origin else {"suppress_origin": True}
+    if host:
+        kwargs["host"] = host
     try:
         ws = websocket.create_connection(url, subprotocols=["v12.stomp"], timeout=5, **kwargs)
     except websocket.WebSocketBadStatusException as e:
@@ -67,3 +69,13 @@ async def test_allowed_origin_patterns(make_broker):
         "CONNECTED"
     )
     assert await deferToThread(_handshake, running.ws_url, "https://example.org") == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_host_origin_allowed(broker):
+    """A page served by the broker's own host and port (as the browser named it)."""
+    host = f"broker.example:{broker.ws_port}"
+    same = f"http://{host}"
+    other = "http://broker.example:1"
+    assert await deferToThread(_handshake, broker.ws_url, same, host) == "CONNECTED"
+    assert await deferToThread(_handshake, broker.ws_url, other, host) == 403
