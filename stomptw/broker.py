@@ -186,7 +186,10 @@ class Broker:
         dest.subscribe(subscription)
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        """Stop ``subscription``; its unacknowledged messages are returned."""
+        """
+        Stop ``subscription``. Its unacknowledged messages go back to their
+        queue (redelivered); on a topic they are dropped.
+        """
         subscription.active = False
         dest = subscription.target
         if dest is None:

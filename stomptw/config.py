@@ -48,14 +48,16 @@ class BrokerConfig:
         opening handshake.
     :ivar ws_close_handshake_timeout: seconds allowed for the closing
         handshake before the TCP connection is dropped.
-    :ivar ws_ping_interval: seconds between WebSocket pings on an idle
-        connection; 0 turns pings off.
+    :ivar ws_ping_interval: seconds between WebSocket pings (sent whatever
+        the traffic); 0 turns pings off.
     :ivar ws_ping_timeout: seconds to wait for a pong before dropping the
         connection.
-    :ivar ws_max_message_size: the largest WebSocket message (and frame),
-        in or out, before Autobahn closes the connection with code 1009.
-        Incoming data streams into the STOMP parser, whose limits apply first
-        and are answered with an ERROR frame; this is the outer bound. 0 means
+    :ivar ws_max_message_size: the largest WebSocket message (and frame) a
+        client may send before Autobahn closes the connection with code 1009;
+        also the largest the broker sends (a MESSAGE over it, which the
+        minimum below rules out, ends that session with an ERROR). Incoming
+        data streams into the STOMP parser, whose limits apply first and are
+        answered with an ERROR frame; this is the outer bound. 0 means
         the larger of 64 MiB and four times ``limits.max_frame_size``. It
         must leave room for the largest MESSAGE the broker can build from an
         accepted SEND (twice the frame limit, as escaping may double headers).

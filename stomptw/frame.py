@@ -481,9 +481,8 @@ def _find_blank_line(buf: bytearray, start: int) -> tuple[int, int]:
 
 
 def _too_large(limit: str, value: int, what: str) -> FrameTooLarge:
-    unit = "header lines" if limit == "max_headers" else "bytes"
-    return FrameTooLarge(
-        limit,
-        value,
-        f"{what} exceeds the broker's {limit} limit of {value} {unit}",
-    )
+    if limit == "max_headers":
+        message = f"frame has more header lines than the broker's max_headers limit of {value}"
+    else:
+        message = f"{what} exceeds the broker's {limit} limit of {value} bytes"
+    return FrameTooLarge(limit, value, message)

@@ -23,7 +23,8 @@ class IMessageConsumer(Interface):
 
         Return True when the message was sent; False when this consumer
         cannot take it (it is closing, or the message is too large for its
-        transport), in which case the destination keeps the message.
+        transport): a queue then keeps the message for another subscriber, a
+        topic drops this subscriber's copy.
         """
 
 

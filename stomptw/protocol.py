@@ -115,7 +115,8 @@ class StompProtocol(Protocol):
         self._send_timer = None
         self._receive_timer = None
         self._linger_timer = None
-        self._close_reason = "client closed the connection"
+        # Why the broker closed, when it did; otherwise the transport says.
+        self._close_reason = ""
         self._closed_waiters: list[Deferred] = []
         self.parser = FrameParser(config.limits)
         self._handlers: dict[str, Callable] = {
@@ -166,7 +167,8 @@ class StompProtocol(Protocol):
             transport=self.transport_name,
             session=self.session_id or "-",
             duration=self.clock.seconds() - self._opened,
-            reason=self._close_reason,
+            reason=self._close_reason
+            or (reason.getErrorMessage() if reason is not None else "connection lost"),
         )
 
     def dataReceived(self, data: bytes) -> None:
@@ -272,7 +274,8 @@ class StompProtocol(Protocol):
         Return False, having sent nothing, when this connection cannot carry
         it: the session is closing, or the frame is larger than the
         transport's message limit (a WebSocket connection then ends with an
-        ERROR). The destination keeps the message for someone else.
+        ERROR). A queue then keeps the message for another subscriber; a
+        topic drops this subscriber's copy.
         """
         if self._closing or self.transport.disconnecting:
             return False

@@ -36,6 +36,24 @@ def _heartbeat(value: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+#: Configuration field names as the command line spells them, for errors.
+_OPTION_NAMES = {
+    "ws_max_message_size": "--ws-max-message-size",
+    "ws_open_handshake_timeout": "--ws-handshake-timeout",
+    "ws_close_handshake_timeout": "--ws-close-handshake-timeout",
+    "ws_ping_interval": "--ws-ping-interval",
+    "ws_ping_timeout": "--ws-ping-timeout",
+    "heartbeat_grace": "--heartbeat-grace",
+    "login_timeout": "--login-timeout",
+    "close_linger": "--close-linger",
+    "default_prefetch": "--prefetch",
+    "max_frame_size": "--max-frame-size",
+    "max_header_line": "--max-header-line",
+    "max_body_size": "--max-body-size",
+    "max_headers": "--max-headers",
+}
+
+
 class Options(usage.Options):
     """Options of ``twistd stomptw``."""
 
@@ -159,25 +177,15 @@ class Options(usage.Options):
         self["allowed-origins"] = []
 
     def opt_tcp(self, endpoint: str) -> None:
-        """
-        Listen for STOMP over TCP on this endpoint string (repeatable;
-        default tcp:61613:interface=127.0.0.1).
-        """
+        """Listen for STOMP over TCP on this endpoint string (repeatable; default tcp:61613:interface=127.0.0.1)."""  # noqa: E501
         self["tcp"].append(endpoint)
 
     def opt_allowed_origins(self, patterns: str) -> None:
-        """
-        Browser origins allowed to open WebSocket sessions besides the same
-        host and loopback pages: comma-separated shell-style patterns such as
-        https://*.example.com; * allows every origin (repeatable).
-        """
+        """Browser origins allowed to open WebSocket sessions besides the same host and loopback pages: comma-separated shell-style patterns such as https://*.example.com; * allows every origin (repeatable)."""  # noqa: E501
         self["allowed-origins"].extend(p.strip() for p in patterns.split(",") if p.strip())
 
     def opt_ws(self, endpoint: str) -> None:
-        """
-        Listen for STOMP over WebSocket (HTTP) on this endpoint string
-        (repeatable; default tcp:15674:interface=127.0.0.1).
-        """
+        """Listen for STOMP over WebSocket (HTTP) on this endpoint string (repeatable; default tcp:15674:interface=127.0.0.1)."""  # noqa: E501
         self["ws"].append(endpoint)
 
     def postOptions(self) -> None:
@@ -188,7 +196,10 @@ class Options(usage.Options):
         try:
             self.config = config_from_options(self)
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            message = str(e)
+            for name, option in _OPTION_NAMES.items():
+                message = message.replace(name, option)
+            raise usage.UsageError(message) from None
 
 
 def config_from_options(options: usage.Options) -> BrokerConfig:

@@ -150,7 +150,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         stomp, self.stomp = self.stomp, None
         if stomp is not None:
             why = ConnectionDone if wasClean else ConnectionLost
-            stomp.connectionLost(Failure(why(f"WebSocket closed: code={code} reason={reason}")))
+            text = f"WebSocket closed, code {code}" + (f": {reason}" if reason else "")
+            stomp.connectionLost(Failure(why(text)))
 
 
 class StompWebSocketFactory(WebSocketServerFactory):
@@ -196,8 +197,9 @@ def origin_allowed(origin: str, host: str, patterns: list[str]) -> bool:
     Whether a browser page from ``origin`` may open a STOMP session.
 
     Allowed: a page served by the same host and port the client connected to
-    (the ``Host`` header), a page on a loopback address (``localhost``,
-    ``127.0.0.1``, ``[::1]``, any port), and any origin matching one of
+    (the ``Host`` header), a page on a loopback address (``localhost`` and
+    ``*.localhost``, ``127.0.0.1``, ``[::1]``, any port), and any origin
+    matching one of
     ``patterns`` (shell-style wildcards on ``scheme://host[:port]``, e.g.
     ``https://*.example.com``; ``*`` allows every origin, ``null`` the null
     origin of local files and sandboxed frames).
