@@ -109,6 +109,7 @@ class StompProtocol(Protocol):
         self._opened = 0.0
         self._last_received = 0.0
         self._last_sent = 0.0
+        self._max_write = 0
         self._send_interval = 0.0
         self._receive_timeout = 0.0
         self._login_timer = None
@@ -136,6 +137,8 @@ class StompProtocol(Protocol):
     def connectionMade(self) -> None:
         now = self.clock.seconds()
         self._opened = self._last_received = self._last_sent = now
+        # A WebSocket transport bounds the size of what it can send.
+        self._max_write = getattr(self.transport, "max_message_size", 0)
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
             try:
@@ -186,11 +189,7 @@ class StompProtocol(Protocol):
                     if isinstance(e, FrameTooLarge)
                     else (e.details or "The frame could not be parsed.")
                 )
-                error = ProtocolError(e.message, details)
-                receipt = e.headers.get("receipt")
-                if receipt is not None:
-                    error.headers["receipt-id"] = receipt
-                self._fail(error)
+                self._fail(ProtocolError(e.message, details), receipt=e.headers.get("receipt"))
                 return
             if frame is None:
                 return
@@ -228,10 +227,7 @@ class StompProtocol(Protocol):
                 )
             handler(headers, body)
         except ProtocolError as e:
-            receipt = headers.get("receipt")
-            if receipt is not None:
-                e.headers.setdefault("receipt-id", receipt)
-            self._fail(e)
+            self._fail(e, receipt=headers.get("receipt"))
             return
         except Exception:
             # A broker bug must not leave the session in an unknown state:
@@ -244,10 +240,7 @@ class StompProtocol(Protocol):
                 f"The broker failed while processing a {command} frame. This is a bug in "
                 "the broker, not in the client; it has been logged.",
             )
-            receipt = headers.get("receipt")
-            if receipt is not None:
-                error.headers["receipt-id"] = receipt
-            self._fail(error)
+            self._fail(error, receipt=headers.get("receipt"))
             return
         receipt = headers.get("receipt")
         if receipt is not None and command != "DISCONNECT" and not self._closing:
@@ -256,15 +249,13 @@ class StompProtocol(Protocol):
     # -- sending ------------------------------------------------------------------
 
     def _send(self, command: str, headers: dict[str, str], body: bytes = b"") -> None:
-        self.transport.write(
-            encode_frame(
-                command,
-                headers,
-                body,
-                self.version or "1.0",
-                content_length=bool(body) or command == "MESSAGE",
-            )
+        self._write(
+            encode_frame(command, headers, body, self.version or "1.0", content_length=bool(body))
         )
+
+    def _write(self, data: bytes) -> None:
+        """Write one frame (or heart-beat) and note when, for the heart-beat timer."""
+        self.transport.write(data)
         self._last_sent = self.clock.seconds()
 
     def deliver(self, subscription: Subscription, message: Message) -> bool:
@@ -293,7 +284,7 @@ class StompProtocol(Protocol):
             headers["redelivered"] = "true"
         headers.update(message.headers)
         data = encode_frame("MESSAGE", headers, message.body, self.version or "1.0")
-        limit = getattr(self.transport, "max_message_size", 0)
+        limit = self._max_write
         if limit and len(data) > limit:
             self._fail(
                 ProtocolError(
@@ -307,8 +298,7 @@ class StompProtocol(Protocol):
         if ack_id is not None:
             subscription.unacked[ack_id] = message
             self._pending[ack_id] = subscription
-        self.transport.write(data)
-        self._last_sent = self.clock.seconds()
+        self._write(data)
         return True
 
     # -- closing ------------------------------------------------------------------
@@ -335,8 +325,11 @@ class StompProtocol(Protocol):
             done.callback(None)
         return done
 
-    def _fail(self, error: ProtocolError, reason: str = "") -> None:
-        """Send an ERROR frame for ``error``, then close the connection."""
+    def _fail(self, error: ProtocolError, reason: str = "", receipt: str | None = None) -> None:
+        """
+        Send an ERROR frame for ``error`` (with ``receipt-id`` when the failing
+        frame asked for ``receipt``), then close the connection.
+        """
         if not reason:
             self.log.info(
                 "protocol error from {peer} (session {session}): {error}",
@@ -346,6 +339,8 @@ class StompProtocol(Protocol):
             )
         headers = {"message": error.message}
         headers.update(error.headers)
+        if receipt is not None:
+            headers.setdefault("receipt-id", receipt)
         headers["content-type"] = "text/plain"
         body = (error.details or error.message).encode("utf-8")
         if not body.endswith(b"\n"):
@@ -437,8 +432,7 @@ class StompProtocol(Protocol):
         now = self.clock.seconds()
         due = self._last_sent + self._send_interval
         if now >= due - 1e-6:
-            self.transport.write(b"\n")
-            self._last_sent = now
+            self._write(b"\n")
             due = now + self._send_interval
         self._send_timer = self.clock.callLater(due - now, self._send_heartbeat)
 

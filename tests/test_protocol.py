@@ -339,13 +339,6 @@ def test_destination_without_name(env, destination):
     assert_error(client, "invalid destination")
 
 
-def test_subscribe_requires_id_in_12(env):
-    client = env.client()
-    client.connect()
-    client.send("SUBSCRIBE", destination="/queue/a")
-    assert_error(client, "'id'")
-
-
 def test_subscribe_without_id_in_10(env):
     client = env.client()
     client.connect("1.0")
@@ -364,39 +357,33 @@ def test_duplicate_subscription_id(env):
     assert_error(client, "already in use")
 
 
-def test_invalid_ack_mode(env):
+@pytest.mark.parametrize(
+    "version, data, text",
+    [
+        ("1.2", b"SUBSCRIBE\ndestination:/queue/a\n\n\x00", "'id'"),
+        ("1.2", b"SUBSCRIBE\ndestination:/queue/a\nid:1\nack:sometimes\n\n\x00", "ack mode"),
+        ("1.2", b"UNSUBSCRIBE\nid:nope\n\n\x00", "no subscription"),
+        (
+            "1.2",
+            b"SUBSCRIBE\ndestination:/queue/a\nid:1\ncontent-length:4\n\noops\x00",
+            "must not have a body",
+        ),
+        ("1.2", b"PUBLISH\ndestination:/queue/a\n\n\x00", "unknown command"),
+        ("1.0", b"NACK\nmessage-id:x\n\n\x00", "NACK"),
+        ("1.2", b"COMMIT\ntransaction:nope\n\n\x00", "unknown transaction"),
+        ("1.2", b"ABORT\ntransaction:nope\n\n\x00", "unknown transaction"),
+        (
+            "1.2",
+            b"SEND\ndestination:/queue/q\ntransaction:nope\ncontent-length:1\n\nx\x00",
+            "unknown transaction",
+        ),
+    ],
+)
+def test_single_frame_errors(env, version, data, text):
     client = env.client()
-    client.connect()
-    client.send("SUBSCRIBE", destination="/queue/a", id="1", ack="sometimes")
-    assert_error(client, "ack mode")
-
-
-def test_unsubscribe_unknown(env):
-    client = env.client()
-    client.connect()
-    client.send("UNSUBSCRIBE", id="nope")
-    assert_error(client, "no subscription")
-
-
-def test_body_not_allowed(env):
-    client = env.client()
-    client.connect()
-    client.send("SUBSCRIBE", b"oops", destination="/queue/a", id="1")
-    assert_error(client, "must not have a body")
-
-
-def test_unknown_command(env):
-    client = env.client()
-    client.connect()
-    client.raw(b"PUBLISH\ndestination:/queue/a\n\n\x00")
-    assert_error(client, "unknown command")
-
-
-def test_nack_not_in_10(env):
-    client = env.client()
-    client.connect("1.0")
-    client.send("NACK", message_id="x")
-    assert_error(client, "NACK")
+    client.connect(version)
+    client.raw(data)
+    assert_error(client, text)
 
 
 def test_frame_over_limit(env):
@@ -641,21 +628,6 @@ def test_transactional_ack(env):
     consumer.send("ACK", id=messages[0].headers["ack"], transaction="t")
     consumer.send("COMMIT", transaction="t")
     assert [m.body for m in sub.unacked.values()] == [b"1"]
-
-
-@pytest.mark.parametrize("command", ["COMMIT", "ABORT"])
-def test_unknown_transaction(env, command):
-    client = env.client()
-    client.connect()
-    client.send(command, transaction="nope")
-    assert_error(client, "unknown transaction")
-
-
-def test_send_in_unknown_transaction(env):
-    client = env.client()
-    client.connect()
-    client.send("SEND", b"x", destination="/queue/q", transaction="nope")
-    assert_error(client, "unknown transaction")
 
 
 def test_duplicate_begin(env):
