@@ -10,11 +10,27 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
+from collections import deque
+from typing import TYPE_CHECKING
 
-from stomptw.destinations import Queue, Topic
-from stomptw.interfaces import IDestination, IMessageConsumer
+from twisted.internet.interfaces import IReactorTime
 
-__all__ = ["ACK_MODES", "Broker", "DestinationError", "Message", "Subscription"]
+from stomptw.destinations import DestinationFull, Queue, Topic
+from stomptw.interfaces import IDestination, IMessageConsumer, IMessageStore
+
+if TYPE_CHECKING:
+    from stomptw.config import BrokerConfig
+
+__all__ = [
+    "ACK_MODES",
+    "Broker",
+    "DestinationError",
+    "DestinationFull",
+    "DurableSubscription",
+    "Message",
+    "Subscription",
+]
 
 #: The acknowledgement modes a subscription may ask for.
 ACK_MODES = ("auto", "client", "client-individual")
@@ -27,6 +43,11 @@ class DestinationError(ValueError):
     """A destination name the broker cannot route to."""
 
 
+#: What each message counts for against a queue's byte limit besides its
+#: body and headers: the broker's own bookkeeping for it.
+MESSAGE_OVERHEAD = 512
+
+
 class Message:
     """
     A message accepted by the broker.
@@ -36,19 +57,65 @@ class Message:
     :ivar headers: the sender's headers that travel with it (``content-type``
         and user headers), without the per-delivery ones.
     :ivar body: the body bytes.
-    :ivar redelivered: true once it has been handed out and came back.
+    :ivar persistent: sent with ``persistent:true``: a queue keeps it in the
+        message store until it is acknowledged.
+    :ivar expires: when it expires, in milliseconds since the epoch; 0 never.
+    :ivar delivery_count: how many deliveries of it a queue has started
+        (the one under way included); topics leave it at 0.
+    :ivar key: its key in the message store while it is stored, else 0.
+    :ivar size: what it counts for against a queue's byte limit.
     """
 
-    __slots__ = ("message_id", "destination", "headers", "body", "redelivered")
+    __slots__ = (
+        "message_id",
+        "destination",
+        "headers",
+        "body",
+        "persistent",
+        "expires",
+        "delivery_count",
+        "key",
+        "size",
+    )
 
     def __init__(
-        self, message_id: str, destination: str, headers: dict[str, str], body: bytes
+        self,
+        message_id: str,
+        destination: str,
+        headers: dict[str, str],
+        body: bytes,
+        persistent: bool = False,
+        expires: int = 0,
+        delivery_count: int = 0,
     ) -> None:
         self.message_id = message_id
         self.destination = destination
         self.headers = headers
         self.body = body
-        self.redelivered = False
+        self.persistent = persistent
+        self.expires = expires
+        self.delivery_count = delivery_count
+        self.key = 0
+        size = len(body) + MESSAGE_OVERHEAD
+        for name, value in headers.items():
+            size += len(name) + len(value)
+        self.size = size
+
+    @property
+    def redelivered(self) -> bool:
+        """True when an earlier delivery of this message was started."""
+        return self.delivery_count > 1
+
+    def copy(self) -> Message:
+        """A fresh copy for another queue (a durable subscription's)."""
+        return Message(
+            self.message_id,
+            self.destination,
+            self.headers,
+            self.body,
+            self.persistent,
+            self.expires,
+        )
 
     def __repr__(self) -> str:
         return f"<Message {self.message_id} to {self.destination}>"
@@ -64,8 +131,11 @@ class Subscription:
     :ivar ack_mode: one of :data:`ACK_MODES`.
     :ivar prefetch: the most unacknowledged messages it may hold in a client
         mode; 0 means no limit.
+    :ivar durable: for a durable topic subscription, its
+        ``(client id, name)``; else None.
     :ivar unacked: ack id -> message, in delivery order, for messages
         delivered in a client mode and not yet acknowledged.
+    :ivar backlog: topic messages waiting for this subscription to be ready.
     :ivar active: False once the subscription is being torn down; it then
         receives nothing more.
     """
@@ -76,7 +146,10 @@ class Subscription:
         "destination",
         "ack_mode",
         "prefetch",
+        "durable",
         "unacked",
+        "backlog",
+        "dropped",
         "target",
         "active",
     )
@@ -88,6 +161,7 @@ class Subscription:
         destination: str,
         ack_mode: str = "auto",
         prefetch: int = 0,
+        durable: tuple[str, str] | None = None,
     ) -> None:
         if ack_mode not in ACK_MODES:
             raise ValueError(f"unknown ack mode {ack_mode!r}")
@@ -96,13 +170,16 @@ class Subscription:
         self.destination = destination
         self.ack_mode = ack_mode
         self.prefetch = prefetch
+        self.durable = durable
         self.unacked: dict[str, Message] = {}
+        self.backlog: deque[Message] = deque()
+        self.dropped = 0
         self.target: IDestination | None = None
         self.active = True
 
     def is_ready(self) -> bool:
         """Whether this subscription may be handed another message now."""
-        if not self.active:
+        if not self.active or not self.consumer.writable:
             return False
         return self.prefetch <= 0 or self.ack_mode == "auto" or len(self.unacked) < self.prefetch
 
@@ -129,6 +206,48 @@ class Subscription:
         return taken
 
 
+class DurableSubscription:
+    """
+    A durable topic subscription: a queue, fed by its topic, that keeps the
+    messages published while its subscriber is away.
+
+    :ivar owner: its name in the message store.
+    :ivar client_id: the ``client-id`` of the connections that use it.
+    :ivar name: its name (the subscription name or id).
+    :ivar topic: the topic's name.
+    :ivar queue: the queue holding its messages.
+    """
+
+    def __init__(self, owner: str, client_id: str, name: str, topic: str, queue: Queue) -> None:
+        self.owner = owner
+        self.client_id = client_id
+        self.name = name
+        self.topic = topic
+        self.queue = queue
+
+
+def durable_owner(client_id: str, name: str) -> str:
+    """The store name of the durable subscription ``name`` of ``client_id``."""
+    return f"durable:{len(client_id)}:{client_id}:{name}"
+
+
+#: The counters in :attr:`Broker.stats`.
+STAT_NAMES = (
+    "published",
+    "delivered",
+    "redelivered",
+    "acked",
+    "nacked",
+    "dead_lettered",
+    "expired",
+    "dropped",
+    "slow_consumer_dropped",
+    "slow_consumer_disconnected",
+    "producers_blocked",
+    "rejected",
+)
+
+
 class Broker:
     """
     Routes messages between client sessions.
@@ -137,19 +256,111 @@ class Broker:
     are topics; ``/queue/`` names, and any other name, are queues (as in
     ActiveMQ). A destination that holds nothing and has no subscribers is
     forgotten.
+
+    :param config: the delivery policy (limits, dead letters, expiry).
+    :param store: where persistent messages are kept; in memory by default.
+    :param clock: the reactor's time, for expiry.
+
+    :ivar stats: counters of what happened to messages, by name (see
+        :data:`STAT_NAMES`).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        store: IMessageStore | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if config is None:
+            from stomptw.config import BrokerConfig
+
+            config = BrokerConfig()
+        if store is None:
+            from stomptw.store import MemoryStore
+
+            store = MemoryStore()
+        self.config = config
+        self.store = store
+        self.clock = clock
         self.destinations: dict[str, IDestination] = {}
+        self.durables: dict[str, DurableSubscription] = {}
         # Message ids stay unique across restarts thanks to the random prefix.
         self._prefix = os.urandom(6).hex()
         self._message_ids = itertools.count(1)
         self._session_ids = itertools.count(1)
+        self._keys = itertools.count(1)
         self.sessions: set[object] = set()
+        self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
+        template = config.dead_letter_queue
+        self._dlq_prefix = template.split("{name}", 1)[0] if template else None
+        self._sweeper = None
+        self._opened = False
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def open(self) -> None:
+        """
+        Load what the store holds (queues' messages, durable subscriptions)
+        and start expiring messages. Call once, before accepting clients.
+        """
+        if self._opened:
+            return
+        self._opened = True
+        state = self.store.load()
+        self._keys = itertools.count(state.next_key)
+        for owner, (client_id, name, topic) in state.subscriptions.items():
+            self._make_durable(owner, client_id, name, topic, persist=False)
+        restored = 0
+        for stored in state.messages:
+            message = Message(
+                stored.message_id,
+                stored.destination,
+                stored.headers,
+                stored.body,
+                persistent=True,
+                expires=stored.expires,
+                delivery_count=stored.delivery_count,
+            )
+            message.key = stored.key
+            durable = self.durables.get(stored.owner)
+            if durable is not None:
+                queue = durable.queue
+            elif stored.owner.startswith("durable:"):
+                # Its subscription was removed; it was to be forgotten.
+                self.store.remove(stored.key)
+                continue
+            else:
+                queue = self.destination(stored.owner)
+            queue.restore(message)
+            restored += 1
+        if self.clock is not None and self.config.expiry_interval > 0:
+            self._sweeper = self.clock.callLater(self.config.expiry_interval, self._sweep)
+
+    def close(self):
+        """Stop expiring messages and close the store; a Deferred."""
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        return self.store.close()
+
+    def sync(self):
+        """A Deferred that fires once every message accepted so far is stored."""
+        return self.store.sync()
 
     def new_session_id(self) -> str:
         """A session identifier for a new client connection."""
         return f"{self._prefix}-{next(self._session_ids)}"
+
+    def new_key(self) -> int:
+        """A fresh message store key."""
+        return next(self._keys)
+
+    def now_ms(self) -> int:
+        """The time, in milliseconds since the epoch."""
+        seconds = self.clock.seconds() if self.clock is not None else time.time()
+        return int(seconds * 1000)
+
+    # -- routing ---------------------------------------------------------------------
 
     @staticmethod
     def check_destination(name: str) -> None:
@@ -167,28 +378,87 @@ class Broker:
         dest = self.destinations.get(name)
         if dest is None:
             self.check_destination(name)
-            dest = Topic(name) if name.startswith(TOPIC_PREFIX) else Queue(name)
+            if name.startswith(TOPIC_PREFIX):
+                dest = Topic(name, self)
+            else:
+                dest = Queue(name, self, dead_letter=self.is_dead_letter_queue(name))
             self.destinations[name] = dest
         return dest
 
-    def send(self, destination: str, headers: dict[str, str], body: bytes) -> Message:
-        """Accept a message for ``destination`` and route it."""
-        message = Message(f"{self._prefix}-{next(self._message_ids)}", destination, headers, body)
+    def send(
+        self,
+        destination: str,
+        headers: dict[str, str],
+        body: bytes,
+        producer: IMessageConsumer | None = None,
+    ) -> Message:
+        """
+        Accept a message for ``destination`` and route it.
+
+        ``persistent:true`` makes a queue store it; ``expires`` (milliseconds
+        since the epoch, already checked to be digits) or the broker's
+        default TTL bound how long it may wait. Raises
+        :class:`DestinationFull` if the destination refuses it.
+        """
         dest = self.destination(destination)
-        dest.publish(message)
+        raw = headers.get("expires")
+        expires = int(raw) if raw else 0
+        ttl = self.config.default_ttl_ms
+        if not expires and ttl:
+            expires = self.now_ms() + ttl
+            headers["expires"] = str(expires)
+        message = Message(
+            f"{self._prefix}-{next(self._message_ids)}",
+            destination,
+            headers,
+            body,
+            persistent=headers.get("persistent") == "true",
+            expires=expires,
+        )
+        if expires and expires <= self.now_ms():
+            # Accepted, but never delivered.
+            self.stats["published"] += 1
+            self.expire(None, message)
+            return message
+        dest.publish(message, producer)
+        self.stats["published"] += 1
         self._forget_if_idle(dest)
         return message
 
     def subscribe(self, subscription: Subscription) -> None:
-        """Start delivering messages from its destination to ``subscription``."""
-        dest = self.destination(subscription.destination)
+        """
+        Start delivering messages from its destination to ``subscription``.
+
+        A durable subscription is created on first use and attached to its
+        queue; raises :class:`DestinationError` if another session is
+        attached to it already.
+        """
+        if subscription.durable is None:
+            dest = self.destination(subscription.destination)
+        else:
+            client_id, name = subscription.durable
+            owner = durable_owner(client_id, name)
+            durable = self.durables.get(owner)
+            if durable is not None and durable.topic != subscription.destination:
+                # Subscribing under the same name to another topic replaces it.
+                self.remove_durable(client_id, name)
+                durable = None
+            if durable is None:
+                durable = self._make_durable(owner, client_id, name, subscription.destination)
+            elif durable.queue.subscriptions:
+                raise DestinationError(
+                    f"durable subscription {name!r} of client-id {client_id!r} is in use "
+                    "by another connection"
+                )
+            dest = durable.queue
         subscription.target = dest
         dest.subscribe(subscription)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """
         Stop ``subscription``. Its unacknowledged messages go back to their
-        queue (redelivered); on a topic they are dropped.
+        queue (redelivered); on a topic they are dropped. A durable
+        subscription stays, and keeps collecting messages.
         """
         subscription.active = False
         dest = subscription.target
@@ -198,15 +468,122 @@ class Broker:
         dest.unsubscribe(subscription)
         self._forget_if_idle(dest)
 
+    def remove_durable(self, client_id: str, name: str) -> bool:
+        """
+        Delete the durable subscription ``name`` of ``client_id`` and the
+        messages it holds; False if there is none.
+        """
+        owner = durable_owner(client_id, name)
+        durable = self.durables.pop(owner, None)
+        if durable is None:
+            return False
+        for sub in list(durable.queue.subscriptions):
+            self.unsubscribe(sub)
+        durable.queue.purge()
+        topic = self.destinations.get(durable.topic)
+        if isinstance(topic, Topic):
+            topic.durables.pop(owner, None)
+            self._forget_if_idle(topic)
+        self.store.remove_subscription(owner)
+        return True
+
+    def _make_durable(
+        self, owner: str, client_id: str, name: str, topic_name: str, persist: bool = True
+    ) -> DurableSubscription:
+        queue = Queue(owner, self, overflow="drop-head")
+        durable = DurableSubscription(owner, client_id, name, topic_name, queue)
+        self.durables[owner] = durable
+        topic = self.destination(topic_name)
+        topic.durables[owner] = durable
+        if persist:
+            self.store.put_subscription(owner, client_id, name, topic_name)
+        return durable
+
     def ack(self, subscription: Subscription, messages: list[Message]) -> None:
         """``messages``, taken from ``subscription.unacked``, are done with."""
         if subscription.target is not None and messages:
+            self.stats["acked"] += len(messages)
             subscription.target.acked(subscription, messages)
 
     def nack(self, subscription: Subscription, messages: list[Message]) -> None:
         """``messages``, taken from ``subscription.unacked``, were refused."""
         if subscription.target is not None and messages:
+            self.stats["nacked"] += len(messages)
             subscription.target.nacked(subscription, messages)
+
+    def ready(self, subscription: Subscription) -> None:
+        """``subscription``'s consumer can take messages again."""
+        if subscription.target is not None and subscription.active:
+            subscription.target.ready(subscription)
+
+    # -- dead letters and expiry ----------------------------------------------------
+
+    def is_dead_letter_queue(self, name: str) -> bool:
+        """Whether ``name`` is a dead-letter queue (whose messages never move on)."""
+        return self._dlq_prefix is not None and name.startswith(self._dlq_prefix)
+
+    def dead_letter_destination(self, destination: str) -> str | None:
+        """Where messages from ``destination`` go when they die; None to drop them."""
+        template = self.config.dead_letter_queue
+        if not template:
+            return None
+        for prefix in (QUEUE_PREFIX, TOPIC_PREFIX):
+            if destination.startswith(prefix):
+                destination = destination[len(prefix) :]
+                break
+        return template.replace("{name}", destination)
+
+    def dead_letter(self, queue: Queue | None, message: Message, reason: str) -> None:
+        """
+        ``message`` (already out of ``queue``) failed for ``reason``
+        (``delivery_limit`` or ``expired``): move it to the dead-letter queue,
+        or drop it when there is none.
+        """
+        target = self.dead_letter_destination(message.destination)
+        source = queue.name if queue is not None else message.destination
+        if target is None or target == source:
+            self.stats["dropped"] += 1
+            return
+        headers = dict(message.headers)
+        headers.pop("expires", None)
+        headers.setdefault("x-first-death-queue", message.destination)
+        headers.setdefault("x-first-death-reason", reason)
+        headers.setdefault("x-original-message-id", message.message_id)
+        headers["x-death-reason"] = reason
+        dead = Message(
+            f"{self._prefix}-{next(self._message_ids)}",
+            target,
+            headers,
+            message.body,
+            persistent=message.persistent,
+        )
+        dest = self.destination(target)
+        try:
+            dest.publish(dead)
+        except DestinationFull:
+            self.stats["dropped"] += 1
+            return
+        self.stats["dead_lettered"] += 1
+        self._forget_if_idle(dest)
+
+    def expire(self, queue: Queue | None, message: Message) -> None:
+        """``message`` (already out of ``queue``) has expired."""
+        self.stats["expired"] += 1
+        if self.config.dead_letter_expired:
+            self.dead_letter(queue, message, "expired")
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self.now_ms()
+        queues = [d for d in self.destinations.values() if isinstance(d, Queue)]
+        queues.extend(d.queue for d in self.durables.values())
+        for queue in queues:
+            if queue.expiring:
+                queue.expire(now)
+        for queue in queues:
+            self._forget_if_idle(queue)
+        if self.clock is not None:
+            self._sweeper = self.clock.callLater(self.config.expiry_interval, self._sweep)
 
     def _forget_if_idle(self, dest: IDestination) -> None:
         if dest.is_idle() and self.destinations.get(dest.name) is dest:

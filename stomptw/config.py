@@ -64,6 +64,39 @@ class BrokerConfig:
     :ivar allowed_origins: browser origins allowed to open WebSocket sessions
         besides the same host and loopback pages (shell-style patterns such as
         ``https://*.example.com``; ``*`` allows every origin).
+    :ivar store: ``"sqlite"`` (persistent messages survive restarts) or
+        ``"memory"`` (nothing does).
+    :ivar data_dir: the directory of the SQLite store, relative to the
+        working directory unless absolute.
+    :ivar store_sync: ``"full"``: a persistent message is on disk (fsync)
+        before it is acknowledged; ``"normal"``: it survives a crash of the
+        broker but perhaps not of the machine.
+    :ivar max_redeliveries: a queue message returned (NACKed, or left
+        unacknowledged by a subscriber that went away) more times than this
+        goes to its dead-letter queue; -1 means never.
+    :ivar dead_letter_queue: where dead messages go; ``{name}`` stands for
+        the original destination without its ``/queue/`` or ``/topic/``
+        prefix. Empty: dead messages are dropped (and counted).
+    :ivar dead_letter_expired: expired messages go to the dead-letter queue
+        too, instead of being dropped (and counted).
+    :ivar default_ttl_ms: messages sent without ``expires`` expire this many
+        milliseconds after they arrive; 0 means never.
+    :ivar expiry_interval: seconds between sweeps that take expired messages
+        out of queues nobody consumes from.
+    :ivar max_queue_length: the most messages a queue holds (waiting and
+        unacknowledged); 0 means no count limit.
+    :ivar max_queue_bytes: the most bytes a queue holds: each message counts
+        its body and headers plus a fixed overhead; 0 means no limit.
+    :ivar overflow: what happens when a producer sends to a full queue:
+        ``"block"`` (the broker stops reading from the producer's connection
+        until the queue has room) or ``"reject"`` (an ERROR for the SEND).
+    :ivar write_high_water: bytes of unsent output per connection above which
+        the broker stops handing it messages until the buffer drains.
+    :ivar slow_topic_limit: topic messages held back per subscriber that
+        cannot take them yet, before ``slow_topic_policy`` applies.
+    :ivar slow_topic_policy: ``"drop-oldest"`` (drop the subscriber's oldest
+        held-back message and count it) or ``"disconnect"`` (end its session
+        with an ERROR).
     """
 
     tcp_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_TCP])
@@ -83,6 +116,20 @@ class BrokerConfig:
     ws_ping_timeout: float = 30.0
     ws_max_message_size: int = 0
     allowed_origins: list[str] = field(default_factory=list)
+    store: str = "sqlite"
+    data_dir: str = "stomptw-data"
+    store_sync: str = "full"
+    max_redeliveries: int = 6
+    dead_letter_queue: str = "/queue/DLQ.{name}"
+    dead_letter_expired: bool = False
+    default_ttl_ms: int = 0
+    expiry_interval: float = 1.0
+    max_queue_length: int = 0
+    max_queue_bytes: int = 64 * 1024 * 1024
+    overflow: str = "block"
+    write_high_water: int = 256 * 1024
+    slow_topic_limit: int = 1000
+    slow_topic_policy: str = "drop-oldest"
 
     def __post_init__(self) -> None:
         if not self.server_name:
@@ -115,6 +162,30 @@ class BrokerConfig:
             raise ValueError(
                 "ws_ping_interval, ws_ping_timeout and default_prefetch must not be negative"
             )
+
+        choices = {
+            "store": ("sqlite", "memory"),
+            "store_sync": ("full", "normal"),
+            "overflow": ("block", "reject"),
+            "slow_topic_policy": ("drop-oldest", "disconnect"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}")
+        if self.max_redeliveries < -1:
+            raise ValueError("max_redeliveries must be -1 (never) or more")
+        for name in (
+            "default_ttl_ms",
+            "max_queue_length",
+            "max_queue_bytes",
+            "expiry_interval",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.write_high_water < 1 or self.slow_topic_limit < 1:
+            raise ValueError("write_high_water and slow_topic_limit must be at least 1")
+        if self.dead_letter_queue and not self.dead_letter_queue.startswith("/queue/"):
+            raise ValueError("dead_letter_queue must name a /queue/ destination")
 
     @property
     def min_ws_message_size(self) -> int:

@@ -8,12 +8,32 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from stomptw.interfaces import IDestination
+from stomptw.store import StoredMessage
 
 if TYPE_CHECKING:
-    from stomptw.broker import Message, Subscription
+    from stomptw.broker import Broker, DurableSubscription, Message, Subscription
+    from stomptw.interfaces import IMessageConsumer
+
+__all__ = ["DestinationFull", "Queue", "Topic"]
+
+log = Logger()
+
+#: A blocked producer is let go when its queue is back under this share of
+#: its limits, so that it does not flap at the edge.
+RESUME_BELOW = 0.9
+
+
+class DestinationFull(Exception):
+    """A queue at its limits refuses a message (overflow policy ``reject``)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name} is full ({reason})")
+        self.name = name
+        self.reason = reason
 
 
 @implementer(IDestination)
@@ -22,27 +42,124 @@ class Queue:
     A point-to-point destination.
 
     Each message goes to exactly one subscriber, chosen round robin among
-    those ready to take one (a subscription with a ``prefetch-count`` is not
-    ready while that many of its messages are unacknowledged). Messages that
-    arrive while nobody can take them wait in the queue, in order.
+    those ready to take one (a subscription is not ready while its
+    connection's output is over the high-water mark, or while
+    ``prefetch-count`` messages are unacknowledged). Messages that arrive
+    while nobody can take them wait in the queue, in order.
 
     Messages returned unacknowledged (the subscriber unsubscribed, went away,
-    or NACKed them) go back to the head of the queue, marked redelivered, and
-    are delivered again, to another subscriber when one is ready.
+    or NACKed them) go back to the head of the queue and are delivered
+    again, marked redelivered, to another subscriber when one is ready;
+    after ``max_redeliveries`` returns they go to the dead-letter queue.
+    Persistent messages stay in the broker's store until acknowledged.
+
+    The queue holds at most ``max_queue_length`` messages and
+    ``max_queue_bytes`` bytes (pending and unacknowledged together). At the
+    limit its ``overflow`` policy applies: ``block`` stops reading from the
+    producers that send to it until there is room, ``reject`` refuses the
+    message (:class:`DestinationFull`), ``drop-head`` drops the oldest
+    pending messages (used for durable subscriptions).
     """
 
     kind = "queue"
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, broker: Broker, overflow: str | None = None, dead_letter: bool = False
+    ) -> None:
         self.name = name
+        self.broker = broker
+        self.overflow = overflow or broker.config.overflow
+        #: A dead-letter queue: its messages never die again.
+        self.dead_letter = dead_letter
         self.pending: deque[Message] = deque()
         self.subscriptions: list[Subscription] = []
+        #: Messages held (pending and unacknowledged) and their size.
+        self.count = 0
+        self.bytes = 0
+        #: How many held messages have an expiry time.
+        self.expiring = 0
+        #: Producers blocked until the queue has room.
+        self.blocked: set[IMessageConsumer] = set()
         self._next = 0
         self._dispatching = False
 
-    def publish(self, message: Message) -> None:
+    # -- accounting --------------------------------------------------------------------
+
+    def is_full(self) -> bool:
+        """Whether the queue is at its message count or byte limit."""
+        config = self.broker.config
+        return bool(
+            (config.max_queue_length and self.count >= config.max_queue_length)
+            or (config.max_queue_bytes and self.bytes >= config.max_queue_bytes)
+        )
+
+    def _has_room(self) -> bool:
+        config = self.broker.config
+        return not (
+            (config.max_queue_length and self.count >= config.max_queue_length * RESUME_BELOW)
+            or (config.max_queue_bytes and self.bytes >= config.max_queue_bytes * RESUME_BELOW)
+        )
+
+    def _hold(self, message: Message) -> None:
+        self.count += 1
+        self.bytes += message.size
+        if message.expires:
+            self.expiring += 1
+
+    def _release(self, message: Message) -> None:
+        """``message`` leaves the queue for good."""
+        self.count -= 1
+        self.bytes -= message.size
+        if message.expires:
+            self.expiring -= 1
+        if message.key:
+            self.broker.store.remove(message.key)
+            message.key = 0
+
+    def _check_room(self) -> None:
+        if self.blocked and self._has_room():
+            blocked, self.blocked = self.blocked, set()
+            for producer in blocked:
+                producer.unblock(self)
+
+    # -- IDestination ------------------------------------------------------------------
+
+    def publish(self, message: Message, producer: IMessageConsumer | None = None) -> None:
+        if self.is_full():
+            if self.overflow == "reject":
+                self.broker.stats["rejected"] += 1
+                raise DestinationFull(self.name, self._limit_reached())
+            if self.overflow == "drop-head":
+                while self.pending and self.is_full():
+                    self._release(self.pending.popleft())
+                    self.broker.stats["dropped"] += 1
+        self._hold(message)
+        if message.persistent:
+            key = message.key = self.broker.new_key()
+            self.broker.store.put(
+                StoredMessage(
+                    key,
+                    self.name,
+                    message.message_id,
+                    message.destination,
+                    message.headers,
+                    message.body,
+                    message.delivery_count,
+                    message.expires,
+                )
+            )
         self.pending.append(message)
         self._dispatch()
+        if producer is not None and self.overflow == "block" and self.is_full():
+            if producer not in self.blocked:
+                self.blocked.add(producer)
+                self.broker.stats["producers_blocked"] += 1
+                producer.block(self)
+
+    def restore(self, message: Message) -> None:
+        """Take back a message loaded from the store (at startup)."""
+        self._hold(message)
+        self.pending.append(message)
 
     def subscribe(self, subscription: Subscription) -> None:
         self.subscriptions.append(subscription)
@@ -58,26 +175,73 @@ class Queue:
             self._next -= 1
         returned = list(subscription.unacked.values())
         subscription.unacked.clear()
-        self._requeue(returned)
+        self._return(returned)
 
     def acked(self, subscription: Subscription, messages: list[Message]) -> None:
+        for message in messages:
+            self._release(message)
         self._dispatch()
+        self._check_room()
 
     def nacked(self, subscription: Subscription, messages: list[Message]) -> None:
-        self._requeue(messages)
+        self._return(messages)
 
     def ready(self, subscription: Subscription) -> None:
         self._dispatch()
 
     def is_idle(self) -> bool:
         # Mid-dispatch a message may be out of ``pending`` for a moment.
-        return not self.pending and not self.subscriptions and not self._dispatching
+        return (
+            not self.pending
+            and not self.subscriptions
+            and not self._dispatching
+            and not self.count
+            and not self.blocked
+        )
 
-    def _requeue(self, messages: list[Message]) -> None:
+    # -- housekeeping ------------------------------------------------------------------
+
+    def expire(self, now_ms: int) -> None:
+        """Take out every pending message whose time is up."""
+        keep: deque[Message] = deque()
+        expired = []
+        for message in self.pending:
+            if message.expires and message.expires <= now_ms and not self.dead_letter:
+                expired.append(message)
+            else:
+                keep.append(message)
+        if expired:
+            self.pending = keep
+            for message in expired:
+                self._release(message)
+                self.broker.expire(self, message)
+            self._check_room()
+
+    def purge(self) -> int:
+        """Drop every pending message; return how many."""
+        dropped = list(self.pending)
+        self.pending.clear()
+        for message in dropped:
+            self._release(message)
+        self._check_room()
+        return len(dropped)
+
+    def _limit_reached(self) -> str:
+        config = self.broker.config
+        if config.max_queue_length and self.count >= config.max_queue_length:
+            return f"{self.count} messages, the limit is {config.max_queue_length}"
+        return f"{self.bytes} bytes held, the limit is {config.max_queue_bytes}"
+
+    def _return(self, messages: list[Message]) -> None:
+        limit = self.broker.config.max_redeliveries
         for message in reversed(messages):
-            message.redelivered = True
-            self.pending.appendleft(message)
+            if limit >= 0 and message.delivery_count > limit and not self.dead_letter:
+                self._release(message)
+                self.broker.dead_letter(self, message, "delivery_limit")
+            else:
+                self.pending.appendleft(message)
         self._dispatch()
+        self._check_room()
 
     def _dispatch(self) -> None:
         # A delivery may re-enter (a consumer acking synchronously); the
@@ -87,6 +251,10 @@ class Queue:
         self._dispatching = True
         # Subscriptions that declined a message sit out the rest of this pass.
         declined: set[int] = set()
+        stats = self.broker.stats
+        store = self.broker.store
+        now_ms = 0
+        released = False
         try:
             pending = self.pending
             while pending and self.subscriptions:
@@ -94,13 +262,33 @@ class Queue:
                 if sub is None:
                     break
                 message = pending.popleft()
+                if message.expires and not self.dead_letter:
+                    now_ms = now_ms or self.broker.now_ms()
+                    if message.expires <= now_ms:
+                        self._release(message)
+                        self.broker.expire(self, message)
+                        released = True
+                        continue
+                message.delivery_count += 1
                 if not sub.deliver(message):
                     # The consumer could not take it: the message keeps its
                     # place for the others.
+                    message.delivery_count -= 1
                     pending.appendleft(message)
                     declined.add(id(sub))
+                    continue
+                stats["delivered"] += 1
+                if message.delivery_count > 1:
+                    stats["redelivered"] += 1
+                if sub.ack_mode == "auto":
+                    self._release(message)
+                    released = True
+                elif message.key:
+                    store.set_delivery_count(message.key, message.delivery_count)
         finally:
             self._dispatching = False
+        if released:
+            self._check_room()
 
     def _pick(self, declined: set[int]) -> Subscription | None:
         subs = self.subscriptions
@@ -120,22 +308,68 @@ class Topic:
     """
     A publish-subscribe destination.
 
-    Each message goes to every current subscriber; a topic keeps nothing for
-    subscribers that are not there. A topic message that a subscriber NACKs,
-    or leaves unacknowledged when it goes away, is dropped: nobody else was
-    meant to receive that copy.
+    Each message goes to every current subscriber, and a copy to each of the
+    topic's durable subscriptions (which keep it while their subscriber is
+    away). A topic message that a subscriber NACKs, or leaves
+    unacknowledged when it goes away, is dropped: nobody else was meant to
+    receive that copy.
+
+    A subscriber that cannot take a message now (its connection is over the
+    output high-water mark, or its ``prefetch-count`` is used up) gets it
+    later from its backlog, which holds at most ``slow_topic_limit``
+    messages. Beyond that, ``slow_topic_policy`` applies: ``drop-oldest``
+    drops the oldest waiting message (and counts it), ``disconnect`` ends
+    the subscriber's session with an ERROR.
     """
 
     kind = "topic"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, broker: Broker) -> None:
         self.name = name
+        self.broker = broker
         self.subscriptions: list[Subscription] = []
+        self.durables: dict[str, DurableSubscription] = {}
 
-    def publish(self, message: Message) -> None:
+    def publish(self, message: Message, producer: IMessageConsumer | None = None) -> None:
+        stats = self.broker.stats
         for sub in tuple(self.subscriptions):
-            if sub.active:
-                sub.deliver(message)
+            if not sub.active:
+                continue
+            if sub.backlog or not sub.is_ready():
+                self._hold_back(sub, message)
+            elif sub.deliver(message):
+                stats["delivered"] += 1
+        for durable in tuple(self.durables.values()):
+            durable.queue.publish(message.copy())
+
+    def _hold_back(self, sub: Subscription, message: Message) -> None:
+        backlog = sub.backlog
+        backlog.append(message)
+        config = self.broker.config
+        if len(backlog) <= config.slow_topic_limit:
+            return
+        stats = self.broker.stats
+        if config.slow_topic_policy == "disconnect":
+            backlog.clear()
+            stats["slow_consumer_disconnected"] += 1
+            sub.consumer.slow_consumer(
+                sub,
+                f"subscription {sub.id!r} to {self.name} fell more than "
+                f"{config.slow_topic_limit} messages behind",
+            )
+            return
+        backlog.popleft()
+        stats["dropped"] += 1
+        stats["slow_consumer_dropped"] += 1
+        if not sub.dropped:
+            log.warn(
+                "slow consumer: subscription {sub} to {topic} is more than {limit} messages "
+                "behind; dropping its oldest messages",
+                sub=sub.id,
+                topic=self.name,
+                limit=config.slow_topic_limit,
+            )
+        sub.dropped += 1
 
     def subscribe(self, subscription: Subscription) -> None:
         self.subscriptions.append(subscription)
@@ -146,15 +380,20 @@ class Topic:
         except ValueError:
             pass
         subscription.unacked.clear()
+        subscription.backlog.clear()
 
     def acked(self, subscription: Subscription, messages: list[Message]) -> None:
-        pass
+        self.ready(subscription)
 
     def nacked(self, subscription: Subscription, messages: list[Message]) -> None:
-        pass
+        self.ready(subscription)
 
     def ready(self, subscription: Subscription) -> None:
-        pass
+        backlog = subscription.backlog
+        stats = self.broker.stats
+        while backlog and subscription.is_ready():
+            if subscription.deliver(backlog.popleft()):
+                stats["delivered"] += 1
 
     def is_idle(self) -> bool:
-        return not self.subscriptions
+        return not self.subscriptions and not self.durables

@@ -13,6 +13,29 @@ class IMessageConsumer(Interface):
     session (a STOMP connection). The broker calls it; it never sees a socket.
     """
 
+    writable = Attribute(
+        "False while the consumer's connection cannot take more data (its "
+        "output buffer is over the high-water mark); nothing is delivered "
+        "to its subscriptions until it is True again and the destination's "
+        "``ready`` is called."
+    )
+
+    def slow_consumer(subscription, reason):  # noqa: N805
+        """
+        ``subscription`` stayed too slow for its topic and the broker's
+        policy is to disconnect it: end the session with an ERROR saying
+        ``reason``.
+        """
+
+    def block(queue):  # noqa: N805
+        """
+        Stop reading from this client (it sends to ``queue``, which is full)
+        until :meth:`unblock` is called for every queue that blocked it.
+        """
+
+    def unblock(queue):  # noqa: N805
+        """``queue`` has room again."""
+
     def deliver(subscription, message):  # noqa: N805 - zope.interface style
         """
         Hand ``message`` (a :class:`stomptw.broker.Message`) to the client
@@ -35,8 +58,13 @@ class IDestination(Interface):
 
     name = Attribute("The destination's full name, e.g. ``/queue/orders``.")
 
-    def publish(message):  # noqa: N805
-        """Route a message to the destination's subscribers."""
+    def publish(message, producer=None):  # noqa: N805
+        """
+        Route a message to the destination's subscribers. ``producer`` (an
+        :class:`IMessageConsumer`, the sending session) may be blocked when
+        the destination is full; a destination may instead raise
+        :class:`stomptw.broker.DestinationFull`.
+        """
 
     def subscribe(subscription):  # noqa: N805
         """Start delivering to ``subscription``."""
@@ -58,3 +86,50 @@ class IDestination(Interface):
 
     def is_idle():
         """True when the destination holds nothing and nobody subscribes."""
+
+
+class IMessageStore(Interface):
+    """
+    Where persistent messages and durable subscriptions are kept between
+    restarts (:mod:`stomptw.store`).
+
+    Every method is called on the reactor thread and must not block it:
+    writes are collected and committed in the background, and :meth:`sync`
+    says when they are on disk.
+    """
+
+    durable = Attribute("True if what is written survives a restart.")
+
+    def load():
+        """
+        Open the store and return a :class:`stomptw.store.StoredState` with
+        the messages and durable subscriptions it holds. Called once, before
+        the broker accepts connections; it may block.
+        """
+
+    def put(message):  # noqa: N805
+        """Keep a :class:`stomptw.store.StoredMessage` (under its ``key``)."""
+
+    def set_delivery_count(key, count):  # noqa: N805
+        """Record that ``count`` deliveries of the message ``key`` were started."""
+
+    def remove(key):  # noqa: N805
+        """Forget the message ``key`` (acknowledged, expired or moved)."""
+
+    def put_subscription(owner, client_id, name, destination):  # noqa: N805
+        """Keep a durable subscription whose messages are stored under ``owner``."""
+
+    def remove_subscription(owner):  # noqa: N805
+        """Forget the durable subscription ``owner``."""
+
+    def sync():
+        """
+        A Deferred that fires once everything written before the call is
+        durable, or fails with :class:`stomptw.store.StoreError`.
+        """
+
+    def close():
+        """Write what is pending and close; a Deferred that fires when done."""
+
+    def stats():
+        """A dict of counters for monitoring (commits, last commit duration)."""

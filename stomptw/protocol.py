@@ -11,17 +11,26 @@ heart-beats and timeouts on an injected ``IReactorTime``.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from stomptw.broker import ACK_MODES, Broker, DestinationError, Message, Subscription
+from stomptw.broker import (
+    ACK_MODES,
+    Broker,
+    DestinationError,
+    DestinationFull,
+    Message,
+    Subscription,
+)
 from stomptw.config import SUPPORTED_VERSIONS, BrokerConfig
 from stomptw.frame import FrameError, FrameParser, FrameTooLarge, encode_frame
 from stomptw.interfaces import IMessageConsumer
@@ -74,7 +83,34 @@ def _require(frame_headers: dict[str, str], command: str, name: str) -> str:
     return value
 
 
-@implementer(IMessageConsumer)
+#: SUBSCRIBE/UNSUBSCRIBE headers that name a durable topic subscription, in
+#: order of precedence (ActiveMQ Artemis, then ActiveMQ Classic).
+_DURABLE_NAME_HEADERS = (
+    "durable-subscriber-name",
+    "durable-subscription-name",
+    "activemq.subscriptionName",
+)
+
+
+def _durable_name(headers: dict[str, str], sub_id: str | None) -> str | None:
+    """
+    The durable subscription a SUBSCRIBE or UNSUBSCRIBE names, if any: one of
+    :data:`_DURABLE_NAME_HEADERS`, or (RabbitMQ's convention) the ``id`` when
+    ``durable:true`` (or the older ``persistent:true``) is set and
+    ``auto-delete`` is not ``true``.
+    """
+    for name in _DURABLE_NAME_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    if (headers.get("durable") == "true" or headers.get("persistent") == "true") and headers.get(
+        "auto-delete"
+    ) != "true":
+        return sub_id or None
+    return None
+
+
+@implementer(IMessageConsumer, IPushProducer)
 class StompProtocol(Protocol):
     """
     One STOMP client connection.
@@ -100,6 +136,20 @@ class StompProtocol(Protocol):
         self.version: str | None = None
         self.session_id: str = ""
         self.subscriptions: dict[str, Subscription] = {}
+        #: The CONNECT frame's ``client-id`` (durable subscriptions belong to it).
+        self.client_id = ""
+        #: False while the transport's output buffer is over the high-water mark.
+        self.writable = True
+        self._producer_registered = False
+        # Queues that are full and stop this client's input until they have room.
+        self._blockers: set[object] = set()
+        self._reading_paused = False
+        # A persistent message was accepted by the frame being handled.
+        self._needs_sync = False
+        # RECEIPTs in frame order: [receipt id, ready to send].
+        self._receipts: deque[list] = deque()
+        # DISCONNECT is waiting for earlier messages to be stored.
+        self._draining = False
         # ack id -> subscription, for every unacknowledged delivery.
         self._pending: dict[str, Subscription] = {}
         self._ack_ids = itertools.count(1)
@@ -145,6 +195,15 @@ class StompProtocol(Protocol):
                 set_nodelay(True)
             except OSError:
                 pass
+        register = getattr(self.transport, "registerProducer", None)
+        if register is not None:
+            try:
+                register(self, True)
+            except RuntimeError:
+                pass
+            else:
+                self._producer_registered = True
+                _set_high_water(self.transport, self.config.write_high_water)
         peer = self.transport.getPeer()
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self.broker.sessions.add(self)
@@ -175,12 +234,16 @@ class StompProtocol(Protocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._draining:
             return
         self._last_received = self.clock.seconds()
+        self.parser.feed(data)
+        self._process()
+
+    def _process(self) -> None:
+        """Handle the frames the parser holds, until input is paused."""
         parser = self.parser
-        parser.feed(data)
-        while not self._closing:
+        while not (self._closing or self._reading_paused or self._draining):
             try:
                 frame = parser.next_frame()
             except FrameError as e:
@@ -242,9 +305,107 @@ class StompProtocol(Protocol):
             )
             self._fail(error, receipt=headers.get("receipt"))
             return
+        needs_sync, self._needs_sync = self._needs_sync, False
         receipt = headers.get("receipt")
         if receipt is not None and command != "DISCONNECT" and not self._closing:
+            self._receipt(receipt, needs_sync)
+
+    def _receipt(self, receipt: str, needs_sync: bool) -> None:
+        """
+        Send a RECEIPT, in frame order; for a frame that accepted persistent
+        messages, once the store has them.
+        """
+        if not needs_sync and not self._receipts:
             self._send("RECEIPT", {"receipt-id": receipt})
+            return
+        entry = [receipt, not needs_sync]
+        self._receipts.append(entry)
+        if needs_sync:
+            self.broker.sync().addCallbacks(
+                self._stored, self._store_failed, callbackArgs=(entry,), errbackArgs=(entry,)
+            )
+
+    def _stored(self, result: object, entry: list) -> None:
+        entry[1] = True
+        receipts = self._receipts
+        while receipts and receipts[0][1]:
+            receipt = receipts.popleft()[0]
+            if not self._closing:
+                self._send("RECEIPT", {"receipt-id": receipt})
+
+    def _store_failed(self, failure: Failure, entry: list) -> None:
+        self._receipts.clear()
+        if not self._closing:
+            self._fail(
+                ProtocolError(
+                    "message could not be stored",
+                    "The broker could not write a persistent message to its store: "
+                    f"{failure.getErrorMessage()}. Messages without a RECEIPT may not have "
+                    "been accepted; send them again.",
+                ),
+                receipt=entry[0],
+            )
+
+    # -- flow control ------------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's output buffer is over the high-water mark."""
+        self.writable = False
+
+    def resumeProducing(self) -> None:
+        """The output buffer drained: take messages again."""
+        self.writable = True
+        for sub in list(self.subscriptions.values()):
+            if not self.writable:
+                break
+            self.broker.ready(sub)
+
+    def stopProducing(self) -> None:
+        """The connection is going; :meth:`connectionLost` cleans up."""
+
+    def block(self, queue: object) -> None:
+        """Stop reading from this client until ``queue`` has room."""
+        if not self._blockers:
+            self._reading_paused = True
+            pause = getattr(self.transport, "pauseProducing", None)
+            if pause is not None:
+                pause()
+            self.log.info(
+                "producer {peer} (session {session}) blocked: {queue} is full",
+                peer=self._peer,
+                session=self.session_id,
+                queue=getattr(queue, "name", queue),
+            )
+        self._blockers.add(queue)
+
+    def unblock(self, queue: object) -> None:
+        """``queue`` has room again; read on once no queue blocks this client."""
+        self._blockers.discard(queue)
+        if self._blockers or not self._reading_paused or self._closing:
+            return
+        self._reading_paused = False
+        resume = getattr(self.transport, "resumeProducing", None)
+        if resume is not None:
+            resume()
+        # Frames already read wait in the parser; not from inside the queue.
+        self.clock.callLater(0, self._resume_frames)
+
+    def _resume_frames(self) -> None:
+        if not self._closing and not self._reading_paused:
+            self._last_received = self.clock.seconds()
+            self._process()
+
+    def slow_consumer(self, subscription: Subscription, reason: str) -> None:
+        """The broker's slow-consumer policy ends this session."""
+        if not self._closing:
+            self._fail(
+                ProtocolError(
+                    "slow consumer",
+                    f"{reason}; the broker's policy for topic subscribers that stay slow is "
+                    "to disconnect them. Read faster, or use a queue.",
+                ),
+                reason=f"slow consumer: {reason}",
+            )
 
     # -- sending ------------------------------------------------------------------
 
@@ -280,8 +441,10 @@ class StompProtocol(Protocol):
             ack_id = str(next(self._ack_ids))
             if self.version == "1.2":
                 headers["ack"] = ack_id
-        if message.redelivered:
+        count = message.delivery_count
+        if count > 1:
             headers["redelivered"] = "true"
+        headers["x-delivery-count"] = str(count - 1) if count else "0"
         headers.update(message.headers)
         data = encode_frame("MESSAGE", headers, message.body, self.version or "1.0")
         limit = self._max_write
@@ -364,6 +527,16 @@ class StompProtocol(Protocol):
         self._closing = True
         self._end_session()
         transport = self.transport
+        if self._producer_registered:
+            # A transport with a producer registered does not close.
+            self._producer_registered = False
+            transport.unregisterProducer()
+        if self._reading_paused:
+            # Read (and discard) again, so that the client's close is seen.
+            self._reading_paused = False
+            resume = getattr(transport, "resumeProducing", None)
+            if resume is not None:
+                resume()
         if _can_half_close(transport):
             transport.loseWriteConnection()
         else:
@@ -388,6 +561,9 @@ class StompProtocol(Protocol):
         """
         self._cancel_timers()
         self._transactions.clear()
+        blockers, self._blockers = self._blockers, set()
+        for queue in blockers:
+            queue.blocked.discard(self)
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
         self._pending.clear()
@@ -439,7 +615,11 @@ class StompProtocol(Protocol):
     def _check_receive(self) -> None:
         now = self.clock.seconds()
         deadline = self._last_received + self._receive_timeout
-        if now >= deadline - 1e-6:
+        if self._reading_paused:
+            # The broker itself stopped reading (a full queue): the client
+            # is not to blame for the silence.
+            deadline = now + self._receive_timeout
+        elif now >= deadline - 1e-6:
             self._receive_timer = None
             self.log.info(
                 "heart-beat timeout: nothing from {peer} (session {session}) for {seconds:.1f}s",
@@ -479,6 +659,7 @@ class StompProtocol(Protocol):
             send_ms = 0 if (sx == 0 or cy == 0) else max(sx, cy)
             receive_ms = 0 if (cx == 0 or sy == 0) else max(cx, sy)
         self.version = version
+        self.client_id = headers.get("client-id", "")
         self.parser.version = version
         self.session_id = self.broker.new_session_id()
         if self._login_timer is not None and self._login_timer.active():
@@ -523,12 +704,30 @@ class StompProtocol(Protocol):
             self.broker.check_destination(destination)
         except DestinationError as e:
             raise ProtocolError(f"invalid destination: {e}", _DESTINATION_HELP) from None
+        expires = headers.get("expires")
+        if expires is not None and not expires.isdigit():
+            raise ProtocolError(
+                f"invalid expires header {expires[:40]!r}",
+                "expires must be a time in milliseconds since the epoch (0 means never).",
+            )
         forwarded = {k: v for k, v in headers.items() if k not in _NOT_FORWARDED}
         actions = self._transaction(headers)
         if actions is not None:
-            actions.append((self.broker.send, (destination, forwarded, body)))
+            actions.append((self._publish, (destination, forwarded, body)))
         else:
-            self.broker.send(destination, forwarded, body)
+            self._publish(destination, forwarded, body)
+
+    def _publish(self, destination: str, headers: dict[str, str], body: bytes) -> None:
+        try:
+            message = self.broker.send(destination, headers, body, self)
+        except DestinationFull as e:
+            raise ProtocolError(
+                f"destination {destination} is full",
+                f"The message was not accepted: {e}. The broker is configured to refuse "
+                "messages for a full queue; send again once consumers have caught up.",
+            ) from None
+        if message.persistent:
+            self._needs_sync = True
 
     def _on_subscribe(self, headers: dict[str, str], body: bytes) -> None:
         destination = _require(headers, "SUBSCRIBE", "destination")
@@ -561,9 +760,21 @@ class StompProtocol(Protocol):
             self.broker.check_destination(destination)
         except DestinationError as e:
             raise ProtocolError(f"invalid destination: {e}", _DESTINATION_HELP) from None
-        sub = Subscription(self, sub_id, destination, ack, prefetch)
+        durable = None
+        if destination.startswith("/topic/"):
+            name = _durable_name(headers, sub_id)
+            if name is not None:
+                durable = (self.client_id, name)
+        sub = Subscription(self, sub_id, destination, ack, prefetch, durable)
+        try:
+            self.broker.subscribe(sub)
+        except DestinationError as e:
+            raise ProtocolError(
+                str(e),
+                "A durable subscription takes one subscriber at a time; close the other "
+                "connection, or use another subscription name or client-id.",
+            ) from None
         self.subscriptions[sub_id] = sub
-        self.broker.subscribe(sub)
 
     def _on_unsubscribe(self, headers: dict[str, str], body: bytes) -> None:
         sub_id = headers.get("id")
@@ -572,14 +783,22 @@ class StompProtocol(Protocol):
         if not sub_id:
             _require(headers, "UNSUBSCRIBE", "id")
         sub = self.subscriptions.pop(sub_id, None)
-        if sub is None:
+        durable = _durable_name(headers, sub_id)
+        if sub is not None:
+            for ack_id in sub.unacked:
+                self._pending.pop(ack_id, None)
+            self.broker.unsubscribe(sub)
+        removed = durable is not None and self.broker.remove_durable(self.client_id, durable)
+        if sub is None and not removed:
             raise ProtocolError(
                 f"no subscription with id {sub_id!r}",
-                "UNSUBSCRIBE must name the id of an active subscription on this connection.",
+                "UNSUBSCRIBE must name the id of an active subscription on this connection"
+                + (
+                    f", or a durable subscription of client-id {self.client_id!r}."
+                    if durable is not None
+                    else "."
+                ),
             )
-        for ack_id in sub.unacked:
-            self._pending.pop(ack_id, None)
-        self.broker.unsubscribe(sub)
 
     def _find_delivery(self, command: str, headers: dict[str, str]) -> tuple[Subscription, str]:
         """Return the subscription and ack id an ACK or NACK refers to."""
@@ -670,10 +889,35 @@ class StompProtocol(Protocol):
 
     def _on_disconnect(self, headers: dict[str, str], body: bytes) -> None:
         receipt = headers.get("receipt")
+        self._close_reason = "client sent DISCONNECT"
+        if self._receipts:
+            # Earlier persistent messages are still being stored: their
+            # RECEIPTs, then this one, then the close.
+            self._draining = True
+            self.broker.sync().addBoth(lambda _: self._finish_disconnect(receipt))
+        else:
+            self._finish_disconnect(receipt)
+
+    def _finish_disconnect(self, receipt: str | None) -> None:
+        if self._closing:
+            return
         if receipt is not None:
             self._send("RECEIPT", {"receipt-id": receipt})
-        self._close_reason = "client sent DISCONNECT"
         self._close_gracefully()
+
+
+def _set_high_water(transport: object, limit: int) -> None:
+    """
+    Set the output buffer size at which the socket under ``transport``
+    (through TLS or WebSocket layers) pauses its producer.
+    """
+    for _ in range(4):
+        if isinstance(transport, FileDescriptor):
+            transport.bufferSize = limit
+            return
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return
 
 
 def _can_half_close(transport: object) -> bool:

@@ -23,7 +23,9 @@ from twisted.python.failure import Failure
 from stomptw import __version__
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
+from stomptw.interfaces import IMessageStore
 from stomptw.protocol import StompFactory
+from stomptw.store import MemoryStore, SQLiteStore
 from stomptw.websocket import websocket_site
 
 __all__ = ["BrokerService", "makeService"]
@@ -123,11 +125,14 @@ class BrokerService(MultiService):
 
     def privilegedStartService(self) -> None:
         self._announce()
+        # Stored messages are back in their queues before anyone connects.
+        self.broker.open()
         super().privilegedStartService()
 
     def startService(self) -> None:
         # Embedding code may call startService without privilegedStartService.
         self._announce()
+        self.broker.open()
         super().startService()
 
     def _announce(self) -> None:
@@ -164,7 +169,18 @@ class BrokerService(MultiService):
             closing = [session.shutdown() for session in list(self.broker.sessions)]
             return defer.gatherResults(closing, consumeErrors=True).addBoth(lambda _: result)
 
-        return d.addBoth(close_sessions)
+        def close_store(result: object) -> defer.Deferred:
+            # Unacknowledged messages are back in their queues: store that.
+            return self.broker.close().addBoth(lambda _: result)
+
+        return d.addBoth(close_sessions).addBoth(close_store)
+
+
+def make_store(config: BrokerConfig, reactor) -> IMessageStore:
+    """The message store ``config`` asks for (not yet opened)."""
+    if config.store == "memory":
+        return MemoryStore()
+    return SQLiteStore(config.data_dir, reactor, config.store_sync)
 
 
 def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerService:
@@ -180,7 +196,7 @@ def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerServi
     if reactor is None:
         from twisted.internet import reactor
     config = config or BrokerConfig()
-    broker = Broker()
+    broker = Broker(config, make_store(config, reactor), reactor)
     service = BrokerService(broker, config)
     if config.tcp_endpoints:
         factories = {

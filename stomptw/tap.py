@@ -51,6 +51,17 @@ _OPTION_NAMES = {
     "max_header_line": "--max-header-line",
     "max_body_size": "--max-body-size",
     "max_headers": "--max-headers",
+    "max_redeliveries": "--max-redeliveries",
+    "dead_letter_queue": "--dead-letter-queue",
+    "default_ttl_ms": "--default-ttl",
+    "max_queue_length": "--max-queue-length",
+    "max_queue_bytes": "--max-queue-bytes",
+    "write_high_water": "--write-high-water",
+    "slow_topic_limit": "--slow-topic-limit",
+    "slow_topic_policy": "--slow-topic-policy",
+    "store_sync": "--store-sync",
+    "overflow": "--overflow",
+    "store": "--store",
 }
 
 
@@ -69,6 +80,11 @@ class Options(usage.Options):
     optFlags = [
         ["no-tcp", None, "Do not listen for STOMP over TCP."],
         ["no-ws", None, "Do not listen for STOMP over WebSocket."],
+        [
+            "dead-letter-expired",
+            None,
+            "Move expired messages to the dead-letter queue instead of dropping them.",
+        ],
     ]
 
     optParameters = [
@@ -168,6 +184,93 @@ class Options(usage.Options):
             "Seconds to wait for a WebSocket pong before dropping the connection.",
             _non_negative_float,
         ],
+        [
+            "store",
+            None,
+            _DEFAULTS.store,
+            "Message store: 'sqlite' (persistent messages survive restarts) or "
+            "'memory' (nothing does).",
+        ],
+        [
+            "data-dir",
+            None,
+            _DEFAULTS.data_dir,
+            "Directory of the SQLite message store (created if missing; relative "
+            "paths are under the working directory).",
+        ],
+        [
+            "store-sync",
+            None,
+            _DEFAULTS.store_sync,
+            "'full': persistent messages are on disk (fsync) before their RECEIPT; "
+            "'normal': they survive a broker crash but perhaps not a power loss.",
+        ],
+        [
+            "max-redeliveries",
+            None,
+            _DEFAULTS.max_redeliveries,
+            "A queue message returned more times than this goes to its dead-letter "
+            "queue (-1 = never).",
+            int,
+        ],
+        [
+            "dead-letter-queue",
+            None,
+            _DEFAULTS.dead_letter_queue,
+            "Dead-letter queue name; {name} is the original destination's name "
+            "without /queue/ or /topic/. Empty: drop dead messages.",
+        ],
+        [
+            "default-ttl",
+            None,
+            _DEFAULTS.default_ttl_ms,
+            "Milliseconds after which messages sent without an expires header expire (0 = never).",
+            int,
+        ],
+        [
+            "max-queue-length",
+            None,
+            _DEFAULTS.max_queue_length,
+            "Most messages a queue holds, waiting and unacknowledged (0 = no limit).",
+            int,
+        ],
+        [
+            "max-queue-bytes",
+            None,
+            _DEFAULTS.max_queue_bytes,
+            "Most bytes a queue holds: bodies and headers plus 512 bytes per "
+            "message (0 = no limit).",
+            int,
+        ],
+        [
+            "overflow",
+            None,
+            _DEFAULTS.overflow,
+            "When a queue is full: 'block' stops reading from its producers until "
+            "there is room, 'reject' answers their SEND with an ERROR.",
+        ],
+        [
+            "write-high-water",
+            None,
+            _DEFAULTS.write_high_water,
+            "Bytes of unsent output per connection above which it is handed no "
+            "more messages until the buffer drains.",
+            _positive_int,
+        ],
+        [
+            "slow-topic-limit",
+            None,
+            _DEFAULTS.slow_topic_limit,
+            "Topic messages held back per subscriber that cannot take them yet.",
+            _positive_int,
+        ],
+        [
+            "slow-topic-policy",
+            None,
+            _DEFAULTS.slow_topic_policy,
+            "Beyond --slow-topic-limit: 'drop-oldest' drops the subscriber's oldest "
+            "held-back message, 'disconnect' ends its session with an ERROR.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -231,6 +334,19 @@ def config_from_options(options: usage.Options) -> BrokerConfig:
         ws_ping_timeout=options["ws-ping-timeout"],
         ws_max_message_size=options["ws-max-message-size"],
         allowed_origins=options["allowed-origins"],
+        store=options["store"],
+        data_dir=options["data-dir"],
+        store_sync=options["store-sync"],
+        max_redeliveries=options["max-redeliveries"],
+        dead_letter_queue=options["dead-letter-queue"],
+        dead_letter_expired=bool(options["dead-letter-expired"]),
+        default_ttl_ms=options["default-ttl"],
+        max_queue_length=options["max-queue-length"],
+        max_queue_bytes=options["max-queue-bytes"],
+        overflow=options["overflow"],
+        write_high_water=options["write-high-water"],
+        slow_topic_limit=options["slow-topic-limit"],
+        slow_topic_policy=options["slow-topic-policy"],
     )
 
 

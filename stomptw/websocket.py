@@ -90,6 +90,37 @@ class _WebSocketTransport:
         if self._ws.state != self._ws.STATE_CLOSED:
             self._ws.dropConnection(abort=True)
 
+    @property
+    def transport(self):
+        """The transport under the WebSocket (TCP or TLS)."""
+        return self._ws.transport
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        """
+        Register ``producer`` with the socket under the WebSocket, replacing
+        the HTTP channel the connection was upgraded from.
+        """
+        transport = self._ws.transport
+        try:
+            transport.registerProducer(producer, streaming)
+        except RuntimeError:
+            transport.unregisterProducer()
+            transport.registerProducer(producer, streaming)
+        self._ws.stomp_producer = producer
+
+    def unregisterProducer(self) -> None:
+        """Unregister the producer (a transport with one does not close)."""
+        self._ws.release_producer()
+
+    def pauseProducing(self) -> None:
+        """Stop reading from the socket."""
+        self._ws.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Read from the socket again."""
+        if self._ws.transport is not None:
+            self._ws.transport.resumeProducing()
+
     def getPeer(self):
         return self._ws.transport.getPeer()
 
@@ -101,6 +132,21 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     """An Autobahn WebSocket protocol carrying one STOMP session."""
 
     stomp: StompProtocol | None = None
+    #: The STOMP session registered as producer with the socket, if any.
+    stomp_producer = None
+
+    def release_producer(self) -> None:
+        """Unregister the STOMP session as the socket's producer."""
+        if self.stomp_producer is not None:
+            self.stomp_producer = None
+            transport = self.transport
+            if transport is not None and getattr(transport, "producer", True) is not None:
+                transport.unregisterProducer()
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        # Autobahn closes the socket here; one with a producer would not close.
+        self.release_producer()
+        super()._closeConnection(abort)
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         """

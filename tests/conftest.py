@@ -51,6 +51,8 @@ def make_broker():
     async def start(**overrides) -> RunningBroker:
         overrides.setdefault("tcp_endpoints", [LOOPBACK])
         overrides.setdefault("ws_endpoints", [LOOPBACK])
+        # Durable storage is tested on purpose, with its own data directory.
+        overrides.setdefault("store", "memory")
         config = dataclasses.replace(BrokerConfig(), **overrides)
         service = makeService(config, reactor)
         service.startService()

@@ -102,8 +102,8 @@ def assert_error(client: Client, text: str) -> Frame:
 def test_interfaces(env):
     client = env.client()
     assert verifyObject(IMessageConsumer, client.proto)
-    assert verifyObject(IDestination, Queue("/queue/a"))
-    assert verifyObject(IDestination, Topic("/topic/a"))
+    assert verifyObject(IDestination, Queue("/queue/a", env.broker))
+    assert verifyObject(IDestination, Topic("/topic/a", env.broker))
 
 
 # -- CONNECT -------------------------------------------------------------------

@@ -169,7 +169,9 @@ async def test_startup_logs_listeners_and_acceleration():
     globalLogPublisher.addObserver(events.append)
     service = make(
         BrokerConfig(
-            tcp_endpoints=["tcp:0:interface=127.0.0.1"], ws_endpoints=["tcp:0:interface=127.0.0.1"]
+            tcp_endpoints=["tcp:0:interface=127.0.0.1"],
+            ws_endpoints=["tcp:0:interface=127.0.0.1"],
+            store="memory",
         ),
         reactor,
     )
@@ -197,7 +199,9 @@ def test_listen_failure_refuses_to_start():
         taken.listen()
         port = taken.getsockname()[1]
         service = make(
-            BrokerConfig(tcp_endpoints=[f"tcp:{port}:interface=127.0.0.1"], ws_endpoints=[]),
+            BrokerConfig(
+                tcp_endpoints=[f"tcp:{port}:interface=127.0.0.1"], ws_endpoints=[], store="memory"
+            ),
             reactor,
         )
         with pytest.raises(Exception, match="[Aa]ddress already in use|CannotListen"):

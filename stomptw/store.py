@@ -1,0 +1,440 @@
+"""
+Message stores: where persistent messages and durable subscriptions live
+between restarts.
+
+Two implementations of :class:`~stomptw.interfaces.IMessageStore`:
+
+* :class:`MemoryStore` keeps everything in memory (``--store memory``):
+  nothing survives a restart.
+* :class:`SQLiteStore` is the embedded durable store (the default): an
+  SQLite database in WAL mode under ``--data-dir``. Writes are collected on
+  the reactor thread and committed by one background thread, many per
+  transaction (group commit), so the reactor never waits for the disk.
+
+The broker calls ``put``/``remove``/``set_delivery_count`` as messages come
+and go, and waits on :meth:`sync` before it acknowledges a persistent
+message to its producer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from stomptw.interfaces import IMessageStore
+
+__all__ = ["MemoryStore", "SQLiteStore", "StoredMessage", "StoredState", "StoreError"]
+
+log = Logger()
+
+#: The database file's name inside the data directory.
+DB_NAME = "stomptw.sqlite3"
+
+
+class StoreError(RuntimeError):
+    """The store could not be opened or written."""
+
+
+@dataclass
+class StoredMessage:
+    """
+    One persistent message as the store keeps it.
+
+    :ivar key: the broker-assigned key, unique in the store; also the order
+        messages were accepted in.
+    :ivar owner: the queue holding it: a queue's name, or a durable
+        subscription's owner name (see :meth:`IMessageStore.put_subscription`).
+    :ivar message_id: the ``message-id`` it is delivered with.
+    :ivar destination: the destination it was sent to.
+    :ivar headers: the headers that travel with it.
+    :ivar body: its body.
+    :ivar delivery_count: how many deliveries of it have been started.
+    :ivar expires: when it expires, in milliseconds since the epoch; 0 never.
+    """
+
+    key: int
+    owner: str
+    message_id: str
+    destination: str
+    headers: dict[str, str]
+    body: bytes
+    delivery_count: int = 0
+    expires: int = 0
+
+
+@dataclass
+class StoredState:
+    """
+    What a store held when it was opened.
+
+    :ivar messages: the stored messages in key order.
+    :ivar subscriptions: durable subscriptions, as
+        ``{owner: (client_id, name, destination)}``.
+    """
+
+    messages: list[StoredMessage] = field(default_factory=list)
+    subscriptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+
+    @property
+    def next_key(self) -> int:
+        """The first key not used by a stored message."""
+        return (self.messages[-1].key + 1) if self.messages else 1
+
+
+@implementer(IMessageStore)
+class MemoryStore:
+    """
+    A store that keeps its records in memory: persistence is off, but the
+    broker goes through the same calls (and tests can look at ``messages``).
+    """
+
+    durable = False
+
+    def __init__(self) -> None:
+        self.messages: dict[int, StoredMessage] = {}
+        self.subscriptions: dict[str, tuple[str, str, str]] = {}
+
+    def load(self) -> StoredState:
+        messages = [self.messages[k] for k in sorted(self.messages)]
+        return StoredState(messages, dict(self.subscriptions))
+
+    def put(self, message: StoredMessage) -> None:
+        self.messages[message.key] = message
+
+    def set_delivery_count(self, key: int, count: int) -> None:
+        stored = self.messages.get(key)
+        if stored is not None:
+            stored.delivery_count = count
+
+    def remove(self, key: int) -> None:
+        self.messages.pop(key, None)
+
+    def put_subscription(self, owner: str, client_id: str, name: str, destination: str) -> None:
+        self.subscriptions[owner] = (client_id, name, destination)
+
+    def remove_subscription(self, owner: str) -> None:
+        self.subscriptions.pop(owner, None)
+
+    def sync(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+    def close(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+    def stats(self) -> dict[str, float]:
+        return {"messages": len(self.messages), "batches": 0, "last_commit_seconds": 0.0}
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    key INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    expires INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    owner TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    destination TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+#: The schema version written to ``meta``; a newer one is refused.
+SCHEMA_VERSION = 1
+
+
+class _Batch:
+    """The writes collected since the last commit started."""
+
+    __slots__ = ("puts", "counts", "deletes", "sub_puts", "sub_deletes", "waiters")
+
+    def __init__(self) -> None:
+        self.puts: dict[int, StoredMessage] = {}
+        self.counts: dict[int, int] = {}
+        self.deletes: set[int] = set()
+        self.sub_puts: dict[str, tuple[str, str, str]] = {}
+        self.sub_deletes: set[str] = set()
+        self.waiters: list[defer.Deferred] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.puts or self.counts or self.deletes or self.sub_puts or self.sub_deletes)
+
+
+@implementer(IMessageStore)
+class SQLiteStore:
+    """
+    The embedded durable store: one SQLite database in WAL mode.
+
+    Writes are collected in a batch on the reactor thread. A single
+    background thread commits one batch at a time in one transaction; what
+    arrives meanwhile waits for the next one. A message put and removed
+    before its batch is committed (consumed and acknowledged at once) never
+    reaches the disk at all.
+
+    :param directory: the data directory; created if missing.
+    :param reactor: the reactor whose thread calls the store.
+    :param synchronous: ``"full"`` (each commit is on disk before it is
+        reported: survives power loss) or ``"normal"`` (survives a crash of
+        the broker process but not of the machine; faster).
+    """
+
+    durable = True
+
+    def __init__(self, directory: str, reactor, synchronous: str = "full") -> None:
+        if synchronous not in ("full", "normal"):
+            raise ValueError("synchronous must be 'full' or 'normal'")
+        self.directory = directory
+        self.path = os.path.join(directory, DB_NAME)
+        self._reactor = reactor
+        self._synchronous = synchronous
+        self._batch = _Batch()
+        self._in_flight: _Batch | None = None
+        self._scheduled = False
+        self._closed = False
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._batches = 0
+        self._last_commit = 0.0
+        self._commit_seconds = 0.0
+
+    # -- opening -------------------------------------------------------------------
+
+    def load(self) -> StoredState:
+        """
+        Open (or create) the database and return what it holds. Called once,
+        on the reactor thread, before the broker accepts connections.
+        """
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta(name, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} was written by a newer stomptw (schema {row[0]}); "
+                    "upgrade stomptw or point --data-dir elsewhere"
+                )
+            messages = [
+                StoredMessage(key, owner, mid, dest, json.loads(headers), bytes(body), count, exp)
+                for key, owner, mid, dest, headers, body, count, exp in conn.execute(
+                    "SELECT key, owner, message_id, destination, headers, body, "
+                    "delivery_count, expires FROM messages ORDER BY key"
+                )
+            ]
+            subscriptions = {
+                owner: (client_id, name, dest)
+                for owner, client_id, name, dest in conn.execute(
+                    "SELECT owner, client_id, name, destination FROM subscriptions"
+                )
+            }
+        except (sqlite3.Error, OSError, ValueError) as e:
+            raise StoreError(f"cannot open the message store at {self.path}: {e}") from e
+        self._conn = conn
+        # A daemon thread: a broker stopped without closing its store is a
+        # crash as far as the store knows, and must not hang the process.
+        self._thread = threading.Thread(target=self._run, name="stomptw-store", daemon=True)
+        self._thread.start()
+        log.info(
+            "message store {path}: {messages} message(s), {subs} durable subscription(s)",
+            path=self.path,
+            messages=len(messages),
+            subs=len(subscriptions),
+        )
+        return StoredState(messages, subscriptions)
+
+    # -- writes (reactor thread) -----------------------------------------------------
+
+    def put(self, message: StoredMessage) -> None:
+        batch = self._batch
+        batch.puts[message.key] = message
+        batch.deletes.discard(message.key)
+        self._schedule()
+
+    def set_delivery_count(self, key: int, count: int) -> None:
+        batch = self._batch
+        put = batch.puts.get(key)
+        if put is not None:
+            put.delivery_count = count
+        elif key not in batch.deletes:
+            batch.counts[key] = count
+            self._schedule()
+
+    def remove(self, key: int) -> None:
+        batch = self._batch
+        batch.counts.pop(key, None)
+        if batch.puts.pop(key, None) is not None:
+            # Put and removed before the commit; but an older commit in
+            # flight may be writing it, so delete it as well then.
+            if self._in_flight is None or key not in self._in_flight.puts:
+                return
+        batch.deletes.add(key)
+        self._schedule()
+
+    def put_subscription(self, owner: str, client_id: str, name: str, destination: str) -> None:
+        self._batch.sub_deletes.discard(owner)
+        self._batch.sub_puts[owner] = (client_id, name, destination)
+        self._schedule()
+
+    def remove_subscription(self, owner: str) -> None:
+        self._batch.sub_puts.pop(owner, None)
+        self._batch.sub_deletes.add(owner)
+        self._schedule()
+
+    def sync(self) -> defer.Deferred:
+        """Fire once everything written so far is committed to disk."""
+        d: defer.Deferred = defer.Deferred()
+        if self._batch:
+            self._batch.waiters.append(d)
+            self._schedule()
+        elif self._in_flight is not None:
+            self._in_flight.waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def close(self) -> defer.Deferred:
+        """Commit what is pending, then close the database and its thread."""
+        d = self.sync()
+
+        def closed(result: object) -> object:
+            self._closed = True
+            if self._thread is not None:
+                self._jobs.put(None)
+                self._thread.join()
+                self._thread = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            return result
+
+        return d.addBoth(closed)
+
+    def stats(self) -> dict[str, float]:
+        """Commit counters: batches committed and the last commit's duration."""
+        return {"batches": self._batches, "last_commit_seconds": self._last_commit}
+
+    # -- the writer --------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._scheduled or self._in_flight is not None:
+            return
+        self._scheduled = True
+        # Start at the next reactor turn, so that everything this turn
+        # produces goes into the same transaction.
+        self._reactor.callLater(0, self._start)
+
+    def _start(self) -> None:
+        self._scheduled = False
+        if self._in_flight is not None or not self._batch or self._thread is None:
+            if not self._batch:
+                waiters, self._batch.waiters = self._batch.waiters, []
+                for d in waiters:
+                    d.callback(None)
+            return
+        batch, self._batch = self._batch, _Batch()
+        self._in_flight = batch
+        self._jobs.put((batch, time.monotonic()))
+
+    def _run(self) -> None:
+        # The store's thread: commits one batch at a time, reports back to
+        # the reactor thread.
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch, started = job
+            try:
+                self._commit(batch)
+                result: object = None
+            except BaseException:
+                result = Failure()
+            self._reactor.callFromThread(self._committed, result, batch, started)
+
+    def _commit(self, batch: _Batch) -> None:
+        # Runs in the store's thread, the only one that writes.
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN")
+        try:
+            if batch.puts:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            m.key,
+                            m.owner,
+                            m.message_id,
+                            m.destination,
+                            json.dumps(m.headers, separators=(",", ":")),
+                            m.body,
+                            m.delivery_count,
+                            m.expires,
+                        )
+                        for m in batch.puts.values()
+                    ],
+                )
+            if batch.counts:
+                conn.executemany(
+                    "UPDATE messages SET delivery_count = ? WHERE key = ?",
+                    [(count, key) for key, count in batch.counts.items()],
+                )
+            if batch.deletes:
+                conn.executemany(
+                    "DELETE FROM messages WHERE key = ?", [(key,) for key in batch.deletes]
+                )
+            if batch.sub_puts:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?)",
+                    [(owner, *rest) for owner, rest in batch.sub_puts.items()],
+                )
+            if batch.sub_deletes:
+                conn.executemany(
+                    "DELETE FROM subscriptions WHERE owner = ?",
+                    [(owner,) for owner in batch.sub_deletes],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _committed(self, result: object, batch: _Batch, started: float) -> None:
+        self._in_flight = None
+        self._last_commit = time.monotonic() - started
+        self._batches += 1
+        failure = result if isinstance(result, Failure) else None
+        if failure is not None:
+            log.failure("message store commit failed ({path})", failure, path=self.path)
+            error = Failure(StoreError(f"message store commit failed: {failure.getErrorMessage()}"))
+        for d in batch.waiters:
+            if failure is None:
+                d.callback(None)
+            else:
+                d.errback(error)
+        if self._batch or self._batch.waiters:
+            self._start()
