@@ -558,11 +558,12 @@ class Broker:
             persistent=message.persistent,
         )
         dest = self.destination(target)
-        try:
-            dest.publish(dead)
-        except DestinationFull:
+        if dest.is_full():
+            # A full dead-letter queue keeps what it has; nobody is blocked.
             self.stats["dropped"] += 1
+            self._forget_if_idle(dest)
             return
+        dest.publish(dead)
         self.stats["dead_lettered"] += 1
         self._forget_if_idle(dest)
 
