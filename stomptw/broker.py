@@ -48,6 +48,14 @@ class DestinationError(ValueError):
 MESSAGE_OVERHEAD = 512
 
 
+def message_size(headers: dict[str, str], body: bytes) -> int:
+    """What a message counts for against a queue's byte limit."""
+    size = len(body) + MESSAGE_OVERHEAD
+    for name, value in headers.items():
+        size += len(name) + len(value)
+    return size
+
+
 class Message:
     """
     A message accepted by the broker.
@@ -96,10 +104,7 @@ class Message:
         self.expires = expires
         self.delivery_count = delivery_count
         self.key = 0
-        size = len(body) + MESSAGE_OVERHEAD
-        for name, value in headers.items():
-            size += len(name) + len(value)
-        self.size = size
+        self.size = message_size(headers, body)
 
     @property
     def redelivered(self) -> bool:
@@ -312,6 +317,11 @@ class Broker:
             self._make_durable(owner, client_id, name, topic, persist=False)
         restored = 0
         for stored in state.messages:
+            count = stored.delivery_count
+            if state.unclean and not count:
+                # After a crash nobody knows which deliveries had started
+                # (they are recorded lazily): say it may be a redelivery.
+                count = 1
             message = Message(
                 stored.message_id,
                 stored.destination,
@@ -319,7 +329,7 @@ class Broker:
                 stored.body,
                 persistent=True,
                 expires=stored.expires,
-                delivery_count=stored.delivery_count,
+                delivery_count=count,
             )
             message.key = stored.key
             durable = self.durables.get(stored.owner)
@@ -391,6 +401,7 @@ class Broker:
         headers: dict[str, str],
         body: bytes,
         producer: IMessageConsumer | None = None,
+        reject: bool = True,
     ) -> Message:
         """
         Accept a message for ``destination`` and route it.
@@ -398,7 +409,9 @@ class Broker:
         ``persistent:true`` makes a queue store it; ``expires`` (milliseconds
         since the epoch, already checked to be digits) or the broker's
         default TTL bound how long it may wait. Raises
-        :class:`DestinationFull` if the destination refuses it.
+        :class:`DestinationFull` if the destination refuses it (only when
+        ``reject``; a transaction checks its destinations beforehand with
+        :meth:`check_room`).
         """
         dest = self.destination(destination)
         raw = headers.get("expires")
@@ -419,11 +432,25 @@ class Broker:
             # Accepted, but never delivered.
             self.stats["published"] += 1
             self.expire(None, message)
+            self._forget_if_idle(dest)
             return message
-        dest.publish(message, producer)
+        dest.publish(message, producer, reject)
         self.stats["published"] += 1
         self._forget_if_idle(dest)
         return message
+
+    def check_room(self, destination: str, count: int = 0, size: int = 0) -> None:
+        """
+        Raise :class:`DestinationFull` if ``destination`` refuses messages
+        now, or (with ``count``) if ``count`` messages of ``size`` bytes in
+        all would take it over its limits.
+        """
+        dest = self.destination(destination)
+        try:
+            if isinstance(dest, Queue):
+                dest.check_room(count, size)
+        finally:
+            self._forget_if_idle(dest)
 
     def subscribe(self, subscription: Subscription) -> None:
         """

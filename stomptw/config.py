@@ -97,6 +97,8 @@ class BrokerConfig:
     :ivar slow_topic_policy: ``"drop-oldest"`` (drop the subscriber's oldest
         held-back message and count it) or ``"disconnect"`` (end its session
         with an ERROR).
+    :ivar max_transaction_bytes: the most bytes of messages a connection's
+        open transactions may hold (counted as for queues); 0 means no limit.
     """
 
     tcp_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_TCP])
@@ -130,6 +132,7 @@ class BrokerConfig:
     write_high_water: int = 256 * 1024
     slow_topic_limit: int = 1000
     slow_topic_policy: str = "drop-oldest"
+    max_transaction_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.server_name:
@@ -179,6 +182,7 @@ class BrokerConfig:
             "max_queue_length",
             "max_queue_bytes",
             "expiry_interval",
+            "max_transaction_bytes",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

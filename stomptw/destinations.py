@@ -124,11 +124,31 @@ class Queue:
 
     # -- IDestination ------------------------------------------------------------------
 
-    def publish(self, message: Message, producer: IMessageConsumer | None = None) -> None:
+    def check_room(self, count: int = 0, size: int = 0) -> None:
+        """
+        Raise :class:`DestinationFull` if this queue refuses messages now
+        or, given ``count``, if ``count`` more messages of ``size`` bytes in
+        all would take it over its limits (a transaction's).
+        """
+        if self.overflow != "reject":
+            return
+        if count:
+            config = self.broker.config
+            full = (config.max_queue_length and self.count + count > config.max_queue_length) or (
+                config.max_queue_bytes and self.bytes + size > config.max_queue_bytes
+            )
+        else:
+            full = self.is_full()
+        if full:
+            self.broker.stats["rejected"] += 1
+            raise DestinationFull(self.name, self._limit_reached(count, size))
+
+    def publish(
+        self, message: Message, producer: IMessageConsumer | None = None, reject: bool = True
+    ) -> None:
         if self.is_full():
-            if self.overflow == "reject":
-                self.broker.stats["rejected"] += 1
-                raise DestinationFull(self.name, self._limit_reached())
+            if reject:
+                self.check_room()
             if self.overflow == "drop-head":
                 while self.pending and self.is_full():
                     self._release(self.pending.popleft())
@@ -226,11 +246,13 @@ class Queue:
         self._check_room()
         return len(dropped)
 
-    def _limit_reached(self) -> str:
+    def _limit_reached(self, count: int = 0, size: int = 0) -> str:
         config = self.broker.config
-        if config.max_queue_length and self.count >= config.max_queue_length:
-            return f"{self.count} messages, the limit is {config.max_queue_length}"
-        return f"{self.bytes} bytes held, the limit is {config.max_queue_bytes}"
+        more = f" and {count} more" if count else ""
+        if config.max_queue_length and self.count + count > config.max_queue_length - (not count):
+            return f"{self.count} messages{more}, the limit is {config.max_queue_length}"
+        more = f" and {size} more" if count else ""
+        return f"{self.bytes} bytes held{more}, the limit is {config.max_queue_bytes}"
 
     def _return(self, messages: list[Message]) -> None:
         limit = self.broker.config.max_redeliveries
@@ -330,13 +352,17 @@ class Topic:
         self.subscriptions: list[Subscription] = []
         self.durables: dict[str, DurableSubscription] = {}
 
-    def publish(self, message: Message, producer: IMessageConsumer | None = None) -> None:
+    def publish(
+        self, message: Message, producer: IMessageConsumer | None = None, reject: bool = True
+    ) -> None:
         stats = self.broker.stats
         for sub in tuple(self.subscriptions):
             if not sub.active:
                 continue
             if sub.backlog or not sub.is_ready():
                 self._hold_back(sub, message)
+                if sub.backlog and sub.is_ready():
+                    self.ready(sub)
             elif sub.deliver(message):
                 stats["delivered"] += 1
         for durable in tuple(self.durables.values()):
@@ -372,6 +398,10 @@ class Topic:
         sub.dropped += 1
 
     def subscribe(self, subscription: Subscription) -> None:
+        if subscription.ack_mode != "auto" and not subscription.prefetch:
+            # Unacknowledged topic messages are bounded too: beyond this
+            # many, the slow-subscriber backlog and its policy take over.
+            subscription.prefetch = self.broker.config.slow_topic_limit
         self.subscriptions.append(subscription)
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -390,9 +420,18 @@ class Topic:
 
     def ready(self, subscription: Subscription) -> None:
         backlog = subscription.backlog
-        stats = self.broker.stats
+        broker = self.broker
+        stats = broker.stats
+        now_ms = 0
         while backlog and subscription.is_ready():
-            if subscription.deliver(backlog.popleft()):
+            message = backlog.popleft()
+            if message.expires:
+                now_ms = now_ms or broker.now_ms()
+                if message.expires <= now_ms:
+                    # Expired while it waited for this subscriber.
+                    broker.expire(None, message)
+                    continue
+            if subscription.deliver(message):
                 stats["delivered"] += 1
 
     def is_idle(self) -> bool:

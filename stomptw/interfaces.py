@@ -58,12 +58,13 @@ class IDestination(Interface):
 
     name = Attribute("The destination's full name, e.g. ``/queue/orders``.")
 
-    def publish(message, producer=None):  # noqa: N805
+    def publish(message, producer=None, reject=True):  # noqa: N805
         """
         Route a message to the destination's subscribers. ``producer`` (an
         :class:`IMessageConsumer`, the sending session) may be blocked when
         the destination is full; a destination may instead raise
-        :class:`stomptw.broker.DestinationFull`.
+        :class:`stomptw.broker.DestinationFull`, unless ``reject`` is false
+        (the sender checked for room beforehand).
         """
 
     def subscribe(subscription):  # noqa: N805

@@ -30,6 +30,7 @@ from stomptw.broker import (
     DestinationFull,
     Message,
     Subscription,
+    message_size,
 )
 from stomptw.config import SUPPORTED_VERSIONS, BrokerConfig
 from stomptw.frame import FrameError, FrameParser, FrameTooLarge, encode_frame
@@ -144,6 +145,14 @@ class StompProtocol(Protocol):
         # Queues that are full and stop this client's input until they have room.
         self._blockers: set[object] = set()
         self._reading_paused = False
+        # Output written while the transport is over its high-water mark; past
+        # _output_limit the broker stops reading (the client does not read).
+        self._unsent = 0
+        self._output_full = False
+        self._output_limit = max(4 * config.write_high_water, 1024 * 1024)
+        # Bytes held in open transactions, in all and per transaction.
+        self._tx_bytes = 0
+        self._tx_sizes: dict[str, int] = {}
         # A persistent message was accepted by the frame being handled.
         self._needs_sync = False
         # RECEIPTs in frame order: [receipt id, ready to send].
@@ -355,6 +364,10 @@ class StompProtocol(Protocol):
     def resumeProducing(self) -> None:
         """The output buffer drained: take messages again."""
         self.writable = True
+        self._unsent = 0
+        if self._output_full:
+            self._output_full = False
+            self._update_reading()
         for sub in list(self.subscriptions.values()):
             if not self.writable:
                 break
@@ -366,10 +379,6 @@ class StompProtocol(Protocol):
     def block(self, queue: object) -> None:
         """Stop reading from this client until ``queue`` has room."""
         if not self._blockers:
-            self._reading_paused = True
-            pause = getattr(self.transport, "pauseProducing", None)
-            if pause is not None:
-                pause()
             self.log.info(
                 "producer {peer} (session {session}) blocked: {queue} is full",
                 peer=self._peer,
@@ -377,13 +386,24 @@ class StompProtocol(Protocol):
                 queue=getattr(queue, "name", queue),
             )
         self._blockers.add(queue)
+        self._update_reading()
 
     def unblock(self, queue: object) -> None:
         """``queue`` has room again; read on once no queue blocks this client."""
         self._blockers.discard(queue)
-        if self._blockers or not self._reading_paused or self._closing:
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Pause or resume reading from the client as the holds on it say."""
+        hold = bool(self._blockers) or self._output_full
+        if hold == self._reading_paused or self._closing:
             return
-        self._reading_paused = False
+        self._reading_paused = hold
+        if hold:
+            pause = getattr(self.transport, "pauseProducing", None)
+            if pause is not None:
+                pause()
+            return
         resume = getattr(self.transport, "resumeProducing", None)
         if resume is not None:
             resume()
@@ -418,6 +438,14 @@ class StompProtocol(Protocol):
         """Write one frame (or heart-beat) and note when, for the heart-beat timer."""
         self.transport.write(data)
         self._last_sent = self.clock.seconds()
+        if not self.writable:
+            # Not messages (they wait), but RECEIPTs and the like: a client
+            # that sends and never reads must not make the broker buffer them
+            # without bound.
+            self._unsent += len(data)
+            if self._unsent > self._output_limit and not self._output_full:
+                self._output_full = True
+                self._update_reading()
 
     def deliver(self, subscription: Subscription, message: Message) -> bool:
         """
@@ -429,7 +457,7 @@ class StompProtocol(Protocol):
         ERROR). A queue then keeps the message for another subscriber; a
         topic drops this subscriber's copy.
         """
-        if self._closing or self.transport.disconnecting:
+        if self._closing or self._draining or self.transport.disconnecting:
             return False
         headers = {
             "subscription": subscription.id,
@@ -492,7 +520,16 @@ class StompProtocol(Protocol):
         """
         Send an ERROR frame for ``error`` (with ``receipt-id`` when the failing
         frame asked for ``receipt``), then close the connection.
+
+        RECEIPTs still waiting for the store go out first: the client must
+        know which of its persistent messages were accepted.
         """
+        if self._receipts:
+            self._draining = True
+            self.broker.sync().addBoth(lambda _: self._fail(error, reason, receipt))
+            return
+        if self._closing:
+            return
         if not reason:
             self.log.info(
                 "protocol error from {peer} (session {session}): {error}",
@@ -561,6 +598,8 @@ class StompProtocol(Protocol):
         """
         self._cancel_timers()
         self._transactions.clear()
+        self._tx_sizes.clear()
+        self._tx_bytes = 0
         blockers, self._blockers = self._blockers, set()
         for queue in blockers:
             queue.blocked.discard(self)
@@ -713,19 +752,34 @@ class StompProtocol(Protocol):
         forwarded = {k: v for k, v in headers.items() if k not in _NOT_FORWARDED}
         actions = self._transaction(headers)
         if actions is not None:
+            self._hold_in_transaction(headers["transaction"], message_size(forwarded, body))
             actions.append((self._publish, (destination, forwarded, body)))
         else:
             self._publish(destination, forwarded, body)
 
-    def _publish(self, destination: str, headers: dict[str, str], body: bytes) -> None:
-        try:
-            message = self.broker.send(destination, headers, body, self)
-        except DestinationFull as e:
+    def _hold_in_transaction(self, name: str, size: int) -> None:
+        limit = self.config.max_transaction_bytes
+        if limit and self._tx_bytes + size > limit:
             raise ProtocolError(
-                f"destination {destination} is full",
-                f"The message was not accepted: {e}. The broker is configured to refuse "
-                "messages for a full queue; send again once consumers have caught up.",
-            ) from None
+                "transaction too large",
+                f"The open transactions of this connection would hold more than {limit} "
+                "bytes of messages; COMMIT smaller transactions, or ask the operator to "
+                "raise --max-transaction-bytes.",
+            )
+        self._tx_bytes += size
+        self._tx_sizes[name] = self._tx_sizes.get(name, 0) + size
+
+    def _close_transaction(self, name: str) -> None:
+        del self._transactions[name]
+        self._tx_bytes -= self._tx_sizes.pop(name, 0)
+
+    def _publish(
+        self, destination: str, headers: dict[str, str], body: bytes, reject: bool = True
+    ) -> None:
+        try:
+            message = self.broker.send(destination, headers, body, self, reject)
+        except DestinationFull as e:
+            raise _full(destination, e) from None
         if message.persistent:
             self._needs_sync = True
 
@@ -766,15 +820,21 @@ class StompProtocol(Protocol):
             if name is not None:
                 durable = (self.client_id, name)
         sub = Subscription(self, sub_id, destination, ack, prefetch, durable)
+        # Registered first: delivering at once may end the session, which
+        # must then find and release this subscription too.
+        self.subscriptions[sub_id] = sub
+        if durable is not None:
+            # Its RECEIPT says the subscription is stored.
+            self._needs_sync = True
         try:
             self.broker.subscribe(sub)
         except DestinationError as e:
+            self.subscriptions.pop(sub_id, None)
             raise ProtocolError(
                 str(e),
                 "A durable subscription takes one subscriber at a time; close the other "
                 "connection, or use another subscription name or client-id.",
             ) from None
-        self.subscriptions[sub_id] = sub
 
     def _on_unsubscribe(self, headers: dict[str, str], body: bytes) -> None:
         sub_id = headers.get("id")
@@ -789,6 +849,8 @@ class StompProtocol(Protocol):
                 self._pending.pop(ack_id, None)
             self.broker.unsubscribe(sub)
         removed = durable is not None and self.broker.remove_durable(self.client_id, durable)
+        if removed:
+            self._needs_sync = True
         if sub is None and not removed:
             raise ProtocolError(
                 f"no subscription with id {sub_id!r}",
@@ -878,14 +940,31 @@ class StompProtocol(Protocol):
     def _on_commit(self, headers: dict[str, str], body: bytes) -> None:
         name = _require(headers, "COMMIT", "transaction")
         actions = self._transaction(headers)
-        del self._transactions[name]
+        self._close_transaction(name)
+        # All or nothing: a full queue refuses the whole transaction before
+        # any of it takes effect (and then takes all of it).
+        needed: dict[str, list[int]] = {}
         for action, args in actions:
-            action(*args)
+            if action == self._publish:
+                destination, message_headers, message_body = args
+                room = needed.setdefault(destination, [0, 0])
+                room[0] += 1
+                room[1] += message_size(message_headers, message_body)
+        for destination, (count, size) in needed.items():
+            try:
+                self.broker.check_room(destination, count, size)
+            except DestinationFull as e:
+                raise _full(destination, e, " None of the transaction took effect.") from None
+        for action, args in actions:
+            if action == self._publish:
+                self._publish(*args, reject=False)
+            else:
+                action(*args)
 
     def _on_abort(self, headers: dict[str, str], body: bytes) -> None:
         name = _require(headers, "ABORT", "transaction")
         self._transaction(headers)
-        del self._transactions[name]
+        self._close_transaction(name)
 
     def _on_disconnect(self, headers: dict[str, str], body: bytes) -> None:
         receipt = headers.get("receipt")
@@ -904,6 +983,14 @@ class StompProtocol(Protocol):
         if receipt is not None:
             self._send("RECEIPT", {"receipt-id": receipt})
         self._close_gracefully()
+
+
+def _full(destination: str, error: DestinationFull, more: str = "") -> ProtocolError:
+    return ProtocolError(
+        f"destination {destination} is full",
+        f"The message was not accepted: {error}. The broker is configured to refuse "
+        "messages for a full queue; send again once consumers have caught up." + more,
+    )
 
 
 def _set_high_water(transport: object, limit: int) -> None:

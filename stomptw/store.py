@@ -18,6 +18,7 @@ message to its producer.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -39,6 +40,8 @@ log = Logger()
 
 #: The database file's name inside the data directory.
 DB_NAME = "stomptw.sqlite3"
+#: The lock file that keeps a second broker out of the data directory.
+LOCK_NAME = "lock"
 
 
 class StoreError(RuntimeError):
@@ -80,10 +83,13 @@ class StoredState:
     :ivar messages: the stored messages in key order.
     :ivar subscriptions: durable subscriptions, as
         ``{owner: (client_id, name, destination)}``.
+    :ivar unclean: the broker that last used the store did not close it (it
+        crashed or was killed): deliveries it started may not be recorded.
     """
 
     messages: list[StoredMessage] = field(default_factory=list)
     subscriptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    unclean: bool = False
 
     @property
     def next_key(self) -> int:
@@ -213,6 +219,7 @@ class SQLiteStore:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._lock: int | None = None
         self._batches = 0
         self._last_commit = 0.0
         self._commit_seconds = 0.0
@@ -226,6 +233,7 @@ class SQLiteStore:
         """
         try:
             os.makedirs(self.directory, exist_ok=True)
+            self._take_lock()
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
@@ -240,6 +248,10 @@ class SQLiteStore:
                     f"{self.path} was written by a newer stomptw (schema {row[0]}); "
                     "upgrade stomptw or point --data-dir elsewhere"
                 )
+            row = conn.execute("SELECT value FROM meta WHERE name='closed'").fetchone()
+            unclean = row is not None and row[0] != "1"
+            # Until close() says otherwise, this run counts as a crash.
+            conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('closed', '0')")
             messages = [
                 StoredMessage(key, owner, mid, dest, json.loads(headers), bytes(body), count, exp)
                 for key, owner, mid, dest, headers, body, count, exp in conn.execute(
@@ -254,19 +266,45 @@ class SQLiteStore:
                 )
             }
         except (sqlite3.Error, OSError, ValueError) as e:
+            self._release_lock()
             raise StoreError(f"cannot open the message store at {self.path}: {e}") from e
+        except StoreError:
+            self._release_lock()
+            raise
         self._conn = conn
         # A daemon thread: a broker stopped without closing its store is a
         # crash as far as the store knows, and must not hang the process.
         self._thread = threading.Thread(target=self._run, name="stomptw-store", daemon=True)
         self._thread.start()
         log.info(
-            "message store {path}: {messages} message(s), {subs} durable subscription(s)",
+            "message store {path}: {messages} message(s), {subs} durable subscription(s){unclean}",
             path=self.path,
             messages=len(messages),
             subs=len(subscriptions),
+            unclean="; the last broker did not stop cleanly" if unclean else "",
         )
-        return StoredState(messages, subscriptions)
+        return StoredState(messages, subscriptions, unclean)
+
+    def _take_lock(self) -> None:
+        path = os.path.join(self.directory, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(
+                f"the data directory {self.directory} is in use by another broker "
+                f"(pid {holder}); give each broker its own --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        self._lock = fd
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # -- writes (reactor thread) -----------------------------------------------------
 
@@ -329,8 +367,13 @@ class SQLiteStore:
                 self._thread.join()
                 self._thread = None
             if self._conn is not None:
+                if result is None:
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO meta(name, value) VALUES ('closed', '1')"
+                    )
                 self._conn.close()
                 self._conn = None
+            self._release_lock()
             return result
 
         return d.addBoth(closed)

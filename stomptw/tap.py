@@ -62,6 +62,7 @@ _OPTION_NAMES = {
     "store_sync": "--store-sync",
     "overflow": "--overflow",
     "store": "--store",
+    "max_transaction_bytes": "--max-transaction-bytes",
 }
 
 
@@ -271,6 +272,14 @@ class Options(usage.Options):
             "Beyond --slow-topic-limit: 'drop-oldest' drops the subscriber's oldest "
             "held-back message, 'disconnect' ends its session with an ERROR.",
         ],
+        [
+            "max-transaction-bytes",
+            None,
+            _DEFAULTS.max_transaction_bytes,
+            "Most bytes of messages a connection's open transactions hold before "
+            "the SEND is refused with an ERROR (0 = no limit).",
+            int,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -347,6 +356,7 @@ def config_from_options(options: usage.Options) -> BrokerConfig:
         write_high_water=options["write-high-water"],
         slow_topic_limit=options["slow-topic-limit"],
         slow_topic_policy=options["slow-topic-policy"],
+        max_transaction_bytes=options["max-transaction-bytes"],
     )
 
 
