@@ -169,6 +169,8 @@ def test_twistd_shutdown_closes_websocket_sessions_with_a_close_frame():
             "--no-tcp",
             "--ws",
             f"tcp:{ws_port}:interface=127.0.0.1",
+            "--store",
+            "memory",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
