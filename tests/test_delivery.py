@@ -93,6 +93,15 @@ def read_until(raw, command: str):
             return frames
 
 
+def read_error_and_eof(raw, receipt_id: str):
+    """Read an ERROR that answers ``receipt_id``, then the broker's close; return the ERROR."""
+    frame = raw.read_frame()
+    assert frame.command == "ERROR"
+    assert frame.headers["receipt-id"] == receipt_id
+    raw.wait_eof()
+    return frame
+
+
 # -- delivery count and redelivered ---------------------------------------------------
 
 
@@ -403,11 +412,8 @@ async def test_invalid_expires_header_is_an_error(make_broker, value):
         raw = pool.raw(running.tcp_port)
         raw.connect()
         raw.send("SEND", {"destination": dest, "expires": value, "receipt": "r-1"}, b"x")
-        frame = raw.read_frame()
-        assert frame.command == "ERROR"
+        frame = read_error_and_eof(raw, "r-1")
         assert "expires" in frame.headers["message"]
-        assert frame.headers["receipt-id"] == "r-1"
-        raw.wait_eof()
         assert queue_count(running, dest) == 0
 
     await run_clients(scenario)
@@ -682,11 +688,8 @@ async def test_reject_at_byte_limit_edge(make_broker):
             assert queue_state(running, dest)[:2] == (i + 1, 1000 * (i + 1))
         # 3000 bytes held, the limit is 3000: full.
         producer.send("SEND", {"destination": dest, "x-h": "abc", "receipt": "r3"}, b"")
-        frame = producer.read_frame()
-        assert frame.command == "ERROR"
+        frame = read_error_and_eof(producer, "r3")
         assert frame.headers["message"] == f"destination {dest} is full"
-        assert frame.headers["receipt-id"] == "r3"
-        producer.wait_eof()
         assert queue_state(running, dest)[:2] == (3, 3000)
 
         # One byte under the limit: a message is still accepted (and may go over).
@@ -757,24 +760,65 @@ def _stalled_ws_subscriber(pool: ClientPool, running, dest: str):
     return ws
 
 
+def _raw_frames_until_closed(raw) -> list:
+    """Every frame a raw socket still gets, up to the broker closing it."""
+    frames = []
+    while True:
+        try:
+            frames.append(raw.read_frame())
+        except Exception as e:  # ConnectionClosed at EOF
+            assert type(e).__name__ == "ConnectionClosed", e
+            return frames
+
+
+def _ws_frames_until_closed(ws) -> list:
+    """Every frame a websocket still gets, up to the broker's close message."""
+    frames = []
+    while True:
+        opcode, data = ws.recv_message()
+        if opcode == 8:  # close
+            return frames
+        reader = FrameReader()
+        reader.feed(data)
+        frames.append(reader.next_frame())
+
+
+#: transport of the stalled subscriber -> (how to open it, how to read it to the end)
+STALLED = {
+    "tcp": (_stalled_raw_subscriber, _raw_frames_until_closed),
+    "websocket": (_stalled_ws_subscriber, _ws_frames_until_closed),
+}
+
+
 def _send_many(producer, dest: str, count: int, size: int) -> None:
     for i in range(count):
         body = f"{i:06d}".encode() + b"x" * (size - 6)
         producer.send(dest, body, headers={"seq": str(i)}, receipt=i % 10 == 9)
 
 
+def _publish_past_stalled(pool: ClientPool, running, dest: str, total: int, transport: str):
+    """
+    A subscriber over ``transport`` that stops reading, one (stomp.py, TCP)
+    that reads, and a producer; ``total`` 64 KiB messages are published to
+    ``dest``. Returns (stalled, reader, producer).
+    """
+    stalled = STALLED[transport][0](pool, running, dest)
+    reader = pool.tcp(running.tcp_port)
+    reader.subscribe(dest)
+    producer = pool.tcp(running.tcp_port)
+    _send_many(producer, dest, total, 64 * KIB)
+    return stalled, reader, producer
+
+
+@pytest.mark.parametrize("transport", ["tcp", "websocket"])
 @pytest_twisted.ensureDeferred
-async def test_stalled_queue_consumer_gets_few_messages(make_broker):
+async def test_stalled_queue_consumer_gets_few_messages(make_broker, transport):
     running = await make_broker(write_high_water=16 * KIB)
     dest = queue_name("stall")
     total = 60
 
     def scenario(pool: ClientPool):
-        _stalled_raw_subscriber(pool, running, dest)
-        normal = pool.tcp(running.tcp_port)
-        normal.subscribe(dest)
-        producer = pool.tcp(running.tcp_port)
-        _send_many(producer, dest, total, 64 * KIB)
+        _, normal, _ = _publish_past_stalled(pool, running, dest, total, transport)
         wait_until(lambda: stats(running)["delivered"] == total, "all delivered")
         normal.barrier()
         got = []
@@ -799,11 +843,7 @@ async def test_stalled_topic_subscriber_drop_oldest(make_broker):
     total = 80
 
     def scenario(pool: ClientPool):
-        _stalled_raw_subscriber(pool, running, dest)
-        fast = pool.tcp(running.tcp_port)
-        fast.subscribe(dest)
-        producer = pool.tcp(running.tcp_port)
-        _send_many(producer, dest, total, 64 * KIB)
+        _, fast, _ = _publish_past_stalled(pool, running, dest, total, "tcp")
         got = [int(m.headers["seq"]) for m in fast.next_messages(total)]
         assert got == list(range(total))
 
@@ -823,35 +863,27 @@ async def test_stalled_topic_subscriber_drop_oldest(make_broker):
     await run_clients(scenario)
 
 
+@pytest.mark.parametrize(
+    ("transport", "total"), [("tcp", 80), ("websocket", 60)], ids=["tcp", "websocket"]
+)
 @pytest_twisted.ensureDeferred
-async def test_stalled_topic_subscriber_disconnected(make_broker):
+async def test_stalled_topic_subscriber_disconnected(make_broker, transport, total):
     running = await make_broker(
         write_high_water=16 * KIB, slow_topic_limit=10, slow_topic_policy="disconnect"
     )
     dest = topic_name("disc")
-    total = 80
 
     def scenario(pool: ClientPool):
-        stalled = _stalled_raw_subscriber(pool, running, dest)
-        fast = pool.tcp(running.tcp_port)
-        fast.subscribe(dest)
-        producer = pool.tcp(running.tcp_port)
-        _send_many(producer, dest, total, 64 * KIB)
+        stalled, fast, producer = _publish_past_stalled(pool, running, dest, total, transport)
         got = [int(m.headers["seq"]) for m in fast.next_messages(total)]
         assert got == list(range(total))
         wait_until(lambda: stats(running)["slow_consumer_disconnected"] == 1, "disconnect")
-        # The ERROR is behind whatever was buffered for it: read all to EOF.
-        frames = []
-        while True:
-            try:
-                frames.append(stalled.read_frame())
-            except Exception as e:  # ConnectionClosed at EOF
-                assert type(e).__name__ == "ConnectionClosed", e
-                break
+        # The ERROR is behind whatever was buffered for it: read all to the close.
+        frames = STALLED[transport][1](stalled)
         assert frames[-1].command == "ERROR"
         assert frames[-1].headers["message"] == "slow consumer"
-        messages = [f for f in frames if f.command == "MESSAGE"]
-        seqs = [int(f.headers["seq"]) for f in messages]
+        assert all(f.command == "MESSAGE" for f in frames[:-1])
+        seqs = [int(f.headers["seq"]) for f in frames[:-1]]
         assert seqs == list(range(len(seqs)))
         assert len(seqs) < total
         # The producer and the fast subscriber carry on.
@@ -864,59 +896,6 @@ async def test_stalled_topic_subscriber_disconnected(make_broker):
     assert running.broker.stats["slow_consumer_disconnected"] == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_stalled_websocket_queue_consumer(make_broker):
-    running = await make_broker(write_high_water=16 * KIB)
-    dest = queue_name("wsstall")
-    total = 60
-
-    def scenario(pool: ClientPool):
-        _stalled_ws_subscriber(pool, running, dest)
-        normal = pool.tcp(running.tcp_port)
-        normal.subscribe(dest)
-        producer = pool.tcp(running.tcp_port)
-        _send_many(producer, dest, total, 64 * KIB)
-        wait_until(lambda: stats(running)["delivered"] == total, "all delivered")
-        normal.barrier()
-        stalled = total - normal.listener.messages.qsize()
-        assert 1 <= stalled <= 4, stalled
-
-    await run_clients(scenario)
-
-
-@pytest_twisted.ensureDeferred
-async def test_stalled_websocket_topic_subscriber_disconnected(make_broker):
-    running = await make_broker(
-        write_high_water=16 * KIB, slow_topic_limit=10, slow_topic_policy="disconnect"
-    )
-    dest = topic_name("wsdisc")
-    total = 60
-
-    def scenario(pool: ClientPool):
-        ws = _stalled_ws_subscriber(pool, running, dest)
-        fast = pool.tcp(running.tcp_port)
-        fast.subscribe(dest)
-        producer = pool.tcp(running.tcp_port)
-        _send_many(producer, dest, total, 64 * KIB)
-        assert len(fast.next_messages(total)) == total
-        wait_until(lambda: stats(running)["slow_consumer_disconnected"] == 1, "disconnect")
-        frames = []
-        while True:
-            opcode, data = ws.recv_message()
-            if opcode == 8:  # close
-                break
-            reader = FrameReader()
-            reader.feed(data)
-            frames.append(reader.next_frame())
-        assert frames[-1].command == "ERROR"
-        assert frames[-1].headers["message"] == "slow consumer"
-        assert all(f.command == "MESSAGE" for f in frames[:-1])
-        producer.send(dest, "after", receipt=True)
-        assert fast.next_message().body == "after"
-
-    await run_clients(scenario)
-
-
 # -- durable subscriptions ----------------------------------------------------------------
 
 
@@ -925,6 +904,13 @@ def _durable_headers(style: str, name: str) -> tuple[str, dict[str, str]]:
     if style == "activemq":
         return unique("sid"), {"activemq.subscriptionName": name}
     return name, {"durable": "true", "auto-delete": "false"}
+
+
+def _connect_as(pool: ClientPool, running, client_id: str):
+    """A stomp.py client connected with ``client-id`` (which durable subscriptions key on)."""
+    client = pool.tcp(running.tcp_port, connect=False)
+    client.connect(headers={"client-id": client_id})
+    return client
 
 
 @pytest.mark.parametrize("style", ["activemq", "rabbitmq"])
@@ -937,8 +923,7 @@ async def test_durable_subscription_keeps_messages_while_away(make_broker, style
 
     def scenario(pool: ClientPool):
         producer = pool.tcp(running.tcp_port)
-        sub = pool.tcp(running.tcp_port, connect=False)
-        sub.connect(headers={"client-id": client_id})
+        sub = _connect_as(pool, running, client_id)
         sub_id, headers = _durable_headers(style, name)
         sub.subscribe(dest, sub_id, **headers)
         producer.send(dest, "live", receipt=True)
@@ -948,8 +933,7 @@ async def test_durable_subscription_keeps_messages_while_away(make_broker, style
         for i in range(3):
             producer.send(dest, f"away{i}", headers={"x-i": str(i)}, receipt=True)
 
-        again = pool.tcp(running.tcp_port, connect=False)
-        again.connect(headers={"client-id": client_id})
+        again = _connect_as(pool, running, client_id)
         again.subscribe(dest, sub_id, **headers)
         got = again.next_messages(3)
         assert [m.body for m in got] == ["away0", "away1", "away2"]
@@ -972,8 +956,7 @@ async def test_durable_subscription_in_use_refuses_second_connection(make_broker
     client_id = unique("cid")
 
     def scenario(pool: ClientPool):
-        first = pool.tcp(running.tcp_port, connect=False)
-        first.connect(headers={"client-id": client_id})
+        first = _connect_as(pool, running, client_id)
         first.subscribe(dest, "d1", **{"activemq.subscriptionName": "shared"})
         second = pool.raw(running.tcp_port)
         second.connect(**{"client-id": client_id})
@@ -986,11 +969,8 @@ async def test_durable_subscription_in_use_refuses_second_connection(make_broker
                 "receipt": "r",
             },
         )
-        frame = second.read_frame()
-        assert frame.command == "ERROR"
+        frame = read_error_and_eof(second, "r")
         assert "in use" in frame.headers["message"]
-        assert frame.headers["receipt-id"] == "r"
-        second.wait_eof()
         # The first subscriber still receives.
         first.send(dest, "still", receipt=True)
         assert first.next_message().body == "still"
@@ -1007,8 +987,7 @@ async def test_unsubscribe_durable_removes_it(make_broker, style):
     name = unique("dsub")
 
     def scenario(pool: ClientPool):
-        sub = pool.tcp(running.tcp_port, connect=False)
-        sub.connect(headers={"client-id": client_id})
+        sub = _connect_as(pool, running, client_id)
         sub_id, headers = _durable_headers(style, name)
         sub.subscribe(dest, sub_id, **headers)
         assert len(on_reactor(lambda: list(running.broker.durables))) == 1
@@ -1037,8 +1016,7 @@ async def test_durable_resubscribe_to_other_topic_replaces_it(make_broker):
 
     def scenario(pool: ClientPool):
         producer = pool.tcp(running.tcp_port)
-        sub = pool.tcp(running.tcp_port, connect=False)
-        sub.connect(headers={"client-id": client_id})
+        sub = _connect_as(pool, running, client_id)
         sub_id = sub.subscribe(old_topic, **headers)
         sub.unsubscribe(sub_id)
         producer.send(old_topic, "old-while-away", receipt=True)
@@ -1169,10 +1147,7 @@ async def test_commit_rejected_by_full_queue_publishes_nothing(make_broker):
         for i in range(3):
             data += encode_frame("SEND", {"destination": dest, "transaction": "t"}, b"m%d" % i)
         raw.send_bytes(data + encode_frame("COMMIT", {"transaction": "t", "receipt": "c"}))
-        frame = raw.read_frame()
-        assert frame.command == "ERROR"
-        assert frame.headers["receipt-id"] == "c"
-        raw.wait_eof()
+        read_error_and_eof(raw, "c")
         # A failed COMMIT must not have published part of the transaction.
         assert queue_count(running, dest) == 0
 

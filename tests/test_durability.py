@@ -217,6 +217,23 @@ def send_frame(destination: str, seq: int, persistent: bool = True, receipt: boo
     return encode_frame("SEND", headers, f"message {seq}".encode())
 
 
+class KillAfterReceipts:
+    """
+    ``on_receipt`` for a :class:`FrameCollector`: SIGKILL ``broker`` as soon
+    as ``count`` RECEIPTs are in; ``killed_at`` is how many there were then.
+    """
+
+    def __init__(self, broker: BrokerProcess, count: int) -> None:
+        self.broker = broker
+        self.count = count
+        self.killed_at: int | None = None
+
+    def __call__(self, received: int) -> None:
+        if received >= self.count and self.killed_at is None:
+            self.killed_at = received
+            os.kill(self.broker.pid, signal.SIGKILL)
+
+
 class FrameCollector(threading.Thread):
     """
     Reads frames from a raw socket in the background until the connection
@@ -305,6 +322,17 @@ def publish(port: int, destination: str, seqs, persistent: bool = True) -> None:
         raw.close()
 
 
+def send_seqs(client, destination: str, seqs, persistent: bool = True) -> None:
+    """Send ``message {seq}`` with a ``seq`` header for each seq, each waiting for its RECEIPT."""
+    for seq in seqs:
+        client.send(
+            destination,
+            f"message {seq}",
+            receipt=True,
+            headers={"persistent": "true" if persistent else "false", "seq": str(seq)},
+        )
+
+
 def store_barrier(client) -> None:
     """
     Everything the broker wrote to its store before this call is committed
@@ -339,6 +367,13 @@ def drain(pool: ClientPool, port: int, destination: str) -> list:
     return frames
 
 
+def restart_and_drain(brokers: BrokerRunner, destination: str, *args: str, **kwargs) -> list:
+    """Start a broker (``brokers.start(*args, **kwargs)``) and :func:`drain` ``destination``."""
+    broker = brokers.start(*args, **kwargs)
+    with ClientPool() as pool:
+        return drain(pool, broker.port, destination)
+
+
 def seqs_of(frames) -> list[int]:
     return [int(f.headers["seq"]) for f in frames]
 
@@ -365,16 +400,10 @@ def test_kill9_mid_stream_loses_no_receipted_message(brokers, sync):
     raw = RawStompSocket(broker.port)
     try:
         raw.connect()
-        killed_at: list[int] = []
-
-        def on_receipt(received: int) -> None:
-            # Kill as soon as the first receipts are in: the rest of the
-            # stream is still being read, stored or answered.
-            if received >= 50 and not killed_at:
-                killed_at.append(received)
-                os.kill(broker.pid, signal.SIGKILL)
-
-        reader = FrameCollector(raw, on_receipt=on_receipt)
+        # Kill as soon as the first receipts are in: the rest of the
+        # stream is still being read, stored or answered.
+        killer = KillAfterReceipts(broker, 50)
+        reader = FrameCollector(raw, on_receipt=killer)
         reader.start()
         frames = (send_frame(destination, seq) for seq in range(count))
         written = write_windowed(raw, reader, frames, window)
@@ -386,15 +415,15 @@ def test_kill9_mid_stream_loses_no_receipted_message(brokers, sync):
     assert not reader.others, reader.others
     receipted = {int(r.removeprefix("send-")) for r in reader.receipts}
     # The kill landed mid-stream: some receipts arrived, not all of them.
-    assert killed_at, f"never saw 50 receipts ({len(receipted)})\n{brokers.logs()}"
+    assert killer.killed_at is not None, (
+        f"never saw 50 receipts ({len(receipted)})\n{brokers.logs()}"
+    )
     assert 0 < len(receipted) < written, (len(receipted), written)
     assert written < count, written
     # Receipts come in frame order, so the receipted messages are a prefix.
     assert receipted == set(range(len(receipted)))
 
-    broker = brokers.start("--store-sync", sync)
-    with ClientPool() as pool:
-        frames = drain(pool, broker.port, destination)
+    frames = restart_and_drain(brokers, destination, "--store-sync", sync)
     seqs = seqs_of(frames)
     missing = receipted - set(seqs)
     assert not missing, (
@@ -446,14 +475,8 @@ def test_kill9_while_acking_keeps_every_unacked_message(brokers):
         frame = raw.read_frame()
         assert (frame.command, frame.headers.get("receipt-id")) == ("RECEIPT", "b"), frame
 
-        killed_at: list[int] = []
-
-        def on_receipt(received: int) -> None:
-            if received >= half // 5 and not killed_at:
-                killed_at.append(received)
-                os.kill(broker.pid, signal.SIGKILL)
-
-        reader = FrameCollector(raw, on_receipt=on_receipt)
+        killer = KillAfterReceipts(broker, half // 5)
+        reader = FrameCollector(raw, on_receipt=killer)
         reader.start()
         # At most 50 ACKs unanswered: the kill lands among them.
         acks = (
@@ -467,14 +490,12 @@ def test_kill9_while_acking_keeps_every_unacked_message(brokers):
         raw.close()
     assert reader.error is None, reader.error
     acked = {int(r.removeprefix("ack-")) for r in reader.receipts}
-    assert killed_at, f"never saw {half // 5} ACK receipts\n{brokers.logs()}"
+    assert killer.killed_at is not None, f"never saw {half // 5} ACK receipts\n{brokers.logs()}"
     # The kill landed among the ACKs: some were answered, and the writer,
     # never more than 50 ahead, had not got through them all.
     assert 0 < len(acked) <= len(ack_written) < half, (len(acked), len(ack_written))
 
-    broker = brokers.start()
-    with ClientPool() as pool:
-        frames = drain(pool, broker.port, destination)
+    frames = restart_and_drain(brokers, destination)
     seqs = seqs_of(frames)
     never_acked = set(range(count)) - ack_written
     lost = never_acked - set(seqs)
@@ -512,9 +533,7 @@ def test_kill9_with_unacked_deliveries_redelivers_them(brokers):
         store_barrier(consumer)
         broker.kill9()
 
-    broker = brokers.start()
-    with ClientPool() as pool:
-        frames = drain(pool, broker.port, destination)
+    frames = restart_and_drain(brokers, destination)
     assert seqs_of(frames) == list(range(count)), brokers.logs()
     for frame in frames:
         assert frame.headers.get("redelivered") == "true", describe([frame])
@@ -553,9 +572,7 @@ def test_kill9_right_after_delivery_still_marks_it_redelivered(brokers):
         assert all(f.headers["x-delivery-count"] == "0" for f in first), describe(first)
         broker.kill9()
 
-    broker = brokers.start()
-    with ClientPool() as pool:
-        frames = drain(pool, broker.port, destination)
+    frames = restart_and_drain(brokers, destination)
     # At least once holds either way.
     assert seqs_of(frames) == list(range(count)), brokers.logs()
     # The documented promise: a message whose delivery had started comes
@@ -586,9 +603,7 @@ def test_commit_receipt_means_transaction_survives_kill9(brokers):
         producer.commit(tx)  # its RECEIPT waits for the 20 messages to be stored
         broker.kill9()
 
-    broker = brokers.start()
-    with ClientPool() as pool:
-        frames = drain(pool, broker.port, destination)
+    frames = restart_and_drain(brokers, destination)
     assert seqs_of(frames) == list(range(20)), (describe(frames), brokers.logs())
 
 
@@ -640,13 +655,7 @@ def test_sigterm_tells_clients_and_requeues_unacked(brokers):
     broker = brokers.start()
     with ClientPool() as pool:
         producer = pool.tcp(broker.port)
-        for seq in range(count):
-            producer.send(
-                destination,
-                f"message {seq}",
-                receipt=True,
-                headers={"persistent": "true", "seq": str(seq)},
-            )
+        send_seqs(producer, destination, range(count))
         consumer = pool.tcp(broker.port)
         consumer.subscribe(destination, ack="client-individual")
         delivered = consumer.next_messages(count)
@@ -662,9 +671,7 @@ def test_sigterm_tells_clients_and_requeues_unacked(brokers):
         # The clients closed at once, so the broker does not linger.
         broker.assert_stopped_cleanly(broker.wait_exit(5))
 
-    broker = brokers.start()
-    with ClientPool() as pool:
-        frames = drain(pool, broker.port, destination)
+    frames = restart_and_drain(brokers, destination)
     assert seqs_of(frames) == list(range(acked_count, count)), brokers.logs()
     for frame in frames:
         assert frame.headers.get("redelivered") == "true", describe([frame])
@@ -674,10 +681,32 @@ def test_sigterm_tells_clients_and_requeues_unacked(brokers):
 # -- 5. durable topic subscriptions ------------------------------------------------------------
 
 
-def receive_until(client, end: str) -> list:
+def subscribe_durable(
+    pool: ClientPool, port: int, topic: str, sub_id: str, client_id: str | None = None, **headers
+):
+    """
+    A stomp.py client subscribed to ``topic`` as ``sub_id`` with ``headers``
+    (``ack`` among them if given); connected with ``client-id`` if one is given.
+    """
+    if client_id is None:
+        client = pool.tcp(port)
+    else:
+        client = pool.tcp(port, connect=False)
+        client.connect(headers={"client-id": client_id})
+    client.subscribe(topic, sub_id=sub_id, **headers)
+    return client
+
+
+def receive_through_end_marker(producer, subscriber, topic: str) -> list:
+    """
+    Publish an end marker to ``topic`` and return every MESSAGE ``subscriber``
+    gets up to and including it (so the last one is always the marker).
+    """
+    end = unique("end")
+    producer.send(topic, end, receipt=True)
     frames = []
     while True:
-        frame = client.next_message()
+        frame = subscriber.next_message()
         frames.append(frame)
         if frame.body == end:
             return frames
@@ -690,31 +719,19 @@ def test_durable_topic_subscription_survives_restart_until_removed(brokers):
     durable = {"activemq.subscriptionName": name}
     broker = brokers.start()
     with ClientPool() as pool:
-        subscriber = pool.tcp(broker.port, connect=False)
-        subscriber.connect(headers={"client-id": client_id})
-        subscriber.subscribe(topic, sub_id="s1", **durable)
+        subscriber = subscribe_durable(pool, broker.port, topic, "s1", client_id, **durable)
         subscriber.disconnect()
 
         producer = pool.tcp(broker.port)
         for seq in range(6):
-            persistent = seq != 3
-            producer.send(
-                topic,
-                f"message {seq}",
-                receipt=True,
-                headers={"persistent": "true" if persistent else "false", "seq": str(seq)},
-            )
+            send_seqs(producer, topic, [seq], persistent=seq != 3)
     broker.stop()
 
     broker = brokers.start()
     with ClientPool() as pool:
-        subscriber = pool.tcp(broker.port, connect=False)
-        subscriber.connect(headers={"client-id": client_id})
-        subscriber.subscribe(topic, sub_id="s1", **durable)
+        subscriber = subscribe_durable(pool, broker.port, topic, "s1", client_id, **durable)
         producer = pool.tcp(broker.port)
-        end = unique("end")
-        producer.send(topic, end, receipt=True)
-        frames = receive_until(subscriber, end)
+        frames = receive_through_end_marker(producer, subscriber, topic)
         # The persistent ones, in order; the non-persistent one (3) is gone.
         assert seqs_of(frames[:-1]) == [0, 1, 2, 4, 5], (describe(frames), brokers.logs())
         assert [f.headers["destination"] for f in frames] == [topic] * 6
@@ -723,25 +740,15 @@ def test_durable_topic_subscription_survives_restart_until_removed(brokers):
         rid = unique("unsubscribe")
         subscriber.conn.unsubscribe(id="s1", headers={"receipt": rid, **durable})
         subscriber.listener.wait_receipt(rid)
-        for seq in range(100, 103):
-            producer.send(
-                topic,
-                f"message {seq}",
-                receipt=True,
-                headers={"persistent": "true", "seq": str(seq)},
-            )
+        send_seqs(producer, topic, range(100, 103))
     broker.stop()
 
     broker = brokers.start()
     with ClientPool() as pool:
-        subscriber = pool.tcp(broker.port, connect=False)
-        subscriber.connect(headers={"client-id": client_id})
-        subscriber.subscribe(topic, sub_id="s1", **durable)
+        subscriber = subscribe_durable(pool, broker.port, topic, "s1", client_id, **durable)
         producer = pool.tcp(broker.port)
-        end = unique("end")
-        producer.send(topic, end, receipt=True)
-        frames = receive_until(subscriber, end)
-        assert [f.body for f in frames] == [end], describe(frames)
+        frames = receive_through_end_marker(producer, subscriber, topic)
+        assert frames[:-1] == [], describe(frames)  # nothing but the end marker
 
 
 def test_rabbitmq_style_durable_subscription_survives_kill9(brokers):
@@ -750,29 +757,23 @@ def test_rabbitmq_style_durable_subscription_survives_kill9(brokers):
     sub_id = unique("rabbit-sub")
     broker = brokers.start()
     with ClientPool() as pool:
-        subscriber = pool.tcp(broker.port)
-        subscriber.subscribe(topic, sub_id=sub_id, ack="client-individual", **rabbit)
+        subscriber = subscribe_durable(
+            pool, broker.port, topic, sub_id, ack="client-individual", **rabbit
+        )
         subscriber.disconnect()
         producer = pool.tcp(broker.port)
-        for seq in range(5):
-            # Each RECEIPT waits for the store, which also commits the
-            # subscription itself.
-            producer.send(
-                topic,
-                f"message {seq}",
-                receipt=True,
-                headers={"persistent": "true", "seq": str(seq)},
-            )
+        # Each RECEIPT waits for the store, which also commits the
+        # subscription itself.
+        send_seqs(producer, topic, range(5))
     broker.kill9()
 
     broker = brokers.start()
     with ClientPool() as pool:
-        subscriber = pool.tcp(broker.port)
-        subscriber.subscribe(topic, sub_id=sub_id, ack="client-individual", **rabbit)
+        subscriber = subscribe_durable(
+            pool, broker.port, topic, sub_id, ack="client-individual", **rabbit
+        )
         producer = pool.tcp(broker.port)
-        end = unique("end")
-        producer.send(topic, end, receipt=True)
-        frames = receive_until(subscriber, end)
+        frames = receive_through_end_marker(producer, subscriber, topic)
         assert seqs_of(frames[:-1]) == list(range(5)), (describe(frames), brokers.logs())
         for frame in frames:
             subscriber.ack(frame)
@@ -787,13 +788,12 @@ def test_rabbitmq_style_durable_subscription_survives_kill9(brokers):
 
     broker = brokers.start()
     with ClientPool() as pool:
-        subscriber = pool.tcp(broker.port)
-        subscriber.subscribe(topic, sub_id=sub_id, ack="client-individual", **rabbit)
+        subscriber = subscribe_durable(
+            pool, broker.port, topic, sub_id, ack="client-individual", **rabbit
+        )
         producer = pool.tcp(broker.port)
-        end = unique("end")
-        producer.send(topic, end, receipt=True)
-        frames = receive_until(subscriber, end)
-        assert [f.body for f in frames] == [end], describe(frames)
+        frames = receive_through_end_marker(producer, subscriber, topic)
+        assert frames[:-1] == [], describe(frames)  # nothing but the end marker
 
 
 def test_durable_subscribe_receipt_means_subscription_survives_kill9(brokers):
@@ -817,19 +817,9 @@ def test_durable_subscribe_receipt_means_subscription_survives_kill9(brokers):
     with ClientPool() as pool:
         # Published after the restart: the durable subscription should hold them.
         producer = pool.tcp(broker.port)
-        for seq in range(3):
-            producer.send(
-                topic,
-                f"message {seq}",
-                receipt=True,
-                headers={"persistent": "true", "seq": str(seq)},
-            )
-        subscriber = pool.tcp(broker.port, connect=False)
-        subscriber.connect(headers={"client-id": client_id})
-        subscriber.subscribe(topic, sub_id="s1", **durable)
-        end = unique("end")
-        producer.send(topic, end, receipt=True)
-        frames = receive_until(subscriber, end)
+        send_seqs(producer, topic, range(3))
+        subscriber = subscribe_durable(pool, broker.port, topic, "s1", client_id, **durable)
+        frames = receive_through_end_marker(producer, subscriber, topic)
         assert seqs_of(frames[:-1]) == [0, 1, 2], describe(frames)
 
 
@@ -843,9 +833,7 @@ def test_non_persistent_messages_do_not_survive_restart(brokers):
     publish(broker.port, destination, range(1, 10, 2), persistent=False)
     broker.stop()
 
-    broker = brokers.start()
-    with ClientPool() as pool:
-        frames = drain(pool, broker.port, destination)
+    frames = restart_and_drain(brokers, destination)
     assert seqs_of(frames) == [0, 2, 4, 6, 8], (describe(frames), brokers.logs())
 
 
@@ -860,9 +848,7 @@ def test_memory_store_keeps_nothing_across_restart(brokers):
         assert seqs_of(client.next_messages(10)) == list(range(10))
     broker.stop()
 
-    broker = brokers.start("--store", "memory")
-    with ClientPool() as pool:
-        assert drain(pool, broker.port, destination) == []
+    assert restart_and_drain(brokers, destination, "--store", "memory") == []
 
 
 def test_expired_persistent_message_is_not_delivered_after_restart(brokers):
@@ -877,17 +863,13 @@ def test_expired_persistent_message_is_not_delivered_after_restart(brokers):
             receipt=True,
             headers={"persistent": "true", "seq": "0", "expires": str(expires)},
         )
-        producer.send(
-            destination, "message 1", receipt=True, headers={"persistent": "true", "seq": "1"}
-        )
+        send_seqs(producer, destination, [1])
     broker.kill9()
     # Its time runs out while the broker is down (a restart takes longer
     # than this, so this hardly ever waits).
     time.sleep(max(0.0, expires / 1000 + 0.05 - time.time()))
 
-    broker = brokers.start()
-    with ClientPool() as pool:
-        frames = drain(pool, broker.port, destination)
+    frames = restart_and_drain(brokers, destination)
     assert seqs_of(frames) == [1], (describe(frames), brokers.logs())
 
 
@@ -908,9 +890,7 @@ def test_second_broker_on_same_data_dir_loses_nothing(brokers):
     first.stop()
     second.stop()
 
-    broker = brokers.start()
-    with ClientPool() as pool:
-        frames = drain(pool, broker.port, destination)
+    frames = restart_and_drain(brokers, destination)
     assert sorted(set(seqs_of(frames))) == [1, 2], (describe(frames), brokers.logs())
 
 
@@ -928,9 +908,7 @@ def test_default_data_dir_is_created_in_cwd(brokers, tmp_path):
     publish(broker.port, destination, range(5))
     broker.kill9()
 
-    broker = brokers.start(data_dir=None, cwd=cwd)
-    with ClientPool() as pool:
-        frames = drain(pool, broker.port, destination)
+    frames = restart_and_drain(brokers, destination, data_dir=None, cwd=cwd)
     assert seqs_of(frames) == list(range(5)), brokers.logs()
     assert not (tmp_path / "data").exists()
 
