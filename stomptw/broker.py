@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -231,6 +232,14 @@ class DurableSubscription:
         self.queue = queue
 
 
+def _dead_letter_pattern(template: str) -> re.Pattern | None:
+    """A pattern matching the names ``template`` makes (``{name}`` is any)."""
+    if not template:
+        return None
+    parts = template.split("{name}")
+    return re.compile(".+".join(re.escape(part) for part in parts) + r"\Z")
+
+
 def durable_owner(client_id: str, name: str) -> str:
     """The store name of the durable subscription ``name`` of ``client_id``."""
     return f"durable:{len(client_id)}:{client_id}:{name}"
@@ -296,8 +305,10 @@ class Broker:
         self._keys = itertools.count(1)
         self.sessions: set[object] = set()
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
-        template = config.dead_letter_queue
-        self._dlq_prefix = template.split("{name}", 1)[0] if template else None
+        self._dlq_pattern = _dead_letter_pattern(config.dead_letter_queue)
+        #: True once the broker is stopping: nothing more is delivered, and
+        #: messages returned by the closing sessions stay in their queues.
+        self.stopping = False
         self._sweeper = None
         self._opened = False
 
@@ -345,6 +356,14 @@ class Broker:
             restored += 1
         if self.clock is not None and self.config.expiry_interval > 0:
             self._sweeper = self.clock.callLater(self.config.expiry_interval, self._sweep)
+
+    def stop_delivering(self) -> None:
+        """
+        The broker is stopping: deliver nothing more. Messages the closing
+        sessions return stay in their queues (and the store) as they are,
+        without counting towards the redelivery limit.
+        """
+        self.stopping = True
 
     def close(self):
         """Stop expiring messages and close the store; a Deferred."""
@@ -547,7 +566,7 @@ class Broker:
 
     def is_dead_letter_queue(self, name: str) -> bool:
         """Whether ``name`` is a dead-letter queue (whose messages never move on)."""
-        return self._dlq_prefix is not None and name.startswith(self._dlq_prefix)
+        return self._dlq_pattern is not None and self._dlq_pattern.match(name) is not None
 
     def dead_letter_destination(self, destination: str) -> str | None:
         """Where messages from ``destination`` go when they die; None to drop them."""

@@ -171,10 +171,24 @@ class Queue:
         self.pending.append(message)
         self._dispatch()
         if producer is not None and self.overflow == "block" and self.is_full():
+            if self._consumes(producer) and not self._twice_full():
+                # Blocking it would also stop the ACKs that make room.
+                return
             if producer not in self.blocked:
                 self.blocked.add(producer)
                 self.broker.stats["producers_blocked"] += 1
                 producer.block(self)
+
+    def _consumes(self, session: IMessageConsumer) -> bool:
+        """Whether ``session`` holds unacknowledged messages of this queue."""
+        return any(sub.consumer is session and sub.unacked for sub in self.subscriptions)
+
+    def _twice_full(self) -> bool:
+        config = self.broker.config
+        return bool(
+            (config.max_queue_length and self.count >= 2 * config.max_queue_length)
+            or (config.max_queue_bytes and self.bytes >= 2 * config.max_queue_bytes)
+        )
 
     def restore(self, message: Message) -> None:
         """Take back a message loaded from the store (at startup)."""
@@ -256,6 +270,9 @@ class Queue:
 
     def _return(self, messages: list[Message]) -> None:
         limit = self.broker.config.max_redeliveries
+        if self.broker.stopping:
+            # Returned because the broker stops: not the message's fault.
+            limit = -1
         for message in reversed(messages):
             if limit >= 0 and message.delivery_count > limit and not self.dead_letter:
                 self._release(message)
@@ -268,7 +285,7 @@ class Queue:
     def _dispatch(self) -> None:
         # A delivery may re-enter (a consumer acking synchronously); the
         # outer loop picks up whatever changed.
-        if self._dispatching:
+        if self._dispatching or self.broker.stopping:
             return
         self._dispatching = True
         # Subscriptions that declined a message sit out the rest of this pass.
@@ -423,7 +440,7 @@ class Topic:
         broker = self.broker
         stats = broker.stats
         now_ms = 0
-        while backlog and subscription.is_ready():
+        while backlog and subscription.is_ready() and not broker.stopping:
             message = backlog.popleft()
             if message.expires:
                 now_ms = now_ms or broker.now_ms()

@@ -317,6 +317,8 @@ class StompProtocol(Protocol):
         needs_sync, self._needs_sync = self._needs_sync, False
         receipt = headers.get("receipt")
         if receipt is not None and command != "DISCONNECT" and not self._closing:
+            # Even when this frame made the session fail (an ERROR waiting for
+            # the store): it took effect, and its RECEIPT goes out first.
             self._receipt(receipt, needs_sync)
 
     def _receipt(self, receipt: str, needs_sync: bool) -> None:
@@ -525,8 +527,12 @@ class StompProtocol(Protocol):
         know which of its persistent messages were accepted.
         """
         if self._receipts:
+            # No frame is read meanwhile. Check again on the next reactor
+            # turn, when every RECEIPT of this commit has gone out.
             self._draining = True
-            self.broker.sync().addBoth(lambda _: self._fail(error, reason, receipt))
+            self.broker.sync().addBoth(
+                lambda _: self.clock.callLater(0, self._fail, error, reason, receipt)
+            )
             return
         if self._closing:
             return

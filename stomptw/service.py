@@ -166,6 +166,9 @@ class BrokerService(MultiService):
         d = defer.maybeDeferred(super().stopService)
 
         def close_sessions(result: object) -> defer.Deferred:
+            # First stop all deliveries, so that what one closing session
+            # returns is not handed to another that is about to close.
+            self.broker.stop_delivering()
             closing = [session.shutdown() for session in list(self.broker.sessions)]
             return defer.gatherResults(closing, consumeErrors=True).addBoth(lambda _: result)
 

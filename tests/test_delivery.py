@@ -790,10 +790,16 @@ STALLED = {
 }
 
 
-def _send_many(producer, dest: str, count: int, size: int) -> None:
+def _send_many(producer, dest: str, count: int, size: int, keep_up=None) -> None:
+    """
+    Send ``count`` messages; with ``keep_up`` (a reading client), never more
+    than a few ahead of what it received, so that it is never a slow consumer.
+    """
     for i in range(count):
         body = f"{i:06d}".encode() + b"x" * (size - 6)
         producer.send(dest, body, headers={"seq": str(i)}, receipt=i % 10 == 9)
+        if keep_up is not None:
+            wait_until(lambda i=i: keep_up.listener.messages.qsize() >= i - 2, "reader keeps up")
 
 
 def _publish_past_stalled(pool: ClientPool, running, dest: str, total: int, transport: str):
@@ -806,7 +812,9 @@ def _publish_past_stalled(pool: ClientPool, running, dest: str, total: int, tran
     reader = pool.tcp(running.tcp_port)
     reader.subscribe(dest)
     producer = pool.tcp(running.tcp_port)
-    _send_many(producer, dest, total, 64 * KIB)
+    # The reader on a topic must keep up, or it would be a slow consumer too.
+    keep_up = reader if dest.startswith("/topic/") else None
+    _send_many(producer, dest, total, 64 * KIB, keep_up)
     return stalled, reader, producer
 
 
