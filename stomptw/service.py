@@ -26,6 +26,7 @@ from stomptw.config import BrokerConfig
 from stomptw.interfaces import IMessageStore
 from stomptw.protocol import StompFactory
 from stomptw.store import MemoryStore, SQLiteStore
+from stomptw.systemd import SystemdNotifications
 from stomptw.websocket import websocket_site
 
 __all__ = ["BrokerService", "makeService"]
@@ -97,11 +98,26 @@ class BrokerService(MultiService):
     :ivar config: the configuration it was built from.
     """
 
-    def __init__(self, broker: Broker, config: BrokerConfig) -> None:
+    def __init__(self, broker: Broker, config: BrokerConfig, reactor=None) -> None:
         super().__init__()
         self.broker = broker
         self.config = config
         self._announced = False
+        if reactor is None:
+            from twisted.internet import reactor
+        #: Readiness, watchdog and status for systemd (a no-op elsewhere).
+        self.systemd = SystemdNotifications(self.status, reactor)
+
+    def status(self) -> str:
+        """A one-line summary: connections and message counts."""
+        broker = self.broker
+        queued = sum(getattr(d, "count", 0) for d in broker.destinations.values())
+        queued += sum(d.queue.count for d in broker.durables.values())
+        stats = broker.stats
+        return (
+            f"{len(broker.sessions)} connection(s), {queued} message(s) queued, "
+            f"{stats['published']} published, {stats['delivered']} delivered"
+        )
 
     def listeners(self, kind: str | None = None) -> list[_Listener]:
         """The listener services, optionally only those of ``kind`` (``"stomp"``/``"ws"``)."""
@@ -135,6 +151,13 @@ class BrokerService(MultiService):
         self.broker.open()
         super().startService()
 
+        def ready(result: object) -> None:
+            log.info("stomptw ready: {status}", status=self.status())
+            self.systemd.ready()
+
+        # A listener that fails to bind has already been reported.
+        self.whenListening().addCallbacks(ready, lambda _: None)
+
     def _announce(self) -> None:
         if self._announced:
             return
@@ -163,6 +186,7 @@ class BrokerService(MultiService):
             "stomptw stopping: closing listeners and {count} client connection(s)",
             count=len(self.broker.sessions),
         )
+        self.systemd.stopping()
         d = defer.maybeDeferred(super().stopService)
 
         def close_sessions(result: object) -> defer.Deferred:
@@ -200,7 +224,7 @@ def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerServi
         from twisted.internet import reactor
     config = config or BrokerConfig()
     broker = Broker(config, make_store(config, reactor), reactor)
-    service = BrokerService(broker, config)
+    service = BrokerService(broker, config, reactor)
     if config.tcp_endpoints:
         factories = {
             label: StompFactory(broker, config, reactor, label) for label in ("tcp", "tls")
