@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IReactorTime
 
 from stomptw.destinations import DestinationFull, Queue, Topic
+from stomptw.frame import CLIENT_COMMANDS, SERVER_COMMANDS
 from stomptw.interfaces import IDestination, IMessageConsumer, IMessageStore
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ACK_MODES",
     "Broker",
+    "COUNTED_COMMANDS",
+    "Counters",
     "DestinationError",
     "DestinationFull",
     "DurableSubscription",
@@ -262,6 +265,44 @@ STAT_NAMES = (
 )
 
 
+#: The frame commands counted by name in :class:`Counters`; any other
+#: command is counted as ``"OTHER"`` (so that clients cannot grow the table).
+COUNTED_COMMANDS = (*sorted(CLIENT_COMMANDS), *sorted(SERVER_COMMANDS), "OTHER")
+
+
+class Counters:
+    """
+    Traffic counters that the sessions keep, for metrics.
+
+    Kept as plain attributes and dicts so that counting costs one or two
+    increments per frame; read on the reactor thread.
+
+    :ivar frames_received: frames received, by command (see
+        :data:`COUNTED_COMMANDS`).
+    :ivar frames_sent: frames sent, by command.
+    :ivar bytes_received: bytes of STOMP data received (after any
+        WebSocket framing is removed).
+    :ivar bytes_sent: bytes of STOMP data written, heart-beats included.
+    :ivar heartbeat_timeouts: sessions closed because the client's
+        heart-beats stopped.
+    """
+
+    __slots__ = (
+        "frames_received",
+        "frames_sent",
+        "bytes_received",
+        "bytes_sent",
+        "heartbeat_timeouts",
+    )
+
+    def __init__(self) -> None:
+        self.frames_received: dict[str, int] = dict.fromkeys(COUNTED_COMMANDS, 0)
+        self.frames_sent: dict[str, int] = dict.fromkeys(COUNTED_COMMANDS, 0)
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.heartbeat_timeouts = 0
+
+
 class Broker:
     """
     Routes messages between client sessions.
@@ -277,6 +318,7 @@ class Broker:
 
     :ivar stats: counters of what happened to messages, by name (see
         :data:`STAT_NAMES`).
+    :ivar counters: the sessions' traffic counters (:class:`Counters`).
     """
 
     def __init__(
@@ -305,6 +347,7 @@ class Broker:
         self._keys = itertools.count(1)
         self.sessions: set[object] = set()
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
+        self.counters = Counters()
         self._dlq_pattern = _dead_letter_pattern(config.dead_letter_queue)
         #: True once the broker is stopping: nothing more is delivered, and
         #: messages returned by the closing sessions stay in their queues.
@@ -356,6 +399,11 @@ class Broker:
             restored += 1
         if self.clock is not None and self.config.expiry_interval > 0:
             self._sweeper = self.clock.callLater(self.config.expiry_interval, self._sweep)
+
+    @property
+    def loaded(self) -> bool:
+        """True once :meth:`open` has loaded what the store holds."""
+        return self._opened
 
     def stop_delivering(self) -> None:
         """
@@ -457,6 +505,19 @@ class Broker:
         self.stats["published"] += 1
         self._forget_if_idle(dest)
         return message
+
+    def purge(self, name: str) -> int:
+        """
+        Drop every message waiting in the queue ``name`` (not those delivered
+        and unacknowledged); return how many. Raises :class:`KeyError` if
+        there is no such destination, :class:`DestinationError` for a topic.
+        """
+        dest = self.destinations[name]
+        if not isinstance(dest, Queue):
+            raise DestinationError(f"{name} is a {dest.kind}; only queues hold messages")
+        dropped = dest.purge()
+        self._forget_if_idle(dest)
+        return dropped
 
     def check_room(self, destination: str, count: int = 0, size: int = 0) -> None:
         """

@@ -99,6 +99,12 @@ class BrokerConfig:
         with an ERROR).
     :ivar max_transaction_bytes: the most bytes of messages a connection's
         open transactions may hold (counted as for queues); 0 means no limit.
+    :ivar admin_endpoints: endpoint strings for the admin HTTP API and
+        Prometheus metrics (:mod:`stomptw.admin`); none by default. Keep it
+        on loopback (``tcp:15670:interface=127.0.0.1``) unless something in
+        front of it restricts access.
+    :ivar admin_token_file: a file holding the bearer token that the admin
+        API's mutating endpoints require; empty: those endpoints are off.
     """
 
     tcp_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_TCP])
@@ -133,6 +139,8 @@ class BrokerConfig:
     slow_topic_limit: int = 1000
     slow_topic_policy: str = "drop-oldest"
     max_transaction_bytes: int = 16 * 1024 * 1024
+    admin_endpoints: list[str] = field(default_factory=list)
+    admin_token_file: str = ""
 
     def __post_init__(self) -> None:
         if not self.server_name:

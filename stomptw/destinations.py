@@ -395,6 +395,15 @@ class Topic:
         if config.slow_topic_policy == "disconnect":
             backlog.clear()
             stats["slow_consumer_disconnected"] += 1
+            log.warn(
+                "slow consumer: subscription {sub} to {topic} (session {session}) is more "
+                "than {limit} messages behind; disconnecting it",
+                sub=sub.id,
+                topic=self.name,
+                session=getattr(sub.consumer, "session_id", "") or "-",
+                limit=config.slow_topic_limit,
+                action="disconnect",
+            )
             sub.consumer.slow_consumer(
                 sub,
                 f"subscription {sub.id!r} to {self.name} fell more than "
@@ -406,11 +415,13 @@ class Topic:
         stats["slow_consumer_dropped"] += 1
         if not sub.dropped:
             log.warn(
-                "slow consumer: subscription {sub} to {topic} is more than {limit} messages "
-                "behind; dropping its oldest messages",
+                "slow consumer: subscription {sub} to {topic} (session {session}) is more "
+                "than {limit} messages behind; dropping its oldest messages",
                 sub=sub.id,
                 topic=self.name,
+                session=getattr(sub.consumer, "session_id", "") or "-",
                 limit=config.slow_topic_limit,
+                action="drop-oldest",
             )
         sub.dropped += 1
 

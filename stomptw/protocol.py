@@ -41,7 +41,7 @@ __all__ = ["ProtocolError", "StompFactory", "StompProtocol"]
 #: Headers of a SEND frame that do not travel on to MESSAGE frames; the
 #: broker sets its own ``destination``, ``message-id``, ``subscription``,
 #: ``ack``, ``content-length`` and ``redelivered``.
-_NOT_FORWARDED = frozenset(
+NOT_FORWARDED = frozenset(
     {
         "destination",
         "message-id",
@@ -179,6 +179,8 @@ class StompProtocol(Protocol):
         self._close_reason = ""
         self._closed_waiters: list[Deferred] = []
         self.parser = FrameParser(config.limits)
+        # Traffic counters for metrics (shared by every session).
+        self._counters = broker.counters
         self._handlers: dict[str, Callable] = {
             "SEND": self._on_send,
             "SUBSCRIBE": self._on_subscribe,
@@ -243,6 +245,7 @@ class StompProtocol(Protocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        self._counters.bytes_received += len(data)
         if self._closing or self._draining:
             return
         self._last_received = self.clock.seconds()
@@ -270,6 +273,11 @@ class StompProtocol(Protocol):
     # -- dispatch ---------------------------------------------------------------
 
     def _handle(self, command: str, headers: dict[str, str], body: bytes) -> None:
+        received = self._counters.frames_received
+        if command in received:
+            received[command] += 1
+        else:
+            received["OTHER"] += 1
         try:
             if body and command not in _BODY_ALLOWED:
                 raise ProtocolError(
@@ -305,7 +313,11 @@ class StompProtocol(Protocol):
             # A broker bug must not leave the session in an unknown state:
             # log it in full, tell the client in words, and close.
             self.log.failure(
-                "internal error handling {command} from {peer}", command=command, peer=self._peer
+                "internal error handling {command} from {peer}",
+                command=command,
+                peer=self._peer,
+                transport=self.transport_name,
+                session=self.session_id or "-",
             )
             error = ProtocolError(
                 "internal broker error",
@@ -384,7 +396,8 @@ class StompProtocol(Protocol):
             self.log.info(
                 "producer {peer} (session {session}) blocked: {queue} is full",
                 peer=self._peer,
-                session=self.session_id,
+                transport=self.transport_name,
+                session=self.session_id or "-",
                 queue=getattr(queue, "name", queue),
             )
         self._blockers.add(queue)
@@ -432,6 +445,7 @@ class StompProtocol(Protocol):
     # -- sending ------------------------------------------------------------------
 
     def _send(self, command: str, headers: dict[str, str], body: bytes = b"") -> None:
+        self._counters.frames_sent[command] += 1
         self._write(
             encode_frame(command, headers, body, self.version or "1.0", content_length=bool(body))
         )
@@ -439,6 +453,7 @@ class StompProtocol(Protocol):
     def _write(self, data: bytes) -> None:
         """Write one frame (or heart-beat) and note when, for the heart-beat timer."""
         self.transport.write(data)
+        self._counters.bytes_sent += len(data)
         self._last_sent = self.clock.seconds()
         if not self.writable:
             # Not messages (they wait), but RECEIPTs and the like: a client
@@ -491,6 +506,7 @@ class StompProtocol(Protocol):
         if ack_id is not None:
             subscription.unacked[ack_id] = message
             self._pending[ack_id] = subscription
+        self._counters.frames_sent["MESSAGE"] += 1
         self._write(data)
         return True
 
@@ -518,6 +534,27 @@ class StompProtocol(Protocol):
             done.callback(None)
         return done
 
+    def close_by_operator(self, reason: str = "") -> Deferred:
+        """
+        End the session because an operator asked to (the admin API): an
+        ERROR "closed by the operator" (its body says ``reason`` when given),
+        then the usual orderly close. Fires once the connection is gone.
+        """
+        done: Deferred = Deferred()
+        if self in self.broker.sessions:
+            self._closed_waiters.append(done)
+            if not self._closing:
+                details = "An operator closed this connection through the broker's admin API."
+                if reason:
+                    details += f" Reason: {reason}"
+                self._fail(
+                    ProtocolError("closed by the operator", details),
+                    reason="closed by the operator" + (f": {reason}" if reason else ""),
+                )
+        else:
+            done.callback(None)
+        return done
+
     def _fail(self, error: ProtocolError, reason: str = "", receipt: str | None = None) -> None:
         """
         Send an ERROR frame for ``error`` (with ``receipt-id`` when the failing
@@ -540,6 +577,7 @@ class StompProtocol(Protocol):
             self.log.info(
                 "protocol error from {peer} (session {session}): {error}",
                 peer=self._peer,
+                transport=self.transport_name,
                 session=self.session_id or "-",
                 error=error.message,
             )
@@ -666,10 +704,12 @@ class StompProtocol(Protocol):
             deadline = now + self._receive_timeout
         elif now >= deadline - 1e-6:
             self._receive_timer = None
+            self._counters.heartbeat_timeouts += 1
             self.log.info(
                 "heart-beat timeout: nothing from {peer} (session {session}) for {seconds:.1f}s",
                 peer=self._peer,
-                session=self.session_id,
+                transport=self.transport_name,
+                session=self.session_id or "-",
                 seconds=now - self._last_received,
             )
             self._fail(
@@ -755,7 +795,7 @@ class StompProtocol(Protocol):
                 f"invalid expires header {expires[:40]!r}",
                 "expires must be a time in milliseconds since the epoch (0 means never).",
             )
-        forwarded = {k: v for k, v in headers.items() if k not in _NOT_FORWARDED}
+        forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
         actions = self._transaction(headers)
         if actions is not None:
             self._hold_in_transaction(headers["transaction"], message_size(forwarded, body))

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stomptw import __version__
+from stomptw.admin import admin_site, load_token
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
 from stomptw.interfaces import IMessageStore
@@ -120,19 +121,22 @@ class BrokerService(MultiService):
         )
 
     def listeners(self, kind: str | None = None) -> list[_Listener]:
-        """The listener services, optionally only those of ``kind`` (``"stomp"``/``"ws"``)."""
+        """
+        The listener services, optionally only those of ``kind``
+        (``"stomp"``, ``"ws"`` or ``"admin"``).
+        """
         return [s for s in self if isinstance(s, _Listener) and kind in (None, s.kind)]
 
     def whenListening(self) -> defer.Deferred:
         """
-        Fire with ``{"stomp": [port, ...], "ws": [port, ...]}`` once every
-        listener is bound.
+        Fire with ``{"stomp": [port, ...], "ws": [port, ...], "admin": [port, ...]}``
+        once every listener is bound.
         """
         listeners = self.listeners()
         d = defer.gatherResults([s.whenListening() for s in listeners], consumeErrors=True)
 
         def group(ports: list[IListeningPort]) -> dict[str, list[IListeningPort]]:
-            result: dict[str, list[IListeningPort]] = {"stomp": [], "ws": []}
+            result: dict[str, list[IListeningPort]] = {"stomp": [], "ws": [], "admin": []}
             for listener, port in zip(listeners, ports, strict=False):
                 result.setdefault(listener.kind, []).append(port)
             return result
@@ -214,7 +218,11 @@ def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerServi
     """
     Build the broker's service: one :class:`~stomptw.broker.Broker` with a
     STOMP-over-TCP listener per ``config.tcp_endpoints`` entry and an
-    HTTP/WebSocket listener per ``config.ws_endpoints`` entry.
+    HTTP/WebSocket listener per ``config.ws_endpoints`` entry, plus the admin
+    API (:mod:`stomptw.admin`) on each ``config.admin_endpoints`` entry.
+
+    Raises :class:`ValueError` if ``config.admin_token_file`` cannot be read
+    or is empty.
 
     :param config: the configuration; defaults to :class:`BrokerConfig`'s.
     :param reactor: the reactor to listen and schedule with; the global one
@@ -223,6 +231,7 @@ def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerServi
     if reactor is None:
         from twisted.internet import reactor
     config = config or BrokerConfig()
+    token = load_token(config.admin_token_file) if config.admin_token_file else None
     broker = Broker(config, make_store(config, reactor), reactor)
     service = BrokerService(broker, config, reactor)
     if config.tcp_endpoints:
@@ -238,4 +247,9 @@ def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerServi
         for description in config.ws_endpoints:
             endpoint = serverFromString(reactor, description)
             _Listener(endpoint, site, description, "ws").setServiceParent(service)
+    if config.admin_endpoints:
+        admin = admin_site(broker, service, token, reactor)
+        for description in config.admin_endpoints:
+            endpoint = serverFromString(reactor, description)
+            _Listener(endpoint, admin, description, "admin").setServiceParent(service)
     return service

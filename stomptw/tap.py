@@ -273,6 +273,13 @@ class Options(usage.Options):
             "held-back message, 'disconnect' ends its session with an ERROR.",
         ],
         [
+            "admin-token-file",
+            None,
+            _DEFAULTS.admin_token_file,
+            "A file holding the bearer token that the admin API's POST and DELETE "
+            "endpoints require (without it they are refused).",
+        ],
+        [
             "max-transaction-bytes",
             None,
             _DEFAULTS.max_transaction_bytes,
@@ -287,6 +294,7 @@ class Options(usage.Options):
         self["tcp"] = []
         self["ws"] = []
         self["allowed-origins"] = []
+        self["admin"] = []
 
     def opt_tcp(self, endpoint: str) -> None:
         """Listen for STOMP over TCP on this endpoint string (repeatable; default tcp:61613:interface=127.0.0.1)."""  # noqa: E501
@@ -300,6 +308,10 @@ class Options(usage.Options):
         """Listen for STOMP over WebSocket (HTTP) on this endpoint string (repeatable; default tcp:15674:interface=127.0.0.1)."""  # noqa: E501
         self["ws"].append(endpoint)
 
+    def opt_admin(self, endpoint: str) -> None:
+        """Serve the admin HTTP API and Prometheus metrics on this endpoint string, e.g. tcp:15670:interface=127.0.0.1 (repeatable; off by default; loopback only unless you put it elsewhere)."""  # noqa: E501
+        self["admin"].append(endpoint)
+
     def postOptions(self) -> None:
         if self["no-tcp"] and self["tcp"]:
             raise usage.UsageError("--no-tcp and --tcp contradict each other")
@@ -312,6 +324,13 @@ class Options(usage.Options):
             for name, option in _OPTION_NAMES.items():
                 message = message.replace(name, option)
             raise usage.UsageError(message) from None
+        if self.config.admin_token_file:
+            from stomptw.admin import load_token
+
+            try:
+                load_token(self.config.admin_token_file)
+            except ValueError as e:
+                raise usage.UsageError(f"--admin-token-file: {e}") from None
 
 
 def config_from_options(options: usage.Options) -> BrokerConfig:
@@ -357,6 +376,8 @@ def config_from_options(options: usage.Options) -> BrokerConfig:
         slow_topic_limit=options["slow-topic-limit"],
         slow_topic_policy=options["slow-topic-policy"],
         max_transaction_bytes=options["max-transaction-bytes"],
+        admin_endpoints=list(options["admin"]),
+        admin_token_file=options["admin-token-file"],
     )
 
 

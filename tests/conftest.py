@@ -29,6 +29,8 @@ class RunningBroker:
     tcp_port: int
     ws_port: int
     ws_path: str
+    #: The admin API's port when ``admin_endpoints`` were given, else 0.
+    admin_port: int = 0
 
     @property
     def broker(self):
@@ -60,7 +62,8 @@ def make_broker():
         ports = await service.whenListening()
         tcp = ports["stomp"][0].getHost().port if ports["stomp"] else 0
         ws = ports["ws"][0].getHost().port if ports["ws"] else 0
-        return RunningBroker(service, tcp, ws, config.ws_path)
+        admin = ports["admin"][0].getHost().port if ports.get("admin") else 0
+        return RunningBroker(service, tcp, ws, config.ws_path, admin)
 
     yield start
     for service in started:

@@ -1,0 +1,129 @@
+"""
+The documentation site builds with warnings as errors, its configuration
+reference lists every option of ``twistd stomptw``, and the guide's
+hand-written options table keeps up with the options.
+
+The option names come from ``Options().getUsage()`` (what ``--help`` prints),
+read when the test runs, so options added later are checked too.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stomptw.tap import Options
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+#: Options every twisted.python.usage.Options has; not stomptw's to document.
+BUILTIN = {"help", "version"}
+
+
+def option_names() -> set[str]:
+    """Long names of every ``twistd stomptw`` option, as ``--help`` lists them."""
+    names = set()
+    for line in Options().getUsage().splitlines():
+        match = re.match(r"\s+(?:-\w, )?--([a-z][\w-]*)", line)
+        if match:
+            names.add(match.group(1))
+    return names - BUILTIN
+
+
+def test_usage_lists_options():
+    """The parsing above finds the options (guards the tests below)."""
+    names = option_names()
+    assert {"tcp", "ws", "no-tcp", "allowed-origins", "data-dir", "max-redeliveries"} <= names
+
+
+def guide_options_table() -> str:
+    text = (DOCS / "guide.md").read_text(encoding="utf-8")
+    section = re.search(r"^## Options\n(.*?)(?=^## )", text, re.S | re.M)
+    assert section, "docs/guide.md has no '## Options' section"
+    rows = [line for line in section.group(1).splitlines() if line.startswith("|")]
+    assert len(rows) > 2, "docs/guide.md's Options section has no table"
+    return "\n".join(row.split("|")[1] for row in rows)
+
+
+def test_guide_options_table_lists_every_option():
+    documented = set(re.findall(r"--([a-z][\w-]*)", guide_options_table()))
+    missing = sorted(option_names() - documented)
+    assert not missing, f"options missing from docs/guide.md's Options table: {missing}"
+    unknown = sorted(documented - option_names())
+    assert not unknown, f"docs/guide.md's Options table lists unknown options: {unknown}"
+
+
+def _missing_sphinx() -> str | None:
+    for module in ("sphinx", "myst_parser"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install '.[test]' installs it)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    reason = _missing_sphinx()
+    if reason:
+        pytest.skip(f"cannot build the documentation site: {reason}")
+    out = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
+        + ["-d", str(out / ".doctrees"), str(DOCS), str(out / "html")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"sphinx-build failed:\n{result.stdout}\n{result.stderr}"
+    return out / "html"
+
+
+def page_text(site: Path, name: str) -> str:
+    raw = (site / name).read_text(encoding="utf-8")
+    return html.unescape(re.sub(r"<[^>]+>", "", raw))
+
+
+def test_site_builds_with_every_page(site):
+    index = page_text(site, "index.html")
+    for page in (
+        "getting-started",
+        "configuration",
+        "guide",
+        "delivery",
+        "policy",
+        "embedding",
+        "operations",
+        "changelog",
+    ):
+        assert (site / f"{page}.html").is_file(), page
+        assert f'href="{page}.html"' in (site / "index.html").read_text(encoding="utf-8"), page
+    assert "stomptw" in index
+
+
+def test_configuration_reference_lists_every_option(site):
+    text = page_text(site, "configuration.html")
+    assert "--data-dir" in text and "--max-redeliveries" in text
+    assert "/queue/DLQ.{name}" in text  # defaults are shown
+    assert "Listen for STOMP over TCP on this endpoint string" in text  # opt_tcp's docstring
+    missing = sorted(name for name in option_names() if f"--{name}" not in text)
+    assert not missing, f"options missing from the configuration reference: {missing}"
+
+
+def test_embedding_page_includes_the_examples(site):
+    text = page_text(site, "embedding.html")
+    assert "makeService(config).setServiceParent(application)" in text
+    assert 'live.putChild(b"stomp", websocket_resource(broker, config, reactor))' in text
+
+
+def test_links_between_pages_resolve(site):
+    guide = (site / "guide.html").read_text(encoding="utf-8")
+    assert 'href="delivery.html"' in guide and 'href="policy.html"' in guide
+    operations = page_text(site, "operations.html")
+    assert "contrib/systemd/" in operations
