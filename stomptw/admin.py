@@ -510,6 +510,16 @@ class AdminResource(Resource):
                 try:
                     self.authorizer.authorize(request)
                 except Denied as e:
+                    # Never the token itself: only who tried what.
+                    peer = request.getClientAddress()
+                    log.warn(
+                        "admin API: refused {method} {path} from {peer}: {reason}",
+                        method=method,
+                        path=request.path.decode("latin-1"),
+                        peer=f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}",
+                        status=e.code,
+                        reason=e.message,
+                    )
                     raise _HTTPError(e.code, e.message, e.headers) from None
             result = handler(request, *args)
         except _HTTPError as e:

@@ -309,6 +309,22 @@ async def test_mutating_endpoints_disabled_without_token_file(make_broker):
 
 @pytest_twisted.ensureDeferred
 async def test_bearer_token(make_broker, token_file):
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await _bearer_token_checks(make_broker, token_file)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    # Auth failures are logged, with who and why; a token never is.
+    refusals = [e for e in events if "refused" in e.get("log_format", "")]
+    assert [e["status"] for e in refusals] == [401, 401, 403]
+    assert all(e["method"] == "POST" and e["peer"].startswith("127.0.0.1:") for e in refusals)
+    assert not any(TOKEN in repr(e) or "Bearer no" in repr(e) for e in events)
+
+
+async def _bearer_token_checks(make_broker, token_file: str) -> None:
     running = await start(make_broker, token_file)
     target = url(running, dest_path("/queue/" + unique("auth"), "/messages"))
     response = await treq.post(target, json={"body": "x"})
