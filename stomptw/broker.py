@@ -76,6 +76,11 @@ class Message:
         (the one under way included); topics leave it at 0.
     :ivar key: its key in the message store while it is stored, else 0.
     :ivar size: what it counts for against a queue's byte limit.
+    :ivar encoded: ``(version, parts)``: the MESSAGE frame parts that
+        every delivery in that protocol version shares (see
+        :func:`stomptw.frame.message_parts`), set by the first delivery of
+        a topic message; ``None`` until then (and for queue messages). The
+        headers and body must not change once it is set.
     """
 
     __slots__ = (
@@ -88,6 +93,7 @@ class Message:
         "delivery_count",
         "key",
         "size",
+        "encoded",
     )
 
     def __init__(
@@ -108,7 +114,12 @@ class Message:
         self.expires = expires
         self.delivery_count = delivery_count
         self.key = 0
-        self.size = message_size(headers, body)
+        # message_size(), inline: this runs for every message.
+        size = len(body) + MESSAGE_OVERHEAD
+        for name, value in headers.items():
+            size += len(name) + len(value)
+        self.size = size
+        self.encoded: tuple[str, tuple[bytes, bytes] | None] | None = None
 
     @property
     def redelivered(self) -> bool:
@@ -480,7 +491,9 @@ class Broker:
         ``reject``; a transaction checks its destinations beforehand with
         :meth:`check_room`).
         """
-        dest = self.destination(destination)
+        dest = self.destinations.get(destination)
+        if dest is None:
+            dest = self.destination(destination)
         raw = headers.get("expires")
         expires = int(raw) if raw else 0
         ttl = self.config.default_ttl_ms

@@ -309,7 +309,7 @@ class Queue:
                         released = True
                         continue
                 message.delivery_count += 1
-                if not sub.deliver(message):
+                if not sub.consumer.deliver(sub, message):
                     # The consumer could not take it: the message keeps its
                     # place for the others.
                     message.delivery_count -= 1
@@ -332,6 +332,12 @@ class Queue:
     def _pick(self, declined: set[int]) -> Subscription | None:
         subs = self.subscriptions
         count = len(subs)
+        if count == 1:
+            sub = subs[0]
+            if sub.is_ready() and id(sub) not in declined:
+                self._next = 1
+                return sub
+            return None
         start = self._next % count
         for offset in range(count):
             i = (start + offset) % count
@@ -380,7 +386,7 @@ class Topic:
                 self._hold_back(sub, message)
                 if sub.backlog and sub.is_ready():
                     self.ready(sub)
-            elif sub.deliver(message):
+            elif sub.consumer.deliver(sub, message):
                 stats["delivered"] += 1
         for durable in tuple(self.durables.values()):
             durable.queue.publish(message.copy())

@@ -33,7 +33,10 @@ __all__ = [
     "FrameTooLarge",
     "FrameParser",
     "Limits",
+    "MESSAGE_DELIVERY_HEADERS",
     "encode_frame",
+    "encode_message",
+    "message_parts",
     "escape_header",
     "unescape_header",
 ]
@@ -213,6 +216,29 @@ _NEEDS_ESCAPE = frozenset("\\\r\n:")
 _UNSAFE_10_NAME = frozenset("\r\n:")
 
 
+def _header_lines(parts: list[str], items: object, version: str, escape: bool) -> bool:
+    """
+    Append ``name:value`` lines for ``items`` to ``parts``, escaped as
+    ``version`` requires when ``escape``; return whether a
+    ``content-length`` header was among them.
+    """
+    has_length = False
+    for name, value in items:  # type: ignore[attr-defined]
+        if name == "content-length":
+            has_length = True
+        if escape:
+            if not _NEEDS_ESCAPE.isdisjoint(name):
+                if version == "1.0" and not _UNSAFE_10_NAME.isdisjoint(name):
+                    # STOMP 1.0 cannot represent this name; written raw it
+                    # would read as another header (a forged message-id, say).
+                    continue
+                name = escape_header(name, version)
+            if not _NEEDS_ESCAPE.isdisjoint(value):
+                value = escape_header(value, version)
+        parts.append(f"{name}:{value}")
+    return has_length
+
+
 def encode_frame(
     command: str,
     headers: dict[str, str] | list[tuple[str, str]],
@@ -228,27 +254,99 @@ def encode_frame(
     ``content_length`` is true and the headers have none.
     """
     items = headers.items() if isinstance(headers, dict) else headers
-    escape = command not in _UNESCAPED_COMMANDS
     parts = [command]
-    has_length = False
-    for name, value in items:
-        if name == "content-length":
-            has_length = True
-        if escape:
-            if not _NEEDS_ESCAPE.isdisjoint(name):
-                if version == "1.0" and not _UNSAFE_10_NAME.isdisjoint(name):
-                    # STOMP 1.0 cannot represent this name; written raw it
-                    # would read as another header (a forged message-id, say).
-                    continue
-                name = escape_header(name, version)
-            if not _NEEDS_ESCAPE.isdisjoint(value):
-                value = escape_header(value, version)
-        parts.append(f"{name}:{value}")
+    has_length = _header_lines(parts, items, version, command not in _UNESCAPED_COMMANDS)
     if content_length and not has_length:
         parts.append(f"content-length:{len(body)}")
     parts.append("")
     parts.append("")
     return "\n".join(parts).encode("utf-8") + body + b"\x00"
+
+
+#: The headers that each delivery of a MESSAGE sets itself.
+MESSAGE_DELIVERY_HEADERS = frozenset(
+    {"subscription", "message-id", "destination", "ack", "redelivered", "x-delivery-count"}
+)
+
+
+def message_parts(
+    message_id: str, destination: str, headers: dict[str, str], body: bytes, version: str
+) -> tuple[bytes, bytes] | None:
+    """
+    Pre-encode the parts of a MESSAGE frame that every delivery of one
+    message shares, for :func:`encode_message`.
+
+    Return ``(middle, suffix)``: the ``message-id`` and ``destination``
+    lines, and the message's own header lines, ``content-length``, the blank
+    line, the body and the NUL. Return ``None`` when ``headers`` carry a
+    header that a delivery sets itself (see
+    :data:`MESSAGE_DELIVERY_HEADERS`): such a message must be encoded with
+    :func:`encode_frame`, whose header merge it relies on.
+    """
+    if not MESSAGE_DELIVERY_HEADERS.isdisjoint(headers):
+        return None
+    if not _NEEDS_ESCAPE.isdisjoint(message_id):
+        message_id = escape_header(message_id, version)
+    if not _NEEDS_ESCAPE.isdisjoint(destination):
+        destination = escape_header(destination, version)
+    middle = f"message-id:{message_id}\ndestination:{destination}\n".encode()
+    if headers:
+        lines: list[str] = []
+        if not _header_lines(lines, headers.items(), version, True):
+            lines.append(f"content-length:{len(body)}")
+        lines.append("")
+        lines.append("")
+        text = "\n".join(lines)
+    else:
+        text = f"content-length:{len(body)}\n\n"
+    return middle, text.encode() + body + b"\x00"
+
+
+def encode_message(
+    parts: tuple[bytes, bytes],
+    subscription: str,
+    version: str,
+    ack: str | None = None,
+    redelivered: bool = False,
+    delivery_count: int = 0,
+) -> bytes:
+    """
+    Encode one delivery of a MESSAGE from its shared ``parts`` (see
+    :func:`message_parts`, same ``version``) and its per-delivery headers.
+
+    The bytes are those :func:`encode_frame` gives for the headers
+    ``subscription``, ``message-id``, ``destination``, ``ack`` (when not
+    ``None``), ``redelivered:true`` (when ``redelivered``),
+    ``x-delivery-count`` and then the message's own, in that order.
+    """
+    if not _NEEDS_ESCAPE.isdisjoint(subscription):
+        subscription = escape_header(subscription, version)
+    middle, suffix = parts
+    if ack is None and not redelivered:
+        return b"".join(
+            (
+                f"MESSAGE\nsubscription:{subscription}\n".encode(),
+                middle,
+                b"x-delivery-count:%d\n" % delivery_count,
+                suffix,
+            )
+        )
+    tail = []
+    if ack is not None:
+        if not _NEEDS_ESCAPE.isdisjoint(ack):
+            ack = escape_header(ack, version)
+        tail.append(f"ack:{ack}\n")
+    if redelivered:
+        tail.append("redelivered:true\n")
+    tail.append(f"x-delivery-count:{delivery_count}\n")
+    return b"".join(
+        (
+            f"MESSAGE\nsubscription:{subscription}\n".encode(),
+            middle,
+            "".join(tail).encode(),
+            suffix,
+        )
+    )
 
 
 # -- the parser --------------------------------------------------------------
@@ -384,7 +482,7 @@ class FrameParser:
         if body_start > limits.max_frame_size:
             raise _too_large("max_frame_size", limits.max_frame_size, "frame")
         try:
-            text = bytes(buf[:head_end]).decode("utf-8")
+            text = buf[:head_end].decode("utf-8")
         except UnicodeDecodeError:
             raise FrameError(
                 "frame command or headers are not valid UTF-8",
@@ -396,13 +494,33 @@ class FrameParser:
         command = lines[0]
         if command.endswith("\r"):
             command = command[:-1]
-        if len(command.encode("utf-8")) > limits.max_header_line:
+        if head_end > limits.max_header_line and (
+            len(command.encode("utf-8")) > limits.max_header_line
+        ):
             raise _too_large("max_header_line", limits.max_header_line, "command line")
         if not command:
             raise FrameError("empty command line", "A frame must start with its command.")
         unescape = command not in _UNESCAPED_COMMANDS and self.version != "1.0"
         version = self.version
         headers: dict[str, str] = {}
+        if (
+            head_end <= limits.max_header_line
+            and "\r" not in text
+            and (not unescape or "\\" not in text)
+        ):
+            # The common case: no line can be over the limit (none is longer
+            # than the whole header section), and there is nothing to strip
+            # or unescape.
+            for line in lines[1:]:
+                name, colon, value = line.partition(":")
+                if not colon:
+                    raise FrameError(
+                        "malformed header line",
+                        f"The header line {line[:80]!r} has no ':' between name and value.",
+                    )
+                if name not in headers:
+                    headers[name] = value
+            lines = []
         for line in lines[1:]:
             if line.endswith("\r"):
                 line = line[:-1]

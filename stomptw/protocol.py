@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from stomptw.broker import (
     ACK_MODES,
+    TOPIC_PREFIX,
     Broker,
     DestinationError,
     DestinationFull,
@@ -33,7 +34,14 @@ from stomptw.broker import (
     message_size,
 )
 from stomptw.config import SUPPORTED_VERSIONS, BrokerConfig
-from stomptw.frame import FrameError, FrameParser, FrameTooLarge, encode_frame
+from stomptw.frame import (
+    FrameError,
+    FrameParser,
+    FrameTooLarge,
+    encode_frame,
+    encode_message,
+    message_parts,
+)
 from stomptw.interfaces import IMessageConsumer
 
 __all__ = ["ProtocolError", "StompFactory", "StompProtocol"]
@@ -476,22 +484,47 @@ class StompProtocol(Protocol):
         """
         if self._closing or self._draining or self.transport.disconnecting:
             return False
-        headers = {
-            "subscription": subscription.id,
-            "message-id": message.message_id,
-            "destination": message.destination,
-        }
+        version = self.version or "1.0"
         ack_id = None
         if subscription.ack_mode != "auto":
             ack_id = str(next(self._ack_ids))
-            if self.version == "1.2":
-                headers["ack"] = ack_id
         count = message.delivery_count
-        if count > 1:
-            headers["redelivered"] = "true"
-        headers["x-delivery-count"] = str(count - 1) if count else "0"
-        headers.update(message.headers)
-        data = encode_frame("MESSAGE", headers, message.body, self.version or "1.0")
+        # The parts every delivery of a topic message shares are encoded
+        # once for all its subscribers. Not kept for a queue message (nor a
+        # durable subscription's copy), which is delivered once as a rule:
+        # the encoded copy would double the memory its body holds.
+        encoded = message.encoded
+        if encoded is not None and encoded[0] == version:
+            parts = encoded[1]
+        else:
+            parts = message_parts(
+                message.message_id, message.destination, message.headers, message.body, version
+            )
+            if subscription.durable is None and message.destination.startswith(TOPIC_PREFIX):
+                message.encoded = (version, parts)
+        if parts is not None:
+            data = encode_message(
+                parts,
+                subscription.id,
+                version,
+                ack_id if version == "1.2" else None,
+                count > 1,
+                count - 1 if count else 0,
+            )
+        else:
+            # The sender's headers override per-delivery ones: the general path.
+            headers = {
+                "subscription": subscription.id,
+                "message-id": message.message_id,
+                "destination": message.destination,
+            }
+            if ack_id is not None and version == "1.2":
+                headers["ack"] = ack_id
+            if count > 1:
+                headers["redelivered"] = "true"
+            headers["x-delivery-count"] = str(count - 1) if count else "0"
+            headers.update(message.headers)
+            data = encode_frame("MESSAGE", headers, message.body, version)
         limit = self._max_write
         if limit and len(data) > limit:
             self._fail(
@@ -785,10 +818,12 @@ class StompProtocol(Protocol):
 
     def _on_send(self, headers: dict[str, str], body: bytes) -> None:
         destination = _require(headers, "SEND", "destination")
-        try:
-            self.broker.check_destination(destination)
-        except DestinationError as e:
-            raise ProtocolError(f"invalid destination: {e}", _DESTINATION_HELP) from None
+        if destination not in self.broker.destinations:
+            # A destination that exists has passed this check.
+            try:
+                self.broker.check_destination(destination)
+            except DestinationError as e:
+                raise ProtocolError(f"invalid destination: {e}", _DESTINATION_HELP) from None
         expires = headers.get("expires")
         if expires is not None and not expires.isdigit():
             raise ProtocolError(
