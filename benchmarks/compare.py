@@ -1,0 +1,596 @@
+#!/usr/bin/env python3
+"""
+Side-by-side benchmark: stomptw against RabbitMQ (STOMP and Web-STOMP plugins).
+
+Starts both brokers as subprocesses on loopback ports of their own (RabbitMQ
+with its own node name, base directory, epmd port and Erlang cookie under a
+temporary directory), runs each selected scenario against them alternately
+(A B A B ..., ``--rounds`` times), then prints a table of medians with the
+ratio stomptw / RabbitMQ, plus one ``JSON`` line per run. The load generator
+is ``loadgen.py`` (raw STOMP frames over TCP and WebSocket, one worker
+process per client). Linux only (reads /proc).
+
+Example::
+
+    python benchmarks/compare.py --messages 20000 --rounds 3 --connections 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen  # noqa: E402
+from loadgen import LOCALHOST, Target  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+FD_LIMIT = 65536
+SCENARIOS = ("queue", "topic", "individual", "latency", "connections")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCALHOST, 0))
+        return s.getsockname()[1]
+
+
+def _high_fd_limit() -> None:  # preexec_fn of broker subprocesses
+    loadgen.raise_fd_limit(FD_LIMIT)
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def proc_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024
+
+
+def stomp_ready(target: Target, deadline: float) -> bool:
+    """Poll (bounded) until a STOMP CONNECT succeeds on ``target``."""
+    while time.monotonic() < deadline:
+        try:
+            conn = loadgen.open_session(target, min(deadline, time.monotonic() + 5))
+            conn.close()
+            return True
+        except (OSError, TimeoutError):
+            time.sleep(0.25)
+    return False
+
+
+class BrokerProcess:
+    name = ""
+    pid = 0
+
+    def target(self, transport: str) -> Target:
+        raise NotImplementedError
+
+    def cpu(self) -> float:
+        return proc_cpu(self.pid)
+
+    def rss(self) -> int:
+        return proc_rss(self.pid)
+
+
+class Stomptw(BrokerProcess):
+    name = "stomptw"
+
+    def __init__(self, workdir: Path, twistd: str, extra: list[str] | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.tcp_port, self.ws_port = free_port(), free_port()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        self.log_path = workdir / "stomptw.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                twistd,
+                "-n",
+                "--pidfile=",
+                "stomptw",
+                "--tcp",
+                f"tcp:{self.tcp_port}:interface={LOCALHOST}",
+                "--ws",
+                f"tcp:{self.ws_port}:interface={LOCALHOST}",
+                "--store",
+                "memory",
+                "--data-dir",
+                str(workdir / "data"),
+                "--heartbeat",
+                "0,0",
+                *(extra or []),
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_high_fd_limit,
+        )
+        self.pid = self.proc.pid
+        if not stomp_ready(self.target("tcp"), time.monotonic() + 30):
+            self.stop()
+            raise RuntimeError(f"stomptw did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def target(self, transport: str) -> Target:
+        port = self.tcp_port if transport == "tcp" else self.ws_port
+        return Target("stomptw", transport, port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+def find_rabbitmq_server() -> str | None:
+    for path in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+class RabbitMQ(BrokerProcess):
+    """A private RabbitMQ node: own name, ports, epmd port, cookie and directories."""
+
+    name = "rabbitmq"
+
+    def __init__(self, workdir: Path, server: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.node = f"bench{os.getpid()}@localhost"
+        ports = [free_port() for _ in range(5)]
+        self.amqp_port, self.dist_port, self.stomp_port, self.ws_port, self.epmd_port = ports
+        conf = workdir / "rabbitmq.conf"
+        conf.write_text(
+            f"listeners.tcp.1 = {LOCALHOST}:{self.amqp_port}\n"
+            f"stomp.listeners.tcp.1 = {LOCALHOST}:{self.stomp_port}\n"
+            f"web_stomp.tcp.port = {self.ws_port}\n"
+            f"web_stomp.tcp.ip = {LOCALHOST}\n"
+            "loopback_users = none\n"
+            "stomp.default_user = guest\n"
+            "stomp.default_pass = guest\n"
+        )
+        plugins = workdir / "enabled_plugins"
+        plugins.write_text("[rabbitmq_stomp,rabbitmq_web_stomp].\n")
+        env = dict(os.environ)
+        env.update(
+            HOME=str(workdir),
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_IP_ADDRESS=LOCALHOST,
+            RABBITMQ_NODE_PORT=str(self.amqp_port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_CONFIG_FILE=str(conf),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(plugins),
+            RABBITMQ_MNESIA_BASE=str(workdir / "mnesia"),
+            RABBITMQ_LOG_BASE=str(workdir / "log"),
+            RABBITMQ_PID_FILE=str(workdir / "rabbitmq.pid"),
+            ERL_EPMD_ADDRESS=LOCALHOST,
+            ERL_EPMD_PORT=str(self.epmd_port),
+        )
+        self.env = env
+        self.log_path = workdir / "rabbitmq.out"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [server],
+            cwd=workdir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_high_fd_limit,
+            start_new_session=True,
+        )
+        if not stomp_ready(self.target("tcp"), time.monotonic() + 120):
+            log = self.log_tail()
+            self.stop()
+            raise RuntimeError(f"RabbitMQ did not accept a STOMP CONNECT in 120 s:\n{log}")
+        try:
+            self.pid = self._beam_pid()
+        except Exception:
+            self.stop()
+            raise
+
+    def log_tail(self) -> str:
+        text = self.log_path.read_text(errors="replace")[-2000:]
+        for path in sorted((self.workdir / "log").glob("*.log")):
+            text += f"\n--- {path.name}\n" + path.read_text(errors="replace")[-2000:]
+        return text
+
+    def _pids_with(self, predicate) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if predicate(entry):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
+    def _beam_pid(self) -> int:
+        def is_beam(entry: Path) -> bool:
+            cmd = (entry / "cmdline").read_bytes()
+            return b"beam.smp" in cmd and b"\0-home\0" + bytes(self.workdir) + b"\0" in cmd
+
+        pids = self._pids_with(is_beam)
+        if not pids:
+            raise RuntimeError("RabbitMQ's beam.smp process not found")
+        return pids[0]
+
+    def target(self, transport: str) -> Target:
+        port = self.stomp_port if transport == "tcp" else self.ws_port
+        return Target(
+            "rabbitmq",
+            transport,
+            port,
+            "/ws",
+            {"host": "/", "login": "guest", "passcode": "guest"},
+        )
+
+    def stop(self) -> None:
+        ctl = Path(find_rabbitmq_server() or "rabbitmq-server").with_name("rabbitmqctl")
+        if self.proc.poll() is None and ctl.exists():
+            try:
+                subprocess.run(
+                    [str(ctl), "-n", self.node, "stop"],
+                    env=self.env,
+                    cwd=self.workdir,
+                    timeout=60,
+                    capture_output=True,
+                )
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(30)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(10)
+        marker = f"ERL_EPMD_PORT={self.epmd_port}".encode()
+
+        def is_our_epmd(entry: Path) -> bool:
+            return b"epmd" in (entry / "cmdline").read_bytes() and marker in (
+                entry / "environ"
+            ).read_bytes().split(b"\0")
+
+        for pid in self._pids_with(is_our_epmd):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+
+def cases(args) -> list[dict]:
+    """Every (scenario, parameters) combination selected on the command line."""
+    out = []
+    for t in args.transport_list:
+        if "queue" in args.scenario_list:
+            for p in (1, 4):
+                for size in args.size_list:
+                    out.append(
+                        dict(scenario="queue", case=f"queue {p}->{p} {t} {size}B", transport=t,
+                             producers=p, consumers=p, size=size)
+                    )  # fmt: skip
+        if "topic" in args.scenario_list:
+            for size in args.size_list:
+                out.append(
+                    dict(scenario="topic", case=f"topic 1->{args.subscribers} {t} {size}B",
+                         transport=t, size=size)
+                )  # fmt: skip
+        if "individual" in args.scenario_list:
+            for size in args.size_list:
+                out.append(
+                    dict(scenario="individual", case=f"client-individual 1->1 {t} {size}B",
+                         transport=t, size=size)
+                )  # fmt: skip
+        if "latency" in args.scenario_list:
+            for rate in (1000, 10000):
+                out.append(
+                    dict(scenario="latency", case=f"latency {rate // 1000}k/s {t} 100B",
+                         transport=t, rate=rate)
+                )  # fmt: skip
+    if "connections" in args.scenario_list:
+        out.append(
+            dict(scenario="connections", case=f"idle ws connections x{args.connections}",
+                 transport="ws")
+        )  # fmt: skip
+    return out
+
+
+def run_case(broker: BrokerProcess, case: dict, args) -> dict:
+    target = broker.target(case["transport"])
+    sc = case["scenario"]
+    if sc == "queue":
+        return loadgen.throughput(
+            target,
+            producers=case["producers"],
+            consumers=case["consumers"],
+            messages=args.messages,
+            size=case["size"],
+            timeout=args.timeout,
+            cpu_of_broker=broker.cpu,
+        )
+    if sc == "individual":
+        return loadgen.throughput(
+            target,
+            producers=1,
+            consumers=1,
+            messages=args.messages,
+            size=case["size"],
+            ack="client-individual",
+            timeout=args.timeout,
+            cpu_of_broker=broker.cpu,
+        )
+    if sc == "topic":
+        return loadgen.fanout(
+            target,
+            subscribers=args.subscribers,
+            messages=args.messages,
+            size=case["size"],
+            timeout=args.timeout,
+            cpu_of_broker=broker.cpu,
+        )
+    if sc == "latency":
+        return loadgen.latency(
+            target,
+            rate=case["rate"],
+            seconds=args.latency_seconds,
+            timeout=args.timeout,
+            cpu_of_broker=broker.cpu,
+        )
+    if sc == "connections":
+        return loadgen.connections(
+            target,
+            count=args.connections,
+            workers=args.conn_workers,
+            timeout=max(args.timeout, 300.0),
+            rss_of_broker=broker.rss,
+        )
+    raise ValueError(sc)
+
+
+# (what the table shows, its key, whether higher is better)
+FIGURE = {
+    "queue": ("msgs/s", "msgs_per_s", True),
+    "individual": ("msgs/s", "msgs_per_s", True),
+    "topic": ("delivered/s", "msgs_per_s", True),
+    "latency": ("p99 ms", "p99_ms", False),
+    "connections": ("KiB/conn", "rss_per_conn_kib", False),
+}
+
+
+def g(r: dict, key: str) -> float:
+    """A figure of a run, NaN when the run failed before producing it."""
+    return r.get(key, float("nan"))
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def print_table(results: list[dict], brokers: list[str]) -> None:
+    by_case: dict[str, dict[str, list[dict]]] = {}
+    for r in results:
+        by_case.setdefault(r["case"], {}).setdefault(r["broker"], []).append(r)
+    head = f"{'scenario':<34} {'figure':<12}"
+    for b in brokers:
+        head += f" {b:>12} {'ok':>5} {'lost':>7}"
+    if len(brokers) == 2:
+        head += f" {'ratio':>7}  {'better':<6}"
+    print(head)
+    extra_lines = []
+    for case, per in by_case.items():
+        sc = next(iter(per.values()))[0]["scenario"]
+        label, key, higher = FIGURE[sc]
+        line = f"{case:<34} {label:<12}"
+        meds = {}
+        for b in brokers:
+            runs = per.get(b, [])
+            good = [r for r in runs if r.get("ok")] or runs
+            meds[b] = median([r[key] for r in good if key in r])
+            oks = f"{sum(1 for r in runs if r.get('ok'))}/{len(runs)}"
+            lost = median([g(r, "lost") for r in runs]) if sc != "connections" else 0
+            if sc == "connections":
+                lost = max((g(r, "failures") for r in runs), default=0)
+            line += f" {meds[b]:>12.1f} {oks:>5} {lost:>7.0f}"
+        if len(brokers) == 2:
+            a, b = meds[brokers[0]], meds[brokers[1]]
+            ratio = a / b if b else float("nan")
+            line += f" {ratio:>7.2f}  {'higher' if higher else 'lower':<6}"
+        print(line)
+        for b in brokers:
+            runs = per.get(b, [])
+            if not runs:
+                continue
+            if sc == "latency":
+                ok_runs = [r for r in runs if r.get("ok")] or runs
+                extra_lines.append(
+                    f"  {case} [{b}]: p50 {median([g(r, 'p50_ms') for r in ok_runs]):.2f} ms, "
+                    f"p99 {median([g(r, 'p99_ms') for r in ok_runs]):.2f} ms, "
+                    f"p99.9 {median([g(r, 'p999_ms') for r in ok_runs]):.2f} ms, "
+                    f"lost {median([g(r, 'lost') for r in ok_runs]):.0f}, "
+                    f"broker cpu {median([g(r, 'broker_cpu_s') for r in ok_runs]):.2f} s, "
+                    f"generator cpu {median([g(r, 'gen_cpu_s') for r in ok_runs]):.2f} s"
+                )
+            elif sc == "connections":
+                extra_lines.append(
+                    f"  {case} [{b}]: opened {median([g(r, 'opened') for r in runs]):.0f}, "
+                    f"failures {max(g(r, 'failures') for r in runs)}, "
+                    f"open time {median([g(r, 'open_seconds') for r in runs]):.2f} s, "
+                    f"RSS {median([g(r, 'rss_before_mib') for r in runs]):.1f} -> "
+                    f"{median([g(r, 'rss_after_mib') for r in runs]):.1f} MiB"
+                )
+            else:
+                extra_lines.append(
+                    f"  {case} [{b}]: lost {max(g(r, 'lost') for r in runs)}, "
+                    f"dup {max(g(r, 'duplicates') for r in runs)}, "
+                    f"broker cpu {median([g(r, 'broker_cpu_s') for r in runs]):.2f} s, "
+                    f"generator cpu {median([g(r, 'gen_cpu_s') for r in runs]):.2f} s, "
+                    f"MB/s {median([g(r, 'mb_per_s') for r in runs]):.1f}"
+                )
+    if len(brokers) == 2:
+        print(
+            f"\nratio = {brokers[0]} / {brokers[1]} of the medians; 'better' says which "
+            "direction is better (msgs/s: higher; latency p99 and KiB/conn: lower). "
+            "ok = runs with every message delivered exactly once (connections: no "
+            "failure); lost = median messages not delivered (connections: failures); "
+            "throughput medians are over the ok runs when there are any."
+        )
+    print("\nper broker (medians over rounds):")
+    for line in extra_lines:
+        print(line)
+    for r in results:
+        if r.get("error") or not r.get("ok"):
+            print(f"! {r['case']} [{r['broker']}] round {r['round']}: {r.get('error') or 'not ok'}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=",".join(SCENARIOS))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--messages", type=int, default=100000, help="messages per throughput run")
+    p.add_argument("--sizes", default="100,4096")
+    p.add_argument("--connections", type=int, default=10000, help="idle WebSocket sessions")
+    p.add_argument("--conn-workers", type=int, default=8, help="processes opening them")
+    p.add_argument("--subscribers", type=int, default=10, help="topic fan-out subscribers")
+    p.add_argument("--latency-seconds", type=float, default=5.0)
+    p.add_argument("--transports", default="tcp,ws")
+    p.add_argument("--brokers", default="stomptw,rabbitmq")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds allowed per run")
+    p.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
+    p.add_argument("--rabbitmq-server", default=None, help="path of rabbitmq-server")
+    p.add_argument(
+        "--stomptw-args",
+        default="",
+        help="extra twistd stomptw options, e.g. '--slow-topic-limit 1000000'",
+    )
+    a = p.parse_args(argv)
+    a.scenario_list = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    a.size_list = [int(s) for s in a.sizes.split(",") if s.strip()]
+    a.transport_list = [t.strip() for t in a.transports.split(",") if t.strip()]
+    a.broker_list = [b.strip() for b in a.brokers.split(",") if b.strip()]
+    for s in a.scenario_list:
+        if s not in SCENARIOS:
+            p.error(f"unknown scenario {s!r}")
+    if set(a.transport_list) - {"tcp", "ws"} or set(a.broker_list) - {"stomptw", "rabbitmq"}:
+        p.error("--transports takes tcp,ws; --brokers takes stomptw,rabbitmq")
+    if a.rounds < 1 or a.messages < 1 or not a.size_list or a.connections < 1:
+        p.error("--rounds, --messages, --sizes and --connections must be positive")
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    loadgen.raise_fd_limit(FD_LIMIT)
+    workroot = Path(tempfile.mkdtemp(prefix="stomptw-compare-"))
+    brokers: dict[str, BrokerProcess] = {}
+    results: list[dict] = []
+    notes: list[str] = []
+    machine = {
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "python": sys.version.split()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+    try:
+        factories = {}
+        extra = args.stomptw_args.split()
+        if "stomptw" in args.broker_list:
+            factories["stomptw"] = lambda d: Stomptw(d, args.twistd, extra)
+        if "rabbitmq" in args.broker_list:
+            server = args.rabbitmq_server or find_rabbitmq_server()
+            if not server:
+                notes.append("RabbitMQ UNAVAILABLE: rabbitmq-server not found; stomptw only")
+            else:
+                factories["rabbitmq"] = lambda d: RabbitMQ(d, server)
+        for name, factory in list(factories.items()):
+            try:
+                brokers[name] = factory(workroot / name)
+            except Exception as e:
+                del factories[name]
+                if name == "rabbitmq":
+                    notes.append(f"RabbitMQ UNAVAILABLE: it did not start: {e}; stomptw only")
+                else:
+                    raise
+        if extra:
+            machine["stomptw_args"] = args.stomptw_args
+        for note in notes:
+            print(note, flush=True)
+        print("JSON " + json.dumps({"machine": machine}), flush=True)
+        selected = cases(args)
+        order = list(brokers)
+        for rnd in range(1, args.rounds + 1):
+            for case in selected:
+                # A B A B ...: alternate which broker goes first from round to round.
+                names = order if rnd % 2 else order[::-1]
+                for name in names:
+                    fresh = None
+                    try:
+                        if case["scenario"] == "connections":
+                            # Memory per connection needs a broker whose heap has not
+                            # grown (and been freed) in earlier scenarios: a fresh one.
+                            brokers[name].stop()
+                            fresh = factories[name](workroot / f"{name}-conns-{rnd}")
+                            brokers[name] = fresh
+                        r = run_case(brokers[name], case, args)
+                    except Exception as e:
+                        r = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+                    r.update(broker=name, round=rnd, case=case["case"], scenario=case["scenario"])
+                    results.append(r)
+                    print("JSON " + json.dumps(r), flush=True)
+    finally:
+        for broker in brokers.values():
+            broker.stop()
+        shutil.rmtree(workroot, ignore_errors=True)
+    print()
+    print(
+        f"machine: {machine['cpus']} CPUs, load average {machine['load_avg_1m']} at start, "
+        f"Python {machine['python']}, {machine['date']}"
+    )
+    for note in notes:
+        print(note)
+    print(
+        f"messages per throughput run {args.messages}, rounds {args.rounds}, "
+        f"latency runs {args.latency_seconds} s, {args.connections} idle connections\n"
+    )
+    names = [b for b in ("stomptw", "rabbitmq") if b in brokers]
+    if results:
+        print_table(results, names)
+    return 0 if all(r.get("ok") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
