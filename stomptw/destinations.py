@@ -401,15 +401,7 @@ class Topic:
         if config.slow_topic_policy == "disconnect":
             backlog.clear()
             stats["slow_consumer_disconnected"] += 1
-            log.warn(
-                "slow consumer: subscription {sub} to {topic} (session {session}) is more "
-                "than {limit} messages behind; disconnecting it",
-                sub=sub.id,
-                topic=self.name,
-                session=getattr(sub.consumer, "session_id", "") or "-",
-                limit=config.slow_topic_limit,
-                action="disconnect",
-            )
+            self._log_slow(sub, "disconnect", "disconnecting it")
             sub.consumer.slow_consumer(
                 sub,
                 f"subscription {sub.id!r} to {self.name} fell more than "
@@ -420,16 +412,20 @@ class Topic:
         stats["dropped"] += 1
         stats["slow_consumer_dropped"] += 1
         if not sub.dropped:
-            log.warn(
-                "slow consumer: subscription {sub} to {topic} (session {session}) is more "
-                "than {limit} messages behind; dropping its oldest messages",
-                sub=sub.id,
-                topic=self.name,
-                session=getattr(sub.consumer, "session_id", "") or "-",
-                limit=config.slow_topic_limit,
-                action="drop-oldest",
-            )
+            self._log_slow(sub, "drop-oldest", "dropping its oldest messages")
         sub.dropped += 1
+
+    def _log_slow(self, sub: Subscription, action: str, what: str) -> None:
+        log.warn(
+            "slow consumer: subscription {sub} to {topic} (session {session}) is more "
+            "than {limit} messages behind; {what}",
+            sub=sub.id,
+            topic=self.name,
+            session=getattr(sub.consumer, "session_id", "") or "-",
+            limit=self.broker.config.slow_topic_limit,
+            action=action,
+            what=what,
+        )
 
     def subscribe(self, subscription: Subscription) -> None:
         if subscription.ack_mode != "auto" and not subscription.prefetch:
