@@ -496,6 +496,8 @@ class Broker:
             dest = self.destination(destination)
         raw = headers.get("expires")
         expires = int(raw) if raw else 0
+        # Only a sender's expiry time can already be past.
+        expired = bool(expires) and expires <= self.now_ms()
         ttl = self.config.default_ttl_ms
         if not expires and ttl:
             expires = self.now_ms() + ttl
@@ -508,7 +510,7 @@ class Broker:
             persistent=headers.get("persistent") == "true",
             expires=expires,
         )
-        if expires and expires <= self.now_ms():
+        if expired:
             # Accepted, but never delivered.
             self.stats["published"] += 1
             self.expire(None, message)

@@ -85,20 +85,20 @@ class Queue:
 
     # -- accounting --------------------------------------------------------------------
 
-    def is_full(self) -> bool:
-        """Whether the queue is at its message count or byte limit."""
+    def _at(self, share: float = 1.0) -> bool:
+        """Whether the queue holds ``share`` of its count or byte limit, or more."""
         config = self.broker.config
         return bool(
-            (config.max_queue_length and self.count >= config.max_queue_length)
-            or (config.max_queue_bytes and self.bytes >= config.max_queue_bytes)
+            (config.max_queue_length and self.count >= config.max_queue_length * share)
+            or (config.max_queue_bytes and self.bytes >= config.max_queue_bytes * share)
         )
 
+    def is_full(self) -> bool:
+        """Whether the queue is at its message count or byte limit."""
+        return self._at()
+
     def _has_room(self) -> bool:
-        config = self.broker.config
-        return not (
-            (config.max_queue_length and self.count >= config.max_queue_length * RESUME_BELOW)
-            or (config.max_queue_bytes and self.bytes >= config.max_queue_bytes * RESUME_BELOW)
-        )
+        return not self._at(RESUME_BELOW)
 
     def _hold(self, message: Message) -> None:
         self.count += 1
@@ -171,7 +171,7 @@ class Queue:
         self.pending.append(message)
         self._dispatch()
         if producer is not None and self.overflow == "block" and self.is_full():
-            if self._consumes(producer) and not self._twice_full():
+            if self._consumes(producer) and not self._at(2):
                 # Blocking it would also stop the ACKs that make room.
                 return
             if producer not in self.blocked:
@@ -182,13 +182,6 @@ class Queue:
     def _consumes(self, session: IMessageConsumer) -> bool:
         """Whether ``session`` holds unacknowledged messages of this queue."""
         return any(sub.consumer is session and sub.unacked for sub in self.subscriptions)
-
-    def _twice_full(self) -> bool:
-        config = self.broker.config
-        return bool(
-            (config.max_queue_length and self.count >= 2 * config.max_queue_length)
-            or (config.max_queue_bytes and self.bytes >= 2 * config.max_queue_bytes)
-        )
 
     def restore(self, message: Message) -> None:
         """Take back a message loaded from the store (at startup)."""
@@ -453,6 +446,7 @@ class Topic:
         broker = self.broker
         stats = broker.stats
         now_ms = 0
+        consumer = subscription.consumer
         while backlog and subscription.is_ready() and not broker.stopping:
             message = backlog.popleft()
             if message.expires:
@@ -461,7 +455,7 @@ class Topic:
                     # Expired while it waited for this subscriber.
                     broker.expire(None, message)
                     continue
-            if subscription.deliver(message):
+            if consumer.deliver(subscription, message):
                 stats["delivered"] += 1
 
     def is_idle(self) -> bool:

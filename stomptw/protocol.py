@@ -25,7 +25,6 @@ from zope.interface import implementer
 
 from stomptw.broker import (
     ACK_MODES,
-    TOPIC_PREFIX,
     Broker,
     DestinationError,
     DestinationFull,
@@ -34,6 +33,7 @@ from stomptw.broker import (
     message_size,
 )
 from stomptw.config import SUPPORTED_VERSIONS, BrokerConfig
+from stomptw.destinations import Topic
 from stomptw.frame import (
     FrameError,
     FrameParser,
@@ -500,7 +500,7 @@ class StompProtocol(Protocol):
             parts = message_parts(
                 message.message_id, message.destination, message.headers, message.body, version
             )
-            if subscription.durable is None and message.destination.startswith(TOPIC_PREFIX):
+            if isinstance(subscription.target, Topic):
                 message.encoded = (version, parts)
         if parts is not None:
             data = encode_message(
@@ -551,21 +551,14 @@ class StompProtocol(Protocol):
         then the same orderly close as after any ERROR (bounded by
         ``close_linger``). The Deferred fires once the connection is gone.
         """
-        done: Deferred = Deferred()
-        if self in self.broker.sessions:
-            self._closed_waiters.append(done)
-            if not self._closing:
-                self._fail(
-                    ProtocolError(
-                        "broker is shutting down",
-                        "The broker is stopping and closes every connection; reconnect "
-                        "later. Unacknowledged messages go back to their queues.",
-                    ),
-                    reason="broker shutdown",
-                )
-        else:
-            done.callback(None)
-        return done
+        return self._close_with(
+            ProtocolError(
+                "broker is shutting down",
+                "The broker is stopping and closes every connection; reconnect "
+                "later. Unacknowledged messages go back to their queues.",
+            ),
+            "broker shutdown",
+        )
 
     def close_by_operator(self, reason: str = "") -> Deferred:
         """
@@ -573,17 +566,21 @@ class StompProtocol(Protocol):
         ERROR "closed by the operator" (its body says ``reason`` when given),
         then the usual orderly close. Fires once the connection is gone.
         """
+        details = "An operator closed this connection through the broker's admin API."
+        if reason:
+            details += f" Reason: {reason}"
+        return self._close_with(
+            ProtocolError("closed by the operator", details),
+            "closed by the operator" + (f": {reason}" if reason else ""),
+        )
+
+    def _close_with(self, error: ProtocolError, reason: str) -> Deferred:
+        """End the session with ``error``; a Deferred that fires once it is gone."""
         done: Deferred = Deferred()
         if self in self.broker.sessions:
             self._closed_waiters.append(done)
             if not self._closing:
-                details = "An operator closed this connection through the broker's admin API."
-                if reason:
-                    details += f" Reason: {reason}"
-                self._fail(
-                    ProtocolError("closed by the operator", details),
-                    reason="closed by the operator" + (f": {reason}" if reason else ""),
-                )
+                self._fail(error, reason=reason)
         else:
             done.callback(None)
         return done
