@@ -160,7 +160,8 @@ class StompProtocol(Protocol):
         self._output_limit = max(4 * config.write_high_water, 1024 * 1024)
         # Bytes held in open transactions, in all and per transaction.
         self._tx_bytes = 0
-        self._tx_sizes: dict[str, int] = {}
+        # Per open transaction: destination -> [messages, bytes] it will send.
+        self._tx_room: dict[str, dict[str, list[int]]] = {}
         # A persistent message was accepted by the frame being handled.
         self._needs_sync = False
         # RECEIPTs in frame order: [receipt id, ready to send].
@@ -672,7 +673,7 @@ class StompProtocol(Protocol):
         """
         self._cancel_timers()
         self._transactions.clear()
-        self._tx_sizes.clear()
+        self._tx_room.clear()
         self._tx_bytes = 0
         blockers, self._blockers = self._blockers, set()
         for queue in blockers:
@@ -830,12 +831,14 @@ class StompProtocol(Protocol):
         forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
         actions = self._transaction(headers)
         if actions is not None:
-            self._hold_in_transaction(headers["transaction"], message_size(forwarded, body))
+            self._hold_in_transaction(
+                headers["transaction"], destination, message_size(forwarded, body)
+            )
             actions.append((self._publish, (destination, forwarded, body)))
         else:
             self._publish(destination, forwarded, body)
 
-    def _hold_in_transaction(self, name: str, size: int) -> None:
+    def _hold_in_transaction(self, name: str, destination: str, size: int) -> None:
         limit = self.config.max_transaction_bytes
         if limit and self._tx_bytes + size > limit:
             raise ProtocolError(
@@ -845,11 +848,16 @@ class StompProtocol(Protocol):
                 "raise --max-transaction-bytes.",
             )
         self._tx_bytes += size
-        self._tx_sizes[name] = self._tx_sizes.get(name, 0) + size
+        room = self._tx_room.setdefault(name, {}).setdefault(destination, [0, 0])
+        room[0] += 1
+        room[1] += size
 
-    def _close_transaction(self, name: str) -> None:
+    def _close_transaction(self, name: str) -> dict[str, list[int]]:
+        """Forget transaction ``name``; return what it was to send, per destination."""
         del self._transactions[name]
-        self._tx_bytes -= self._tx_sizes.pop(name, 0)
+        room = self._tx_room.pop(name, {})
+        self._tx_bytes -= sum(size for _, size in room.values())
+        return room
 
     def _publish(
         self, destination: str, headers: dict[str, str], body: bytes, reject: bool = True
@@ -1018,16 +1026,9 @@ class StompProtocol(Protocol):
     def _on_commit(self, headers: dict[str, str], body: bytes) -> None:
         name = _require(headers, "COMMIT", "transaction")
         actions = self._transaction(headers)
-        self._close_transaction(name)
+        needed = self._close_transaction(name)
         # All or nothing: a full queue refuses the whole transaction before
         # any of it takes effect (and then takes all of it).
-        needed: dict[str, list[int]] = {}
-        for action, args in actions:
-            if action == self._publish:
-                destination, message_headers, message_body = args
-                room = needed.setdefault(destination, [0, 0])
-                room[0] += 1
-                room[1] += message_size(message_headers, message_body)
         for destination, (count, size) in needed.items():
             try:
                 self.broker.check_room(destination, count, size)
