@@ -29,12 +29,13 @@ class IMessageConsumer(Interface):
 
     def block(queue):  # noqa: N805
         """
-        Stop reading from this client (it sends to ``queue``, which is full)
-        until :meth:`unblock` is called for every queue that blocked it.
+        Stop reading from this client (it sends to ``queue``, which is full,
+        or to a topic with a subscriber at its backlog limit) until
+        :meth:`unblock` is called for every destination that blocked it.
         """
 
     def unblock(queue):  # noqa: N805
-        """``queue`` has room again."""
+        """``queue`` (a queue or topic) has room again."""
 
     def deliver(subscription, message):  # noqa: N805 - zope.interface style
         """
