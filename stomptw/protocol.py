@@ -402,8 +402,12 @@ class StompProtocol(Protocol):
     def block(self, queue: object) -> None:
         """Stop reading from this client until ``queue`` has room."""
         if not self._blockers:
+            kind = getattr(queue, "kind", "queue")
             self.log.info(
-                "producer {peer} (session {session}) blocked: {queue} is full",
+                "producer {peer} (session {session}) blocked: {queue} is full"
+                if kind == "queue"
+                else "producer {peer} (session {session}) blocked: a subscriber of {queue} "
+                "is --slow-topic-limit messages behind",
                 peer=self._peer,
                 transport=self.transport_name,
                 session=self.session_id or "-",

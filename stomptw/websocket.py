@@ -16,17 +16,24 @@ broker serves on its own WebSocket listener.
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
+import struct
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from twisted.web.static import File
 from zope.interface import implementer
 
 from stomptw import __version__
@@ -34,10 +41,14 @@ from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
 from stomptw.protocol import StompFactory, StompProtocol
 
+if TYPE_CHECKING:
+    from stomptw.listeners import ConnectionLimit
+
 __all__ = [
     "STOMP_SUBPROTOCOLS",
     "StompWebSocketFactory",
     "StompWebSocketProtocol",
+    "examples_resource",
     "origin_allowed",
     "websocket_resource",
     "websocket_site",
@@ -47,6 +58,11 @@ log = Logger()
 
 #: WebSocket subprotocols for STOMP, most preferred first.
 STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
+
+
+#: Headers of unmasked server frames with a 16-bit and a 64-bit length.
+_HEAD16 = struct.Struct("!BBH")
+_HEAD64 = struct.Struct("!BBQ")
 
 
 @implementer(ITransport)
@@ -59,15 +75,39 @@ class _WebSocketTransport:
         self.max_message_size = ws.maxMessagePayloadSize
 
     def write(self, data: bytes) -> None:
+        """
+        Send ``data`` as one WebSocket message: text if it is valid UTF-8,
+        binary otherwise.
+
+        In the usual case (no compression, fragmentation, frame logging or
+        queued sync data) the single unmasked frame is built here and
+        written straight to the socket, which is what Autobahn's
+        ``sendMessage`` would write, without its per-message overhead.
+        """
         ws = self._ws
         if ws.state != ws.STATE_OPEN:
             return
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            ws.sendMessage(data, isBinary=True)
+        if data.isascii():
+            opcode = 0x81
         else:
-            ws.sendMessage(data, isBinary=False)
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                opcode = 0x82
+            else:
+                opcode = 0x81
+        if ws.send_queue or not ws.fast_send:
+            ws.sendMessage(data, isBinary=opcode == 0x82)
+            return
+        n = len(data)
+        if n < 126:
+            ws.transport.write(bytes((opcode, n)) + data)
+        elif 0 < self.max_message_size < n:
+            ws.sendMessage(data, isBinary=opcode == 0x82)  # raises PayloadExceededError
+        elif n < 65536:
+            ws.transport.write(_HEAD16.pack(opcode, 126, n) + data)
+        else:
+            ws.transport.writeSequence([_HEAD64.pack(opcode, 127, n), data])
 
     def writeSequence(self, data: list[bytes]) -> None:
         self.write(b"".join(data))
@@ -128,12 +168,79 @@ class _WebSocketTransport:
         return self._ws.transport.getHost()
 
 
+#: Payloads up to this size are unmasked with one big-integer XOR; longer
+#: ones with Autobahn's native masker (whose setup costs more than that XOR).
+_INT_UNMASK_MAX = 512
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    if n > _INT_UNMASK_MAX:
+        return create_xor_masker(mask, n).process(payload)
+    key = (mask * ((n >> 2) + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def _fast_frames(ws: StompWebSocketProtocol, data: bytes) -> int:
+    """
+    Feed the complete simple data frames at the start of ``data`` to the
+    STOMP session (see :meth:`StompWebSocketProtocol.dataReceived`); return
+    how many bytes they took.
+    """
+    size = len(data)
+    pos = 0
+    frame_limit = ws.maxFramePayloadSize
+    message_limit = ws.maxMessagePayloadSize
+    validate = ws.utf8validateIncoming
+    while size - pos >= 6:
+        b0 = data[pos]
+        if b0 != 0x81 and b0 != 0x82:
+            break
+        b1 = data[pos + 1]
+        if not b1 & 0x80:
+            break  # unmasked: Autobahn fails the connection
+        n = b1 & 0x7F
+        head = pos + 2
+        if n == 126:
+            n = int.from_bytes(data[head : head + 2], "big")
+            if n < 126:
+                break
+            head += 2
+        elif n == 127:
+            n = int.from_bytes(data[head : head + 8], "big")
+            if n < 65536:
+                break
+            head += 8
+        if (0 < frame_limit < n) or (0 < message_limit < n):
+            break
+        end = head + 4 + n
+        if end > size:
+            break
+        payload = _unmask(data[head + 4 : end], data[head : head + 4]) if n else b""
+        if b0 == 0x81 and validate and not payload.isascii():
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                break  # Autobahn closes with 1007
+        pos = end
+        stomp = ws.stomp
+        if stomp is not None:
+            stomp.dataReceived(payload)
+        if ws.state != ws.STATE_OPEN or ws.failedByMe or ws.stomp is None:
+            break
+    return pos
+
+
 class StompWebSocketProtocol(WebSocketServerProtocol):
     """An Autobahn WebSocket protocol carrying one STOMP session."""
 
     stomp: StompProtocol | None = None
+    #: The listener's connection limit while this connection counts against it.
+    counted: ConnectionLimit | None = None
     #: The STOMP session registered as producer with the socket, if any.
     stomp_producer = None
+    #: Whether outgoing messages may bypass Autobahn's sendMessage (set on open).
+    fast_send = False
 
     def release_producer(self) -> None:
         """Unregister the STOMP session as the socket's producer."""
@@ -150,7 +257,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         """
-        Refuse an origin the broker does not allow (HTTP 403), then pick the
+        Refuse an origin the broker does not allow (HTTP 403) and a
+        connection over the listener's limit (HTTP 503), then pick the
         highest STOMP subprotocol the client offers, if any.
         """
         origin = request.origin
@@ -163,6 +271,16 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
                 peer=request.peer,
             )
             raise ConnectionDeny(403, f"origin {origin} is not allowed")
+        limit = self.factory.connection_limit
+        if limit is not None:
+            if limit.full:
+                limit.refuse(self.transport.getPeer())
+                raise ConnectionDeny(
+                    503, f"too many connections on this listener (limit {limit.limit})"
+                )
+            # Counted from here until the connection is lost (onClose).
+            limit.acquire()
+            self.counted = limit
         for name in STOMP_SUBPROTOCOLS:
             if name in request.protocols:
                 return name
@@ -170,8 +288,58 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
+        # Outgoing frames are built by _WebSocketTransport.write unless an
+        # option needs Autobahn's own sendMessage.
+        self.fast_send = (
+            self._perMessageCompress is None
+            and not self.autoFragmentSize
+            and not self.maskServerFrames
+            and not self.logFrames
+            and not self.logOctets
+            and not self.trackedTimings
+        )
         self.stomp = self.factory.stomp_factory.buildProtocol(self.transport.getPeer())
         self.stomp.makeConnection(_WebSocketTransport(self))
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Take bytes from the socket: complete, unfragmented data frames go
+        straight to the STOMP session; everything else goes to Autobahn.
+
+        The fast path handles only what Autobahn would handle the same way
+        with nothing to remember: an open connection between messages, and
+        frames with FIN set, no RSV bits, opcode text or binary, masked,
+        a minimally encoded length within the frame and message limits, all
+        of it buffered, and (for text) valid UTF-8. It stops at the first
+        frame that is anything else (a control frame, a fragment, a partial
+        frame, an oversized or invalid one) and hands the rest, unchanged,
+        to Autobahn's own frame processing, which then sees exactly the
+        bytes it would have seen, so closing handshakes, pings, limits
+        (close code 1009) and protocol errors behave as before. Autobahn's
+        per-frame cost (a masker object, per-frame callbacks and eager
+        debug logging) was most of the broker's CPU time per message.
+        """
+        if (
+            self.state != self.STATE_OPEN
+            or self.current_frame is not None
+            or self.inside_message
+            or self.failedByMe
+            or self.stomp is None
+            or self.logOctets
+            or self.logFrames
+            or self.trackedTimings
+        ):
+            self._dataReceived(data)
+            return
+        if self.data:
+            data = self.data + data
+            self.data = b""
+        pos = _fast_frames(self, data)
+        if pos and self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+            # As Autobahn does at the end of every data frame.
+            self._cancelAutoPingTimeoutCall()
+        if pos < len(data):
+            self._dataReceived(data[pos:] if pos else data)
 
     # Messages are not buffered: the payload of every WebSocket frame streams
     # into the STOMP parser as it arrives (after Autobahn's UTF-8 check for
@@ -193,6 +361,9 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         pass
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        counted, self.counted = self.counted, None
+        if counted is not None:
+            counted.release()
         stomp, self.stomp = self.stomp, None
         if stomp is not None:
             why = ConnectionDone if wasClean else ConnectionLost
@@ -209,12 +380,22 @@ class StompWebSocketFactory(WebSocketServerFactory):
     the STOMP frame limit), a connection over the bound is closed with code
     1009 through the closing handshake, the HTML status page is off,
     handshake and ping timeouts are configured.
+
+    :param connection_limit: the listener's connection limit, if any: a
+        handshake over it is refused with HTTP 503.
     """
 
     protocol = StompWebSocketProtocol
 
-    def __init__(self, broker: Broker, config: BrokerConfig, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        config: BrokerConfig,
+        reactor: IReactorTime,
+        connection_limit: ConnectionLimit | None = None,
+    ) -> None:
         super().__init__(server=config.server_name, reactor=reactor)
+        self.connection_limit = connection_limit
         self.stomp_factory = StompFactory(broker, config, reactor, "ws")
         self.allowed_origins = list(config.allowed_origins)
         limit = config.ws_message_limit
@@ -269,15 +450,20 @@ def origin_allowed(origin: str, host: str, patterns: list[str]) -> bool:
 
 
 def websocket_resource(
-    broker: Broker, config: BrokerConfig, reactor: IReactorTime
+    broker: Broker,
+    config: BrokerConfig,
+    reactor: IReactorTime,
+    connection_limit: ConnectionLimit | None = None,
 ) -> WebSocketResource:
     """
     Return a ``twisted.web`` resource serving STOMP over WebSocket.
 
     Mount it wherever an application wants the endpoint, e.g.
     ``root.putChild(b"stomp", websocket_resource(broker, config, reactor))``.
+    With ``connection_limit``, handshakes over that limit are refused with
+    HTTP 503 (:mod:`stomptw.listeners`).
     """
-    return WebSocketResource(StompWebSocketFactory(broker, config, reactor))
+    return WebSocketResource(StompWebSocketFactory(broker, config, reactor, connection_limit))
 
 
 class _Index(Resource):
@@ -302,22 +488,107 @@ class _Index(Resource):
         ).encode()
 
 
-def websocket_site(broker: Broker, config: BrokerConfig, reactor: IReactorTime) -> Site:
+#: The directory of the example pages inside the package.
+EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
+
+#: Sent with every example page and file: nothing is fetched from elsewhere,
+#: scripts come only from the broker, and WebSocket connections may go to
+#: any broker (the live feed example takes a URL).
+_EXAMPLE_HEADERS = {
+    b"content-security-policy": (
+        b"default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+        b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    b"x-content-type-options": b"nosniff",
+    b"referrer-policy": b"no-referrer",
+    b"cache-control": b"no-cache",
+}
+
+
+class _ExampleConfig(Resource):
+    """``config.js``: tells the example pages where the STOMP endpoint is."""
+
+    isLeaf = True
+
+    def __init__(self, ws_path: str) -> None:
+        super().__init__()
+        self._body = f"window.STOMPTW_WS_PATH = {json.dumps(ws_path)};\n".encode()
+
+    def render_GET(self, request) -> bytes:
+        for name, value in _EXAMPLE_HEADERS.items():
+            request.setHeader(name, value)
+        request.setHeader(b"content-type", b"text/javascript; charset=utf-8")
+        return self._body
+
+
+class _ExampleFiles(File):
+    """The example pages, with no directory listings and safe headers."""
+
+    contentTypes = {
+        **File.contentTypes,
+        ".js": "text/javascript; charset=utf-8",
+        ".css": "text/css; charset=utf-8",
+        ".html": "text/html; charset=utf-8",
+        ".png": "image/png",
+    }
+
+    def directoryListing(self):
+        return notFound(brief="No such page.")
+
+    def render_GET(self, request):
+        for name, value in _EXAMPLE_HEADERS.items():
+            request.setHeader(name, value)
+        return super().render_GET(request)
+
+    def createSimilarFile(self, path):
+        similar = super().createSimilarFile(path)
+        similar.contentTypes = self.contentTypes
+        return similar
+
+
+def examples_resource(config: BrokerConfig) -> Resource:
+    """
+    Return the live examples (a chat room, a work queue and a frame
+    inspector, plain HTML and JavaScript) as a ``twisted.web`` resource.
+
+    The pages connect to ``config.ws_path`` on the host that served them;
+    mount the STOMP endpoint there (:func:`websocket_resource`), e.g. as a
+    child of this resource, which is what :func:`websocket_site` does.
+    """
+    root = _ExampleFiles(EXAMPLES_DIR, defaultType="application/octet-stream")
+    root.indexNames = ["index.html"]
+    root.putChild(b"config.js", _ExampleConfig(config.ws_path))
+    return root
+
+
+def websocket_site(
+    broker: Broker,
+    config: BrokerConfig,
+    reactor: IReactorTime,
+    connection_limit: ConnectionLimit | None = None,
+) -> Site:
     """
     Return the site the broker's WebSocket listener serves: the STOMP
-    endpoint at ``config.ws_path`` and a short text page at ``/``.
+    endpoint at ``config.ws_path`` and, at ``/``, the live examples
+    (:func:`examples_resource`), or a one-line text page when
+    ``config.examples`` is off. WebSocket connections count against
+    ``connection_limit`` when given (one per listener).
     """
     segments = [s.encode("utf-8") for s in config.ws_path.strip("/").split("/") if s]
     if not segments:
         raise ValueError("ws_path must name a path below /, e.g. /ws")
-    root = _Index(config.ws_path)
+    root = examples_resource(config) if config.examples else _Index(config.ws_path)
     parent: Resource = root
     for segment in segments[:-1]:
         child = Resource()
         parent.putChild(segment, child)
         parent = child
-    parent.putChild(segments[-1], websocket_resource(broker, config, reactor))
-    site = Site(root)
+    parent.putChild(segments[-1], websocket_resource(broker, config, reactor, connection_limit))
+    # An HTTP request (a WebSocket handshake before it reaches Autobahn)
+    # that stalls for the handshake timeout is dropped; twisted.web's own
+    # default would keep it for a minute. Once a request has arrived, this
+    # idle timeout is off (and never comes back on an upgraded connection).
+    site = Site(root, timeout=config.ws_open_handshake_timeout)
     site.noisy = False
     site.displayTracebacks = False
     return site

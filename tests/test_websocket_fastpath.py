@@ -1,0 +1,292 @@
+"""
+The WebSocket fast paths (:mod:`stomptw.websocket`): complete simple data
+frames are unmasked and fed to the STOMP session without Autobahn's frame
+machinery, and outgoing frames are built without ``sendMessage``. Anything
+else (control frames, fragments, partial frames, invalid frames) must still
+reach Autobahn unchanged, so these tests mix both kinds on one connection,
+written as raw bytes on the socket under websocket-client.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+import websocket
+from clients import ClientPool, encode_frame, parse_single_frame, run_clients, unique
+
+from stomptw.websocket import _unmask
+
+TEXT = websocket.ABNF.OPCODE_TEXT
+BINARY = websocket.ABNF.OPCODE_BINARY
+CONT = websocket.ABNF.OPCODE_CONT
+PING = websocket.ABNF.OPCODE_PING
+PONG = websocket.ABNF.OPCODE_PONG
+CLOSE = websocket.ABNF.OPCODE_CLOSE
+
+
+def wire(payload: bytes, opcode: int = TEXT, fin: bool = True, mask: bool = True) -> bytes:
+    """One client WebSocket frame as bytes on the wire (masked unless told)."""
+    frame = websocket.ABNF(1 if fin else 0, 0, 0, 0, opcode, 1 if mask else 0, payload)
+    return frame.format()
+
+
+def recv_any(ws) -> tuple[int, bytes]:
+    """The next message or control frame (pings are answered by websocket-client)."""
+    opcode, frame = ws.ws.recv_data_frame(control_frame=True)
+    data = frame.data
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return opcode, data
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 512, 513, 4096, 70000])
+def test_unmask_matches_autobahn(size):
+    from autobahn.websocket.xormasker import create_xor_masker
+
+    payload, mask = os.urandom(size), os.urandom(4)
+    expected = create_xor_masker(mask, size).process(payload) if size else b""
+    assert _unmask(payload, mask) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_simple_frames_control_frames_and_fragments_in_one_write(broker):
+    """
+    One TCP write holds simple frames, a ping, a fragmented message with a
+    ping between its fragments, and binary frames: every STOMP frame is
+    handled in order and the pings are answered.
+    """
+    dest = "/queue/" + unique("fast")
+    send = encode_frame("SEND", {"destination": dest, "receipt": "r2"}, b"fragmented body")
+    half = len(send) // 2
+    binary_body = b"\xff\x00\xfe not utf-8"
+
+    def scenario(pool: ClientPool):
+        ws = pool.websocket(broker.ws_url, ["v12.stomp"])
+        ws.connect("1.2")
+        raw = (
+            wire(encode_frame("SUBSCRIBE", {"destination": dest, "id": "s1", "receipt": "r1"}))
+            + wire(b"ping-1", PING)
+            + wire(send[:half], TEXT, fin=False)
+            + wire(b"ping-2", PING)
+            + wire(send[half:], CONT)
+            + wire(
+                encode_frame(
+                    "SEND",
+                    {"destination": dest, "receipt": "r3", "content-length": str(len(binary_body))},
+                    binary_body,
+                ),
+                BINARY,
+            )
+            + wire(encode_frame("SEND", {"destination": dest, "receipt": "r4"}, b"last"))
+        )
+        ws.ws.sock.sendall(raw)
+        pongs, frames = [], []
+        while len(frames) < 7:
+            opcode, data = recv_any(ws)
+            if opcode == PONG:
+                pongs.append(data)
+            else:
+                assert opcode in (TEXT, BINARY), (opcode, data)
+                frames.append((opcode, parse_single_frame(data)))
+        assert pongs == [b"ping-1", b"ping-2"]
+        receipts = [f.headers["receipt-id"] for _, f in frames if f.command == "RECEIPT"]
+        messages = [(o, f.body) for o, f in frames if f.command == "MESSAGE"]
+        assert receipts == ["r1", "r2", "r3", "r4"]
+        assert messages == [(TEXT, b"fragmented body"), (BINARY, binary_body), (TEXT, b"last")]
+
+    await run_clients(scenario)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1000])
+@pytest_twisted.ensureDeferred
+async def test_frames_split_across_tcp_writes(broker, chunk):
+    """
+    Frames (small, 16-bit and 64-bit lengths, short and long masks) cut
+    into pieces on the socket arrive whole, and come back with the right
+    lengths in the broker's frame headers.
+    """
+    dest = "/queue/" + unique("split")
+    bodies = [b"a", b"b" * 130, b"c" * 600, b"d" * 70000]
+
+    def scenario(pool: ClientPool):
+        ws = pool.websocket(broker.ws_url, ["v12.stomp"])
+        ws.connect("1.2")
+        raw = wire(encode_frame("SUBSCRIBE", {"destination": dest, "id": "s1"}))
+        for i, body in enumerate(bodies):
+            raw += wire(encode_frame("SEND", {"destination": dest, "receipt": f"r{i}"}, body))
+        # The 70 kB frame goes in large pieces; the rest in small ones.
+        step = chunk
+        pos = 0
+        while pos < len(raw):
+            piece = raw[pos : pos + (step if pos < 2000 else 65536)]
+            ws.ws.sock.sendall(piece)
+            pos += len(piece)
+        got = []
+        receipts = []
+        while len(got) < len(bodies) or len(receipts) < len(bodies):
+            frame = ws.recv_frame()[1]
+            if frame.command == "MESSAGE":
+                got.append(frame.body)
+            else:
+                assert frame.command == "RECEIPT", frame
+                receipts.append(frame.headers["receipt-id"])
+        assert got == bodies
+        assert receipts == [f"r{i}" for i in range(len(bodies))]
+
+    await run_clients(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_utf8_in_a_text_frame_closes_with_1007(broker):
+    def scenario(pool: ClientPool):
+        ws = pool.websocket(broker.ws_url, ["v12.stomp"])
+        ws.connect("1.2")
+        bad = encode_frame("SEND", {"destination": "/queue/x"}, b"\xff\xfe")
+        ws.ws.sock.sendall(
+            wire(encode_frame("SEND", {"destination": "/queue/x"}, b"ok")) + wire(bad)
+        )
+        code, _ = ws.recv_close()
+        assert code == 1007
+
+    await run_clients(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unmasked_client_frame_closes_with_1002(broker):
+    def scenario(pool: ClientPool):
+        ws = pool.websocket(broker.ws_url, ["v12.stomp"])
+        ws.connect("1.2")
+        ws.ws.sock.sendall(wire(encode_frame("SEND", {"destination": "/queue/x"}), mask=False))
+        code, _ = ws.recv_close()
+        assert code == 1002
+
+    await run_clients(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_after_disconnect_in_the_same_write_are_not_processed(broker):
+    """A DISCONNECT ends the session; what follows it in the same write is ignored."""
+    dest = "/queue/" + unique("after")
+
+    def scenario(pool: ClientPool):
+        ws = pool.websocket(broker.ws_url, ["v12.stomp"])
+        ws.connect("1.2")
+        ws.ws.sock.sendall(
+            wire(encode_frame("DISCONNECT", {"receipt": "bye"}))
+            + wire(encode_frame("SEND", {"destination": dest, "receipt": "late"}, b"late"))
+        )
+        frame = ws.recv_frame()[1]
+        assert (frame.command, frame.headers["receipt-id"]) == ("RECEIPT", "bye")
+        code, _ = ws.recv_close()
+        assert code == 1000
+
+        consumer = pool.websocket(broker.ws_url, ["v12.stomp"])
+        consumer.connect("1.2")
+        consumer.send_frame("SUBSCRIBE", {"destination": dest, "id": "s", "receipt": "sub"})
+        frame = consumer.recv_frame()[1]
+        assert frame.command == "RECEIPT"
+        consumer.send_frame("SEND", {"destination": "/topic/fast.barrier", "receipt": "b"})
+        frame = consumer.recv_frame()[1]
+        assert (frame.command, frame.headers.get("receipt-id")) == ("RECEIPT", "b"), frame
+
+    await run_clients(scenario)
+
+
+# -- in process: which path a frame takes ---------------------------------------------
+
+
+def _open_in_process():
+    """A StompWebSocketProtocol over a StringTransport, after the opening handshake."""
+    import base64
+
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from stomptw.broker import Broker
+    from stomptw.config import BrokerConfig
+    from stomptw.websocket import StompWebSocketFactory
+
+    clock = Clock()
+    config = BrokerConfig()
+    factory = StompWebSocketFactory(Broker(config, clock=clock), config, clock)
+    peer = IPv4Address("TCP", "127.0.0.1", 40000)
+    proto = factory.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer)
+    proto.makeConnection(transport)
+    key = base64.b64encode(os.urandom(16)).decode()
+    proto.dataReceived(
+        (
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:15674\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n"
+        ).encode()
+    )
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    transport.clear()
+    return proto, transport
+
+
+def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Split unmasked server frames: [(first byte, payload)]; checks minimal lengths."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        b0, b1 = data[pos], data[pos + 1]
+        assert not b1 & 0x80, "server frames are not masked"
+        n, pos = b1 & 0x7F, pos + 2
+        if n == 126:
+            n, pos = int.from_bytes(data[pos : pos + 2], "big"), pos + 2
+            assert n >= 126
+        elif n == 127:
+            n, pos = int.from_bytes(data[pos : pos + 8], "big"), pos + 8
+            assert n >= 65536
+        out.append((b0, data[pos : pos + n]))
+        pos += n
+    return out
+
+
+def test_simple_frames_bypass_autobahn_both_ways():
+    """
+    Whole simple frames in and MESSAGE frames out never reach Autobahn's
+    processData or sendMessage; the frames written are exact RFC 6455
+    frames with minimal 7-, 16- and 64-bit lengths.
+    """
+    proto, transport = _open_in_process()
+
+    def slow_path(*args, **kwargs):
+        raise AssertionError("took Autobahn's path")
+
+    proto.processData = slow_path
+    proto.sendMessage = slow_path
+    bodies = [b"s" * 10, b"m" * 1000, b"\xff" * 70000]
+    raw = wire(encode_frame("CONNECT", {"accept-version": "1.2", "host": "x"}))
+    raw += wire(encode_frame("SUBSCRIBE", {"destination": "/queue/fast", "id": "1"}))
+    for body in bodies:
+        headers = {"destination": "/queue/fast", "content-length": str(len(body))}
+        raw += wire(encode_frame("SEND", headers, body), BINARY if body[0] == 0xFF else TEXT)
+    proto.dataReceived(raw)
+    frames = _server_frames(transport.value())
+    assert [b0 for b0, _ in frames] == [0x81, 0x81, 0x81, 0x82]
+    assert parse_single_frame(frames[0][1]).command == "CONNECTED"
+    assert [parse_single_frame(p).body for _, p in frames[1:]] == bodies
+
+
+def test_control_frames_and_partial_frames_still_go_to_autobahn():
+    proto, transport = _open_in_process()
+    connect = wire(encode_frame("CONNECT", {"accept-version": "1.2", "host": "x"}))
+    # A frame cut in two: the first piece waits in Autobahn's buffer.
+    proto.dataReceived(connect[:7])
+    assert transport.value() == b""
+    proto.dataReceived(connect[7:] + wire(b"hello", PING))
+    frames = _server_frames(transport.value())
+    assert parse_single_frame(frames[0][1]).command == "CONNECTED"
+    assert frames[1] == (0x80 | PONG, b"hello")
+    # And whole frames take the fast path again.
+    transport.clear()
+    proto.processData = None  # would fail if called
+    proto.dataReceived(wire(encode_frame("SEND", {"destination": "/queue/q", "receipt": "r"})))
+    (frame,) = _server_frames(transport.value())
+    assert parse_single_frame(frame[1]).headers["receipt-id"] == "r"
