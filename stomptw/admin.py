@@ -296,6 +296,12 @@ def render_metrics(broker: Broker, max_destinations: int = MAX_DESTINATION_SERIE
         [(None, stats.get("producers_blocked", 0))],
     )
     out.family(
+        "stomptw_connections_refused_total",
+        "counter",
+        "Connections refused because their listener was at --max-connections.",
+        [(None, stats.get("connections_refused", 0))],
+    )
+    out.family(
         "stomptw_heartbeat_timeouts_total",
         "counter",
         "Connections closed because the client's heart-beats stopped.",

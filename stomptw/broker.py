@@ -273,6 +273,7 @@ STAT_NAMES = (
     "slow_consumer_disconnected",
     "producers_blocked",
     "rejected",
+    "connections_refused",
 )
 
 

@@ -28,6 +28,13 @@ class BrokerConfig:
     :ivar tcp_endpoints: Twisted server endpoint strings for STOMP over TCP.
     :ivar ws_endpoints: endpoint strings for the HTTP/WebSocket listener.
     :ivar ws_path: the URL path of the WebSocket endpoint on that listener.
+    :ivar max_connections: the most connections at once on each STOMP and
+        each WebSocket listener, counted per listener (the admin listener is
+        not limited); 0 means no limit. Over it, a STOMP connection gets an
+        ERROR frame and is closed, a WebSocket handshake is refused with HTTP
+        503. A STOMP connection counts from when it is accepted, a WebSocket
+        connection from when its handshake is accepted; see
+        :mod:`stomptw.listeners`.
     :ivar limits: frame size, header count, header line and body limits.
     :ivar heartbeat_send_ms: the shortest interval at which the broker sends
         heart-beats (its ``sx``); 0 means it never offers to send them.
@@ -45,7 +52,8 @@ class BrokerConfig:
         ``prefetch-count``; 0 means no limit.
     :ivar server_name: sent in CONNECTED's ``server`` header.
     :ivar ws_open_handshake_timeout: seconds allowed for the WebSocket
-        opening handshake.
+        opening handshake; also how long an HTTP request on the WebSocket
+        listener may stall (nothing received) before it is dropped.
     :ivar ws_close_handshake_timeout: seconds allowed for the closing
         handshake before the TCP connection is dropped.
     :ivar ws_ping_interval: seconds between WebSocket pings (sent whatever
@@ -61,6 +69,9 @@ class BrokerConfig:
         the larger of 64 MiB and four times ``limits.max_frame_size``. It
         must leave room for the largest MESSAGE the broker can build from an
         accepted SEND (twice the frame limit, as escaping may double headers).
+    :ivar examples: serve the live example pages (chat, work queue, frame
+        inspector) at ``/`` of the WebSocket listener; off, ``/`` is a
+        one-line text page.
     :ivar allowed_origins: browser origins allowed to open WebSocket sessions
         besides the same host and loopback pages (shell-style patterns such as
         ``https://*.example.com``; ``*`` allows every origin).
@@ -94,9 +105,16 @@ class BrokerConfig:
         the broker stops handing it messages until the buffer drains.
     :ivar slow_topic_limit: topic messages held back per subscriber that
         cannot take them yet, before ``slow_topic_policy`` applies.
-    :ivar slow_topic_policy: ``"drop-oldest"`` (drop the subscriber's oldest
-        held-back message and count it) or ``"disconnect"`` (end its session
-        with an ERROR).
+    :ivar slow_topic_policy: ``"block"`` (stop reading from the connections
+        that publish to the topic until every backlog is back under 90% of the
+        limit; past twice the limit, drop the oldest as ``"drop-oldest"``
+        does), ``"drop-oldest"`` (drop the subscriber's oldest held-back
+        message and count it) or ``"disconnect"`` (end its session with an
+        ERROR).
+    :ivar slow_topic_timeout: with ``slow_topic_policy`` ``"block"``, seconds
+        a subscriber's backlog may stay at the limit (from reaching it until
+        it is back under 90% of it) before the subscriber is disconnected as
+        a slow consumer, which lets its publishers go; 0 means never.
     :ivar max_transaction_bytes: the most bytes of messages a connection's
         open transactions may hold (counted as for queues); 0 means no limit.
     :ivar admin_endpoints: endpoint strings for the admin HTTP API and
@@ -110,6 +128,7 @@ class BrokerConfig:
     tcp_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_TCP])
     ws_endpoints: list[str] = field(default_factory=lambda: [DEFAULT_WS])
     ws_path: str = "/ws"
+    max_connections: int = 10_000
     limits: Limits = field(default_factory=Limits)
     heartbeat_send_ms: int = 1_000
     heartbeat_receive_ms: int = 1_000
@@ -123,6 +142,7 @@ class BrokerConfig:
     ws_ping_interval: float = 30.0
     ws_ping_timeout: float = 30.0
     ws_max_message_size: int = 0
+    examples: bool = True
     allowed_origins: list[str] = field(default_factory=list)
     store: str = "sqlite"
     data_dir: str = "stomptw-data"
@@ -137,7 +157,8 @@ class BrokerConfig:
     overflow: str = "block"
     write_high_water: int = 256 * 1024
     slow_topic_limit: int = 1000
-    slow_topic_policy: str = "drop-oldest"
+    slow_topic_policy: str = "block"
+    slow_topic_timeout: float = 30.0
     max_transaction_bytes: int = 16 * 1024 * 1024
     admin_endpoints: list[str] = field(default_factory=list)
     admin_token_file: str = ""
@@ -178,7 +199,7 @@ class BrokerConfig:
             "store": ("sqlite", "memory"),
             "store_sync": ("full", "normal"),
             "overflow": ("block", "reject"),
-            "slow_topic_policy": ("drop-oldest", "disconnect"),
+            "slow_topic_policy": ("block", "drop-oldest", "disconnect"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -191,6 +212,8 @@ class BrokerConfig:
             "max_queue_bytes",
             "expiry_interval",
             "max_transaction_bytes",
+            "slow_topic_timeout",
+            "max_connections",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

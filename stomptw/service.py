@@ -25,7 +25,7 @@ from stomptw.admin import admin_site, load_token
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
 from stomptw.interfaces import IMessageStore
-from stomptw.protocol import StompFactory
+from stomptw.listeners import ConnectionLimit, LimitedStompFactory
 from stomptw.store import MemoryStore, SQLiteStore
 from stomptw.systemd import SystemdNotifications
 from stomptw.websocket import websocket_site
@@ -45,6 +45,8 @@ class _Listener(StreamServerEndpointService):
         self._waiters: list[defer.Deferred] = []
         self.port: IListeningPort | None = None
         self._failure: Failure | None = None
+        #: The listener's connection count and limit (none on admin listeners).
+        self.connection_limit: ConnectionLimit | None = None
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
@@ -220,6 +222,10 @@ def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerServi
     STOMP-over-TCP listener per ``config.tcp_endpoints`` entry and an
     HTTP/WebSocket listener per ``config.ws_endpoints`` entry, plus the admin
     API (:mod:`stomptw.admin`) on each ``config.admin_endpoints`` entry.
+    Each STOMP and WebSocket listener counts its own connections against
+    ``config.max_connections`` (:mod:`stomptw.listeners`); its
+    :class:`~stomptw.listeners.ConnectionLimit` is the listener service's
+    ``connection_limit``.
 
     Raises :class:`ValueError` if ``config.admin_token_file`` cannot be read
     or is empty.
@@ -234,19 +240,26 @@ def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerServi
     token = load_token(config.admin_token_file) if config.admin_token_file else None
     broker = Broker(config, make_store(config, reactor), reactor)
     service = BrokerService(broker, config, reactor)
-    if config.tcp_endpoints:
-        factories = {
-            label: StompFactory(broker, config, reactor, label) for label in ("tcp", "tls")
-        }
-        for description in config.tcp_endpoints:
-            endpoint = serverFromString(reactor, description)
-            label = "tls" if description.split(":", 1)[0] in ("ssl", "tls") else "tcp"
-            _Listener(endpoint, factories[label], description, "stomp").setServiceParent(service)
-    if config.ws_endpoints:
-        site = websocket_site(broker, config, reactor)
-        for description in config.ws_endpoints:
-            endpoint = serverFromString(reactor, description)
-            _Listener(endpoint, site, description, "ws").setServiceParent(service)
+
+    def count_refused() -> None:
+        broker.stats["connections_refused"] = broker.stats.get("connections_refused", 0) + 1
+
+    # Each listener counts its own connections (config.max_connections).
+    for description in config.tcp_endpoints:
+        endpoint = serverFromString(reactor, description)
+        label = "tls" if description.split(":", 1)[0] in ("ssl", "tls") else "tcp"
+        limit = ConnectionLimit(config.max_connections, description, reactor, count_refused)
+        factory = LimitedStompFactory(broker, config, reactor, label, limit)
+        listener = _Listener(endpoint, factory, description, "stomp")
+        listener.connection_limit = limit
+        listener.setServiceParent(service)
+    for description in config.ws_endpoints:
+        endpoint = serverFromString(reactor, description)
+        limit = ConnectionLimit(config.max_connections, description, reactor, count_refused)
+        site = websocket_site(broker, config, reactor, limit)
+        listener = _Listener(endpoint, site, description, "ws")
+        listener.connection_limit = limit
+        listener.setServiceParent(service)
     if config.admin_endpoints:
         admin = admin_site(broker, service, token, reactor)
         for description in config.admin_endpoints:

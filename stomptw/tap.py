@@ -59,10 +59,12 @@ _OPTION_NAMES = {
     "write_high_water": "--write-high-water",
     "slow_topic_limit": "--slow-topic-limit",
     "slow_topic_policy": "--slow-topic-policy",
+    "slow_topic_timeout": "--slow-topic-timeout",
     "store_sync": "--store-sync",
     "overflow": "--overflow",
     "store": "--store",
     "max_transaction_bytes": "--max-transaction-bytes",
+    "max_connections": "--max-connections",
 }
 
 
@@ -82,6 +84,11 @@ class Options(usage.Options):
         ["no-tcp", None, "Do not listen for STOMP over TCP."],
         ["no-ws", None, "Do not listen for STOMP over WebSocket."],
         [
+            "no-examples",
+            None,
+            "Do not serve the example pages at / of the WebSocket listener.",
+        ],
+        [
             "dead-letter-expired",
             None,
             "Move expired messages to the dead-letter queue instead of dropping them.",
@@ -90,6 +97,16 @@ class Options(usage.Options):
 
     optParameters = [
         ["ws-path", None, _DEFAULTS.ws_path, "URL path of the WebSocket endpoint."],
+        [
+            "max-connections",
+            None,
+            _DEFAULTS.max_connections,
+            "Most connections at once on each --tcp and each --ws listener, counted "
+            "separately (0 = no limit). Over it a STOMP connection gets an ERROR frame "
+            "and is closed, a WebSocket handshake gets HTTP 503. Raise the file "
+            "descriptor limit (ulimit -n, LimitNOFILE) to match.",
+            int,
+        ],
         [
             "heartbeat",
             None,
@@ -168,7 +185,8 @@ class Options(usage.Options):
             "ws-handshake-timeout",
             None,
             _DEFAULTS.ws_open_handshake_timeout,
-            "Seconds allowed for the WebSocket opening handshake.",
+            "Seconds allowed for the WebSocket opening handshake (and for an HTTP "
+            "request on that listener to stall before it is dropped).",
             _non_negative_float,
         ],
         [
@@ -269,8 +287,20 @@ class Options(usage.Options):
             "slow-topic-policy",
             None,
             _DEFAULTS.slow_topic_policy,
-            "Beyond --slow-topic-limit: 'drop-oldest' drops the subscriber's oldest "
-            "held-back message, 'disconnect' ends its session with an ERROR.",
+            "When a subscriber's backlog reaches --slow-topic-limit: 'block' stops "
+            "reading from the topic's publishers until every backlog is back under 90% "
+            "of the limit (past twice the limit the oldest are dropped), 'drop-oldest' "
+            "drops the subscriber's oldest held-back message, 'disconnect' ends its "
+            "session with an ERROR. One of: block, drop-oldest, disconnect.",
+        ],
+        [
+            "slow-topic-timeout",
+            None,
+            _DEFAULTS.slow_topic_timeout,
+            "With --slow-topic-policy block: seconds a subscriber may stay at "
+            "--slow-topic-limit (holding its publishers blocked) before it is "
+            "disconnected as a slow consumer; 0 means never.",
+            _non_negative_float,
         ],
         [
             "admin-token-file",
@@ -345,6 +375,7 @@ def config_from_options(options: usage.Options) -> BrokerConfig:
         tcp_endpoints=tcp,
         ws_endpoints=ws,
         ws_path=options["ws-path"],
+        max_connections=options["max-connections"],
         limits=Limits(
             max_frame_size=options["max-frame-size"],
             max_headers=options["max-headers"],
@@ -361,6 +392,7 @@ def config_from_options(options: usage.Options) -> BrokerConfig:
         ws_ping_interval=options["ws-ping-interval"],
         ws_ping_timeout=options["ws-ping-timeout"],
         ws_max_message_size=options["ws-max-message-size"],
+        examples=not options["no-examples"],
         allowed_origins=options["allowed-origins"],
         store=options["store"],
         data_dir=options["data-dir"],
@@ -375,6 +407,7 @@ def config_from_options(options: usage.Options) -> BrokerConfig:
         write_high_water=options["write-high-water"],
         slow_topic_limit=options["slow-topic-limit"],
         slow_topic_policy=options["slow-topic-policy"],
+        slow_topic_timeout=options["slow-topic-timeout"],
         max_transaction_bytes=options["max-transaction-bytes"],
         admin_endpoints=list(options["admin"]),
         admin_token_file=options["admin-token-file"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -74,3 +75,74 @@ def make_broker():
 async def broker(make_broker):
     """A broker with the default configuration on ephemeral ports."""
     return await make_broker()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """
+    One headless Chromium for the session (tests run their browser part in a
+    thread). Skips, saying how to install it, when Chromium is missing.
+    """
+    import browser
+
+    why = browser.missing()
+    if why:
+        pytest.skip(f"browser tests skipped: {why}")
+    driver = browser.start_chromium()
+    yield driver
+    browser.stop_chromium(driver)
+
+
+@pytest.fixture
+def chrome(chromium):
+    """The session's Chromium, back to one blank tab after the test."""
+    chromium.get_log("browser")  # what earlier tests left in the console
+    yield chromium
+    import browser
+
+    browser.reset(chromium)
+
+
+@pytest.fixture(scope="session")
+def stompjs(tmp_path_factory) -> Path:
+    """
+    ``@stomp/stompjs``'s browser bundle, installed from npm into a scratch
+    directory (never committed); skips, saying how to get npm, without it.
+    """
+    import browser
+
+    try:
+        modules = browser.npm_install("@stomp/stompjs@7", tmp_path_factory.mktemp("npm"))
+    except RuntimeError as e:
+        pytest.skip(f"@stomp/stompjs tests skipped: {e}")
+    bundle = modules / "@stomp" / "stompjs" / "bundles" / "stomp.umd.js"
+    assert bundle.is_file(), bundle
+    return bundle
+
+
+@pytest.fixture
+def page_server(tmp_path):
+    """
+    ``serve(files) -> port``: serve ``{name: bytes or Path}`` over HTTP on
+    loopback (a page from another origin than the broker's listener).
+    """
+    from twisted.web.server import Site
+    from twisted.web.static import File
+
+    ports = []
+
+    def serve(files: dict) -> int:
+        root = tmp_path / f"site{len(ports)}"
+        root.mkdir()
+        for name, content in files.items():
+            data = content.read_bytes() if isinstance(content, Path) else content
+            (root / name).write_bytes(data)
+        site = Site(File(str(root)))
+        site.noisy = False
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        ports.append(port)
+        return port.getHost().port
+
+    yield serve
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import venv
 from pathlib import Path
 
@@ -170,6 +171,10 @@ def test_twistd_serves_tcp_and_websocket(installed: Path, tmp_path: Path) -> Non
             assert ws.recv().startswith("CONNECTED\n")
         finally:
             ws.close()
+        # The example pages ship in the wheel and are served at /.
+        for page, marker in (("/", b"chat.html"), ("/stomp.js", b"StompClient")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{ws_port}{page}", timeout=10) as r:
+                assert r.status == 200 and marker in r.read(), page
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -2,8 +2,9 @@
 Mount the stomptw WebSocket endpoint in an existing twisted.web site.
 
 Run it with ``python docs/examples/embed_resource.py``: the page at
-http://127.0.0.1:8080/ stays the application's own, and STOMP over
-WebSocket is served at ws://127.0.0.1:8080/live/stomp.
+http://127.0.0.1:8080/ stays the application's own, STOMP over WebSocket is
+served at ws://127.0.0.1:8080/live/stomp, and the broker's live examples at
+http://127.0.0.1:8080/live/examples/.
 """
 
 from twisted.web.resource import Resource
@@ -11,7 +12,7 @@ from twisted.web.server import Site
 
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
-from stomptw.websocket import websocket_resource
+from stomptw.websocket import examples_resource, websocket_resource
 
 
 class Home(Resource):
@@ -25,15 +26,20 @@ class Home(Resource):
 
 
 def make_site(reactor) -> Site:
-    """The application's own site, with the broker mounted at /live/stomp."""
+    """
+    The application's own site, with the broker mounted at /live/stomp and
+    its example pages at /live/examples/.
+    """
     broker = Broker()
-    config = BrokerConfig()
+    # The example pages connect to ws_path on the host that served them.
+    config = BrokerConfig(ws_path="/live/stomp")
 
     root = Resource()
     root.putChild(b"", Home())
     live = Resource()
     root.putChild(b"live", live)
     live.putChild(b"stomp", websocket_resource(broker, config, reactor))
+    live.putChild(b"examples", examples_resource(config))
     return Site(root)
 
 

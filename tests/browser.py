@@ -1,0 +1,166 @@
+"""
+Headless Chromium for the browser tests, driven through selenium.
+
+The browser is Debian's ``chromium`` with its ``chromium-driver``; nothing
+is downloaded at test time (selenium's driver manager is kept offline). On
+a machine without them the tests skip with :data:`INSTALL_HINT`.
+
+Selenium calls block, so a test runs its whole browser part in a thread
+(``await deferToThread(scenario, driver)``) while the reactor serves the
+broker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+INSTALL_HINT = (
+    "install Debian's chromium and chromium-driver "
+    "(sudo apt-get install chromium chromium-driver) and the test extra "
+    "(pip install '.[test]', which brings selenium)"
+)
+
+NPM_HINT = "install Node.js and npm (sudo apt-get install npm) so the test setup can fetch it"
+
+#: What a closed network needs, and no throttling of background tabs
+#: (tests keep several pages open). Pages at ``*.test`` resolve to
+#: loopback, so a page can come from an origin the broker does not allow.
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-dev-shm-usage",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-features=HttpsUpgrades,Translate,MediaRouter",
+    "--host-resolver-rules=MAP *.test 127.0.0.1",
+    "--window-size=1200,900",
+)
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def missing() -> str | None:
+    """Why the browser tests cannot run here, or ``None`` if they can."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return f"selenium is not installed: {INSTALL_HINT}"
+    if _find("chromium", "chromium-browser") is None:
+        return f"Chromium is not installed: {INSTALL_HINT}"
+    if _find("chromedriver") is None:
+        return f"chromedriver is not installed: {INSTALL_HINT}"
+    return None
+
+
+def start_chromium() -> Any:
+    """Start headless Chromium with a fresh profile; returns the WebDriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    # Never let selenium's driver manager go looking on the network.
+    os.environ["SE_OFFLINE"] = "true"
+    options = webdriver.ChromeOptions()
+    options.binary_location = _find("chromium", "chromium-browser") or ""
+    profile = tempfile.mkdtemp(prefix="stomptw-chromium-")
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(_find("chromedriver")), options=options)
+    driver.set_script_timeout(20)
+    driver.set_page_load_timeout(20)
+    driver._stomptw_profile = profile
+    return driver
+
+
+def stop_chromium(driver: Any) -> None:
+    """Quit the browser and remove its profile."""
+    profile = getattr(driver, "_stomptw_profile", None)
+    try:
+        driver.quit()
+    finally:
+        if profile:
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def reset(driver: Any) -> None:
+    """Close every tab but one and leave it blank, for the next test."""
+    handles = driver.window_handles
+    for handle in handles[1:]:
+        driver.switch_to.window(handle)
+        driver.close()
+    driver.switch_to.window(handles[0])
+    driver.get("about:blank")
+
+
+def run_js(driver: Any, body: str, *args: Any) -> Any:
+    """
+    Run ``body`` as the body of an async function in the current page
+    (``args`` are its ``args`` array) and return what it returns; a thrown
+    error fails the test with the browser's message.
+    """
+    script = (
+        "const done = arguments[arguments.length - 1];"
+        "const args = Array.prototype.slice.call(arguments, 0, -1);"
+        f"(async (args) => {{ {body} }})(args).then("
+        "  (value) => done({ok: true, value: value === undefined ? null : value}),"
+        "  (error) => done({ok: false, error: String(error && error.stack || error)}));"
+    )
+    result = driver.execute_async_script(script, *args)
+    if not result["ok"]:
+        raise AssertionError(f"in the browser: {result['error']}")
+    return result["value"]
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 15.0, message: str = "condition"
+) -> Any:
+    """Poll ``predicate`` (from a test thread) until it returns something true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.05)
+
+
+def npm_install(package: str, target: Path) -> Path:
+    """
+    ``npm install`` ``package`` into ``target`` (a scratch directory, never
+    the checkout) and return its ``node_modules`` directory. Raises
+    :class:`RuntimeError` with npm's output when that fails.
+    """
+    npm = _find("npm")
+    if npm is None:
+        raise RuntimeError(f"npm is not installed: {NPM_HINT}")
+    target.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(target), package],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"npm install {package} failed: {result.stdout}{result.stderr}")
+    return target / "node_modules"

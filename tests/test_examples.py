@@ -1,0 +1,287 @@
+"""
+The example pages served at ``/`` of the WebSocket listener: how they are
+served (any HTTP client), and what they do in headless Chromium (a chat
+message typed in one page appears in another, queue work is split between
+two pages, the frame inspector shows the session's life).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest_twisted
+import treq
+from browser import run_js, wait_until
+from selenium.webdriver.common.by import By
+from twisted.internet.threads import deferToThread
+
+from stomptw.websocket import EXAMPLES_DIR
+
+PAGES = ("index.html", "chat.html", "work.html", "feed.html")
+
+
+async def _get(url: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+    response = await treq.get(url)
+    body = await response.content()
+    return response.code, dict(response.headers.getAllRawHeaders()), body
+
+
+@pytest_twisted.ensureDeferred
+async def test_examples_are_served_at_the_root(make_broker):
+    running = await make_broker()
+    base = f"http://127.0.0.1:{running.ws_port}"
+    code, headers, body = await _get(base + "/")
+    assert code == 200
+    assert headers[b"Content-Type"] == [b"text/html; charset=utf-8"]
+    for page in PAGES[1:]:
+        assert page.encode() in body
+    # Nothing is fetched from elsewhere; scripts come only from the broker.
+    csp = headers[b"Content-Security-Policy"][0]
+    assert b"default-src 'self'" in csp and b"connect-src 'self' ws: wss:" in csp
+    assert headers[b"X-Content-Type-Options"] == [b"nosniff"]
+    code, headers, body = await _get(base + "/stomp.js")
+    assert code == 200 and b"export class StompClient" in body
+    assert headers[b"Content-Type"] == [b"text/javascript; charset=utf-8"]
+    code, headers, body = await _get(base + "/config.js")
+    assert code == 200 and body == b'window.STOMPTW_WS_PATH = "/ws";\n'
+
+
+@pytest_twisted.ensureDeferred
+async def test_examples_follow_the_websocket_path(make_broker):
+    running = await make_broker(ws_path="/stomp/over/ws")
+    code, _, body = await _get(f"http://127.0.0.1:{running.ws_port}/config.js")
+    assert code == 200 and body == b'window.STOMPTW_WS_PATH = "/stomp/over/ws";\n'
+
+
+@pytest_twisted.ensureDeferred
+async def test_examples_list_no_directories_and_serve_nothing_else(make_broker):
+    running = await make_broker()
+    base = f"http://127.0.0.1:{running.ws_port}"
+    for path in ("/nope.html", "/../setup.cfg", "/%2e%2e/setup.cfg", "/..%2fsetup.cfg"):
+        code, _, body = await _get(base + path)
+        assert code == 404, (path, code)
+        assert b"[options]" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_examples_switched_off(make_broker):
+    """``--no-examples``: ``/`` is a one-line text page, the endpoint stays."""
+    running = await make_broker(examples=False)
+    code, headers, body = await _get(f"http://127.0.0.1:{running.ws_port}/")
+    assert code == 200 and headers[b"Content-Type"] == [b"text/plain; charset=utf-8"]
+    assert b"served at /ws" in body
+    code, _, _ = await _get(f"http://127.0.0.1:{running.ws_port}/chat.html")
+    assert code == 404
+
+
+def test_example_files_are_all_local():
+    """No page loads anything from another host (no CDN, no web fonts)."""
+    remote = re.compile(r"""(src=|href=|url\(|@import|from |import\()\s*["']?(https?:)?//""")
+    for name in os.listdir(EXAMPLES_DIR):
+        with open(os.path.join(EXAMPLES_DIR, name), encoding="utf-8") as f:
+            text = f.read()
+        for match in remote.finditer(text):
+            line = text[: match.start()].count("\n") + 1
+            # Links a reader may follow are fine; a stylesheet or script is not.
+            context = text[text.rfind("<", 0, match.start()) : match.end()]
+            assert context.startswith("<a "), f"{name}:{line}: {context}"
+
+
+# -- in a real browser ------------------------------------------------------
+
+
+def _text(driver, css: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def _texts(driver, css: str) -> list[str]:
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css)]
+
+
+def _open(driver, url: str, new_tab: bool) -> str:
+    if new_tab:
+        driver.switch_to.new_window("tab")
+    driver.get(url)
+    wait_until(lambda: _text(driver, "#status") == "connected", message=f"{url} to connect")
+    return driver.current_window_handle
+
+
+def _no_console_errors(driver) -> None:
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_message_typed_in_one_page_appears_in_another(make_broker, chrome):
+    running = await make_broker()
+    url = f"http://127.0.0.1:{running.ws_port}/chat.html?room=browser-test"
+
+    def scenario():
+        alice = _open(chrome, url, new_tab=False)
+        bob = _open(chrome, url, new_tab=True)
+        chrome.switch_to.window(alice)
+        name = chrome.find_element(By.ID, "name")
+        name.clear()
+        name.send_keys("alice")
+        chrome.find_element(By.ID, "message").send_keys("hello from the first page")
+        chrome.find_element(By.ID, "send").click()
+        for handle in (bob, alice):
+            chrome.switch_to.window(handle)
+            wait_until(
+                lambda: any(
+                    "alice" in t and "hello from the first page" in t
+                    for t in _texts(chrome, "#messages li.message")
+                ),
+                message="the chat message in every page",
+            )
+        # Enter sends too, and the second page's message reaches the first.
+        chrome.switch_to.window(bob)
+        chrome.find_element(By.ID, "message").send_keys("and back\n")
+        chrome.switch_to.window(alice)
+        wait_until(
+            lambda: any("and back" in t for t in _texts(chrome, "#messages li.message")),
+            message="the reply",
+        )
+        _no_console_errors(chrome)
+
+    await deferToThread(scenario)
+    assert running.broker.stats["published"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_work_queue_is_split_between_two_pages(make_broker, chrome):
+    running = await make_broker()
+    url = f"http://127.0.0.1:{running.ws_port}/work.html?delay=150"
+
+    def scenario():
+        first = _open(chrome, url, new_tab=False)
+        second = _open(chrome, url, new_tab=True)
+        chrome.find_element(By.ID, "add10").click()
+
+        def done() -> dict[str, list[str]]:
+            result = {}
+            for handle in (first, second):
+                chrome.switch_to.window(handle)
+                result[handle] = _texts(chrome, "#done li.task")
+            return result
+
+        wait_until(lambda: sum(len(v) for v in done().values()) == 10, message="10 tasks done")
+        per_page = done()
+        tasks = [t for v in per_page.values() for t in v]
+        assert len(set(tasks)) == 10, tasks
+        assert all(per_page.values()), per_page  # each page did some of the work
+        for handle, finished in per_page.items():
+            chrome.switch_to.window(handle)
+            assert _text(chrome, "#done-count") == str(len(finished))
+            _no_console_errors(chrome)
+
+    await deferToThread(scenario)
+    stats = running.broker.stats
+    assert stats["published"] == 10 and stats["acked"] == 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_feed_shows_the_session_from_connect_to_disconnect(make_broker, chrome):
+    running = await make_broker(heartbeat_send_ms=300, heartbeat_receive_ms=300)
+    url = f"http://127.0.0.1:{running.ws_port}/feed.html?connect=0"
+
+    def scenario():
+        chrome.get(url)
+        assert _text(chrome, "#state") == "closed"
+        chrome.find_element(By.ID, "connect").click()
+        wait_until(lambda: _text(chrome, "#state") == "connected", message="connected")
+        frames = lambda: _texts(chrome, "#frames li.frame")  # noqa: E731
+        wait_until(lambda: any("CONNECTED" in t for t in frames()), message="CONNECTED shown")
+        assert chrome.find_elements(By.CSS_SELECTOR, "#frames li.frame.out")
+        body = chrome.find_element(By.ID, "body")
+        body.clear()
+        body.send_keys("shown in the feed")
+        chrome.find_element(By.ID, "publish").click()
+        wait_until(
+            lambda: any(
+                "MESSAGE" in e.text and "shown in the feed" in e.text
+                for e in chrome.find_elements(By.CSS_SELECTOR, "#frames li.frame.in")
+            ),
+            message="the MESSAGE in the feed",
+        )
+        wait_until(
+            lambda: chrome.find_elements(By.CSS_SELECTOR, "#frames li.frame.heartbeat.in"),
+            message="a heart-beat from the broker",
+        )
+        # The page offers 1000,1000; the broker takes the larger of the two.
+        assert "out 1000 ms / in 1000 ms" in _text(chrome, "#heartbeat")
+        chrome.find_element(By.ID, "disconnect").click()
+        wait_until(lambda: _text(chrome, "#state") == "closed", message="closed")
+        assert any("RECEIPT" in t for t in frames())
+        _no_console_errors(chrome)
+
+    await deferToThread(scenario)
+    wait = deferToThread(wait_until, lambda: not running.broker.sessions, 10.0, "no sessions")
+    await wait
+
+
+@pytest_twisted.ensureDeferred
+async def test_index_page_links_every_example(make_broker, chrome):
+    running = await make_broker()
+    url = f"http://127.0.0.1:{running.ws_port}/"
+
+    def scenario():
+        chrome.get(url)
+        anchors = wait_until(
+            lambda: chrome.find_elements(By.CSS_SELECTOR, "a[href]"), message="the links"
+        )
+        links = {e.get_attribute("href") for e in anchors}
+        for page in PAGES[1:]:
+            assert f"{url}{page}" in links, links
+        shown = run_js(chrome, "return document.body.innerText;")
+        assert f"ws://127.0.0.1:{running.ws_port}/ws" in shown
+        _no_console_errors(chrome)
+
+    await deferToThread(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stomp_js_parser_and_encoder(make_broker, chrome):
+    """
+    The examples' client module, in the browser: frames split at every
+    byte, several frames and heart-beats in one chunk, escaped headers,
+    content-length bodies holding NUL, and encoding that escapes headers
+    except in CONNECT.
+    """
+    running = await make_broker()
+    url = f"http://127.0.0.1:{running.ws_port}/feed.html?connect=0"
+
+    def scenario():
+        chrome.get(url)
+        result = run_js(
+            chrome,
+            """const m = await import('/stomp.js');
+               const frames = []; let beats = 0;
+               const parser = new m.FrameParser((f) => frames.push(f), () => beats++);
+               const data = 'MESSAGE\\r\\nsubscription:1\\nx-key:a\\\\cb\\\\nc\\\\\\\\\\n'
+                 + 'x-key:second\\n\\nhello\\u0000\\n\\r\\n'
+                 + 'MESSAGE\\ncontent-length:3\\n\\na\\u0000b\\u0000\\n';
+               const bytes = new TextEncoder().encode(data);
+               for (let i = 0; i < bytes.length; i++) parser.push(bytes.slice(i, i + 1).buffer);
+               const split = frames.map((f) => ({command: f.command, headers: f.headers,
+                                                  body: Array.from(f.binaryBody)}));
+               frames.length = 0;
+               parser.push(data);
+               const whole = frames.length;
+               const connect = m.encodeFrame('CONNECT', {login: 'a:b'}).text;
+               const send = m.encodeFrame('SEND', {'x-k': 'a:b\\nc'}, 'body').text;
+               return {split, beats, whole, connect, send};""",
+        )
+        first, second = result["split"]
+        assert first["command"] == "MESSAGE"
+        # Escapes undone; a repeated header keeps its first value.
+        assert first["headers"] == {"subscription": "1", "x-key": "a:b\nc\\"}
+        assert first["body"] == list(b"hello")
+        assert second["body"] == [97, 0, 98]
+        assert result["beats"] >= 1
+        assert result["whole"] == 2
+        assert result["connect"].startswith("CONNECT\nlogin:a:b\n")
+        assert "x-k:a\\cb\\nc\n" in result["send"]
+
+    await deferToThread(scenario)
