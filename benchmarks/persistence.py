@@ -48,6 +48,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import FrameParser, encode, header  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCALHOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -158,64 +162,6 @@ class Broker:
 # -- STOMP on raw sockets ---------------------------------------------------------------
 
 
-class FrameParser:
-    """
-    Incremental parser for frames from the broker: data may be split at any
-    byte. A body is ``content-length`` bytes when that header is present,
-    otherwise it ends at the first NUL. End-of-line heart-beats are skipped.
-    Header values are not unescaped (the headers used here need none).
-    """
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[str, dict[str, str], int]]:
-        """Add ``data``; return the frames now complete as (command, headers, body length)."""
-        buf = self.buf
-        buf += data
-        frames = []
-        pos = 0
-        size = len(buf)
-        while True:
-            while pos < size and buf[pos] in (10, 13):
-                pos += 1
-            end = buf.find(b"\n\n", pos)
-            # A CRLF header block ends before the first LF LF (a bounded search).
-            crlf = buf.find(b"\r\n\r\n", pos, end + 2 if end >= 0 else size)
-            if crlf >= 0 and (end < 0 or crlf < end):
-                head_end, start = crlf, crlf + 4
-            elif end >= 0:
-                head_end, start = end, end + 2
-            else:
-                break
-            lines = bytes(buf[pos:head_end]).decode("utf-8").split("\n")
-            command = lines[0].rstrip("\r")
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, _, value = line.rstrip("\r").partition(":")
-                headers.setdefault(name, value)
-            length = headers.get("content-length")
-            if length is not None:
-                stop = start + int(length)
-                if size <= stop:
-                    break
-                if buf[stop] != 0:
-                    raise ValueError(f"{command} frame not terminated by NUL")
-            else:
-                stop = buf.find(b"\x00", start)
-                if stop < 0:
-                    break
-            frames.append((command, headers, stop - start))
-            pos = stop + 1
-        del buf[:pos]
-        return frames
-
-
-def encode(command: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    head = "".join(f"{name}:{value}\n" for name, value in headers.items())
-    return f"{command}\n{head}\n".encode() + body + b"\x00"
-
-
 class Client:
     """A STOMP 1.2 session on a TCP socket (TCP_NODELAY, no heart-beats)."""
 
@@ -230,15 +176,15 @@ class Client:
         sock.connect((LOCALHOST, port))
         self.sock = sock
         self.parser = FrameParser()
-        self.pending: list[tuple[str, dict[str, str], int]] = []
+        self.pending: list[tuple[bytes, bytes, int]] = []
         self.sock.sendall(
             encode("CONNECT", {"accept-version": "1.2", "host": "localhost", "heart-beat": "0,0"})
         )
-        command, headers, _ = self.next_frame(time.monotonic() + timeout)
-        if command != "CONNECTED":
-            raise RuntimeError(f"CONNECT refused: {command} {headers}")
+        command, head, _ = self.next_frame(time.monotonic() + timeout)
+        if command != b"CONNECTED":
+            raise RuntimeError(f"CONNECT refused: {command} {head}")
 
-    def read_frames(self, deadline: float) -> list[tuple[str, dict[str, str], int]]:
+    def read_frames(self, deadline: float) -> list[tuple[bytes, bytes, int]]:
         """The frames that arrive in the next read (perhaps none); raise at EOF."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -252,7 +198,7 @@ class Client:
             raise ConnectionError("the broker closed the connection")
         return self.parser.feed(data)
 
-    def next_frame(self, deadline: float) -> tuple[str, dict[str, str], int]:
+    def next_frame(self, deadline: float) -> tuple[bytes, bytes, int]:
         while not self.pending:
             self.pending.extend(self.read_frames(deadline))
         return self.pending.pop(0)
@@ -264,9 +210,9 @@ class Client:
                 {"destination": destination, "id": "bench", "ack": ack, "receipt": "subscribed"},
             )
         )
-        command, headers, _ = self.next_frame(deadline)
-        if command != "RECEIPT" or headers.get("receipt-id") != "subscribed":
-            raise RuntimeError(f"SUBSCRIBE failed: {command} {headers}")
+        command, head, _ = self.next_frame(deadline)
+        if command != b"RECEIPT" or header(head, b"receipt-id") != b"subscribed":
+            raise RuntimeError(f"SUBSCRIBE failed: {command} {head}")
 
     def close(self) -> None:
         try:
@@ -321,17 +267,17 @@ class Consumer(threading.Thread):
                 frames = client.pending or client.read_frames(self.deadline)
                 client.pending = []
                 acks = []
-                for command, headers, _ in frames:
-                    if command != "MESSAGE":
-                        raise RuntimeError(f"consumer got {command}: {headers}")
-                    seq = int(headers["seq"])
+                for command, head, _ in frames:
+                    if command != b"MESSAGE":
+                        raise RuntimeError(f"consumer got {command}: {head}")
+                    seq = int(header(head, b"seq"))
                     if self.seen[seq]:
                         self.duplicates += 1
                     else:
                         self.seen[seq] = 1
                         self.distinct += 1
                     if self.ack_each:
-                        acks.append(encode("ACK", {"id": headers["ack"]}))
+                        acks.append(encode("ACK", {"id": header(head, b"ack").decode()}))
                 if acks:
                     send_all(client.sock, b"".join(acks), self.deadline)
             self.finished_at = time.perf_counter()
@@ -354,9 +300,9 @@ class ReceiptReader(threading.Thread):
     def run(self) -> None:
         try:
             while self.count < self.expected:
-                for command, headers, _ in self.client.read_frames(self.deadline):
-                    if command != "RECEIPT":
-                        raise RuntimeError(f"producer got {command}: {headers}")
+                for command, head, _ in self.client.read_frames(self.deadline):
+                    if command != b"RECEIPT":
+                        raise RuntimeError(f"producer got {command}: {head}")
                     self.count += 1
             self.last_at = time.perf_counter()
         except Exception as e:

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
 from stomptw.frame import encode_frame
-from stomptw.protocol import StompFactory, StompProtocol, _can_half_close
+from stomptw.protocol import StompFactory, StompProtocol, close_lingering
 
 __all__ = ["LOG_INTERVAL", "ConnectionLimit", "LimitedStompFactory"]
 
@@ -153,22 +153,10 @@ class _RefusedStompProtocol(Protocol):
                 "ERROR", {"message": message, "content-type": "text/plain"}, body, version="1.0"
             )
         )
-        if _can_half_close(self.transport):
-            self.transport.loseWriteConnection()
-        else:
-            self.transport.loseConnection()
-        self._timer = self._clock.callLater(self._linger, self._linger_expired)
+        self._timer = close_lingering(self.transport, self._clock, self._linger)
 
     def dataReceived(self, data: bytes) -> None:
         pass
-
-    def _linger_expired(self) -> None:
-        self._timer = None
-        abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:
         if self._timer is not None and self._timer.active():

@@ -16,7 +16,14 @@ from collections.abc import Callable
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+    ITCPTransport,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -653,13 +660,7 @@ class StompProtocol(Protocol):
             resume = getattr(transport, "resumeProducing", None)
             if resume is not None:
                 resume()
-        if _can_half_close(transport):
-            transport.loseWriteConnection()
-        else:
-            # TLS (a wrapping transport) closes with close_notify after the
-            # data written; WebSocket with its closing handshake.
-            transport.loseConnection()
-        self._linger_timer = self.clock.callLater(self.config.close_linger, self._linger_expired)
+        self._linger_timer = close_lingering(transport, self.clock, self.config.close_linger)
 
     def _cancel_timers(self, *extra: str) -> None:
         for name in ("_login_timer", "_send_timer", "_receive_timer", *extra):
@@ -691,14 +692,6 @@ class StompProtocol(Protocol):
             sub.active = False
         for sub in subs:
             self.broker.unsubscribe(sub)
-
-    def _linger_expired(self) -> None:
-        self._linger_timer = None
-        abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            self.transport.loseConnection()
 
     def _login_timed_out(self) -> None:
         self._login_timer = None
@@ -1099,6 +1092,31 @@ def _can_half_close(transport: object) -> bool:
     if isinstance(transport, ProtocolWrapper) or ISSLTransport.providedBy(transport):
         return False
     return ITCPTransport.providedBy(transport) and hasattr(transport, "loseWriteConnection")
+
+
+def close_lingering(transport: ITransport, clock: IReactorTime, linger: float) -> IDelayedCall:
+    """
+    Close ``transport`` once what was written has gone out, without
+    resetting it under that data: a plain TCP connection shuts down its
+    sending side first (the caller keeps reading and discarding until the
+    peer closes); TLS closes with close_notify, WebSocket with its closing
+    handshake. If the peer has not closed within ``linger`` seconds, the
+    connection is dropped. Returns that timer; cancel it once the
+    connection is gone.
+    """
+    if _can_half_close(transport):
+        transport.loseWriteConnection()
+    else:
+        transport.loseConnection()
+    return clock.callLater(linger, _drop, transport)
+
+
+def _drop(transport: ITransport) -> None:
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
 
 
 _DESTINATION_HELP = (

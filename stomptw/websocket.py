@@ -239,6 +239,9 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     counted: ConnectionLimit | None = None
     #: The STOMP session registered as producer with the socket, if any.
     stomp_producer = None
+    #: Whether incoming data frames may bypass Autobahn's frame processing
+    #: (no frame or octet logging, no timing tracking; set on open).
+    fast_receive = False
     #: Whether outgoing messages may bypass Autobahn's sendMessage (set on open).
     fast_send = False
 
@@ -290,13 +293,12 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         # Outgoing frames are built by _WebSocketTransport.write unless an
         # option needs Autobahn's own sendMessage.
+        self.fast_receive = not (self.logFrames or self.logOctets or self.trackedTimings)
         self.fast_send = (
-            self._perMessageCompress is None
+            self.fast_receive
+            and self._perMessageCompress is None
             and not self.autoFragmentSize
             and not self.maskServerFrames
-            and not self.logFrames
-            and not self.logOctets
-            and not self.trackedTimings
         )
         self.stomp = self.factory.stomp_factory.buildProtocol(self.transport.getPeer())
         self.stomp.makeConnection(_WebSocketTransport(self))
@@ -325,9 +327,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             or self.inside_message
             or self.failedByMe
             or self.stomp is None
-            or self.logOctets
-            or self.logFrames
-            or self.trackedTimings
+            or not self.fast_receive
         ):
             self._dataReceived(data)
             return

@@ -16,8 +16,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,9 @@ INSTALL_HINT = (
     "(sudo apt-get install chromium chromium-driver) and the test extra "
     "(pip install '.[test]', which brings selenium)"
 )
+
+#: How long a test waits for something to happen in a page.
+PAGE_TIMEOUT = 15.0
 
 NPM_HINT = "install Node.js and npm (sudo apt-get install npm) so the test setup can fetch it"
 
@@ -129,20 +130,6 @@ def run_js(driver: Any, body: str, *args: Any) -> Any:
     if not result["ok"]:
         raise AssertionError(f"in the browser: {result['error']}")
     return result["value"]
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = 15.0, message: str = "condition"
-) -> Any:
-    """Poll ``predicate`` (from a test thread) until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.05)
 
 
 def npm_install(package: str, target: Path) -> Path:

@@ -37,6 +37,18 @@ LOCALHOST = "127.0.0.1"
 _ids = itertools.count(1)
 
 
+def wait_until(predicate, what: str, timeout: float = TIMEOUT, interval: float = 0.02):
+    """Poll ``predicate`` (cheap, from a worker thread) until true or a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(interval)
+
+
 def unique(prefix: str) -> str:
     """A name no other test uses (destinations, receipts, transactions)."""
     return f"{prefix}-{next(_ids)}-{uuid.uuid4().hex[:8]}"

@@ -15,7 +15,8 @@ import time
 
 import pytest_twisted
 import stomp
-from browser import run_js, wait_until
+from browser import PAGE_TIMEOUT, run_js
+from clients import wait_until
 from twisted.internet import reactor
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 
@@ -126,7 +127,9 @@ async def test_stompjs_negotiates_and_exchanges_text_and_binary(
             )
             assert got["text"] == ["h\u00e9llo \u2713"]
             assert got["binary"] == [[0, 1, 2, 255, 0, 10]]
-            wait_until(lambda: len(listener.message_list) == 2, message="two messages over TCP")
+            wait_until(
+                lambda: len(listener.message_list) == 2, "two messages over TCP", PAGE_TIMEOUT
+            )
             (first_headers, first_body), (second_headers, second_body) = listener.message_list
             assert first_body == "caf\u00e9 from the page"
             assert first_headers["x-origin"] == "browser"
@@ -234,7 +237,7 @@ async def test_stompjs_graceful_disconnect_with_receipt(make_broker, chrome, sto
         assert ">>> DISCONNECT" in log and "receipt:" in log, log
         assert "<<< RECEIPT" in log, log
         assert record["closes"] == [1000], record
-        wait_until(lambda: not running.broker.sessions, message="the session to end")
+        wait_until(lambda: not running.broker.sessions, "the session to end", PAGE_TIMEOUT)
 
     await deferToThread(scenario)
 
@@ -262,7 +265,8 @@ async def test_stompjs_reconnects_after_the_broker_closes(
         blockingCallFromThread(reactor, session.close_by_operator, "reconnect test")
         wait_until(
             lambda: run_js(chrome, "return clients.a.connects;") == 2,
-            message="stompjs to reconnect",
+            "stompjs to reconnect",
+            PAGE_TIMEOUT,
         )
         record = run_js(chrome, "return {errors: clients.a.errors, closes: clients.a.closes};")
         assert record["errors"] == ["closed by the operator"], record
@@ -272,7 +276,7 @@ async def test_stompjs_reconnects_after_the_broker_closes(
             sessions = list(running.broker.sessions)
             return len(sessions) == 1 and sessions[0].subscriptions
 
-        wait_until(subscribed, message="the new session to subscribe")
+        wait_until(subscribed, "the new session to subscribe", PAGE_TIMEOUT)
         tcp = stomp.Connection12([("127.0.0.1", running.tcp_port)])
         tcp.connect(wait=True)
         tcp.send("/topic/again", "after the reconnect", receipt="r")
@@ -282,7 +286,8 @@ async def test_stompjs_reconnects_after_the_broker_closes(
                 run_js(chrome, "return clients.a.messages.map((m) => m.body);")
                 == ["after the reconnect"]
             ),
-            message="the message after reconnecting",
+            "the message after reconnecting",
+            PAGE_TIMEOUT,
         )
 
     await deferToThread(scenario)

@@ -19,7 +19,15 @@ import time
 
 import pytest
 import pytest_twisted
-from clients import TIMEOUT, ClientPool, FrameReader, encode_frame, run_clients, unique
+from clients import (
+    TIMEOUT,
+    ClientPool,
+    FrameReader,
+    encode_frame,
+    run_clients,
+    unique,
+    wait_until,
+)
 from twisted.internet import reactor
 from twisted.internet.threads import blockingCallFromThread
 
@@ -61,18 +69,6 @@ def queue_count(running, name: str) -> int:
     """Messages queue ``name`` holds (waiting and unacknowledged); 0 if forgotten."""
     state = queue_state(running, name)
     return 0 if state is None else state[0]
-
-
-def wait_until(predicate, what: str, timeout: float = TIMEOUT, interval: float = 0.02):
-    """Poll ``predicate`` (cheap, from a worker thread) until true or a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(interval)
 
 
 def now_ms() -> int:

@@ -12,7 +12,8 @@ import re
 
 import pytest_twisted
 import treq
-from browser import run_js, wait_until
+from browser import PAGE_TIMEOUT, run_js
+from clients import wait_until
 from selenium.webdriver.common.by import By
 from twisted.internet.threads import deferToThread
 
@@ -103,7 +104,7 @@ def _open(driver, url: str, new_tab: bool) -> str:
     if new_tab:
         driver.switch_to.new_window("tab")
     driver.get(url)
-    wait_until(lambda: _text(driver, "#status") == "connected", message=f"{url} to connect")
+    wait_until(lambda: _text(driver, "#status") == "connected", f"{url} to connect", PAGE_TIMEOUT)
     return driver.current_window_handle
 
 
@@ -133,7 +134,8 @@ async def test_chat_message_typed_in_one_page_appears_in_another(make_broker, ch
                     "alice" in t and "hello from the first page" in t
                     for t in _texts(chrome, "#messages li.message")
                 ),
-                message="the chat message in every page",
+                "the chat message in every page",
+                PAGE_TIMEOUT,
             )
         # Enter sends too, and the second page's message reaches the first.
         chrome.switch_to.window(bob)
@@ -141,7 +143,8 @@ async def test_chat_message_typed_in_one_page_appears_in_another(make_broker, ch
         chrome.switch_to.window(alice)
         wait_until(
             lambda: any("and back" in t for t in _texts(chrome, "#messages li.message")),
-            message="the reply",
+            "the reply",
+            PAGE_TIMEOUT,
         )
         _no_console_errors(chrome)
 
@@ -166,7 +169,9 @@ async def test_work_queue_is_split_between_two_pages(make_broker, chrome):
                 result[handle] = _texts(chrome, "#done li.task")
             return result
 
-        wait_until(lambda: sum(len(v) for v in done().values()) == 10, message="10 tasks done")
+        wait_until(
+            lambda: sum(len(v) for v in done().values()) == 10, "10 tasks done", PAGE_TIMEOUT
+        )
         per_page = done()
         tasks = [t for v in per_page.values() for t in v]
         assert len(set(tasks)) == 10, tasks
@@ -190,9 +195,9 @@ async def test_feed_shows_the_session_from_connect_to_disconnect(make_broker, ch
         chrome.get(url)
         assert _text(chrome, "#state") == "closed"
         chrome.find_element(By.ID, "connect").click()
-        wait_until(lambda: _text(chrome, "#state") == "connected", message="connected")
+        wait_until(lambda: _text(chrome, "#state") == "connected", "connected", PAGE_TIMEOUT)
         frames = lambda: _texts(chrome, "#frames li.frame")  # noqa: E731
-        wait_until(lambda: any("CONNECTED" in t for t in frames()), message="CONNECTED shown")
+        wait_until(lambda: any("CONNECTED" in t for t in frames()), "CONNECTED shown", PAGE_TIMEOUT)
         assert chrome.find_elements(By.CSS_SELECTOR, "#frames li.frame.out")
         body = chrome.find_element(By.ID, "body")
         body.clear()
@@ -203,21 +208,23 @@ async def test_feed_shows_the_session_from_connect_to_disconnect(make_broker, ch
                 "MESSAGE" in e.text and "shown in the feed" in e.text
                 for e in chrome.find_elements(By.CSS_SELECTOR, "#frames li.frame.in")
             ),
-            message="the MESSAGE in the feed",
+            "the MESSAGE in the feed",
+            PAGE_TIMEOUT,
         )
         wait_until(
             lambda: chrome.find_elements(By.CSS_SELECTOR, "#frames li.frame.heartbeat.in"),
-            message="a heart-beat from the broker",
+            "a heart-beat from the broker",
+            PAGE_TIMEOUT,
         )
         # The page offers 1000,1000; the broker takes the larger of the two.
         assert "out 1000 ms / in 1000 ms" in _text(chrome, "#heartbeat")
         chrome.find_element(By.ID, "disconnect").click()
-        wait_until(lambda: _text(chrome, "#state") == "closed", message="closed")
+        wait_until(lambda: _text(chrome, "#state") == "closed", "closed", PAGE_TIMEOUT)
         assert any("RECEIPT" in t for t in frames())
         _no_console_errors(chrome)
 
     await deferToThread(scenario)
-    wait = deferToThread(wait_until, lambda: not running.broker.sessions, 10.0, "no sessions")
+    wait = deferToThread(wait_until, lambda: not running.broker.sessions, "no sessions", 10.0)
     await wait
 
 
@@ -229,7 +236,7 @@ async def test_index_page_links_every_example(make_broker, chrome):
     def scenario():
         chrome.get(url)
         anchors = wait_until(
-            lambda: chrome.find_elements(By.CSS_SELECTOR, "a[href]"), message="the links"
+            lambda: chrome.find_elements(By.CSS_SELECTOR, "a[href]"), "the links", PAGE_TIMEOUT
         )
         links = {e.get_attribute("href") for e in anchors}
         for page in PAGES[1:]:

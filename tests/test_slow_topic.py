@@ -22,14 +22,13 @@ import time
 
 import pytest
 import pytest_twisted
-from clients import TIMEOUT, ClientPool, run_clients
+from clients import TIMEOUT, ClientPool, run_clients, wait_until
 from test_delivery import (
     KIB,
     _raw_frames_until_closed,
     _stalled_raw_subscriber,
     stats,
     topic_name,
-    wait_until,
 )
 from twisted.internet.task import Clock
 from twisted.python import usage
@@ -350,6 +349,21 @@ def _published_settles(running, below: int) -> int:
         time.sleep(0.3)
 
 
+def _publisher_blocked_by_stalled_subscriber(pool: ClientPool, running, dest: str, total: int):
+    """
+    A subscriber that never reads, one that does (stomp.py), and a raw
+    producer of ``total`` messages, started and blocked by the first;
+    returns (stalled, reader, done, producer thread).
+    """
+    stalled = _stalled_raw_subscriber(pool, running, dest)
+    reader = pool.tcp(running.tcp_port)
+    reader.subscribe(dest)
+    done = threading.Event()
+    _, thread = _raw_producer(pool, running.tcp_port, dest, total, done)
+    wait_until(lambda: stats(running)["producers_blocked"] > 0, "producer blocked")
+    return stalled, reader, done, thread
+
+
 @pytest_twisted.ensureDeferred
 async def test_fast_publisher_is_paused_and_nothing_is_lost(make_broker):
     running = await make_broker(write_high_water=16 * KIB, slow_topic_limit=LIMIT)
@@ -357,12 +371,9 @@ async def test_fast_publisher_is_paused_and_nothing_is_lost(make_broker):
     total = 80
 
     def scenario(pool: ClientPool):
-        stalled = _stalled_raw_subscriber(pool, running, dest)
-        reader = pool.tcp(running.tcp_port)
-        reader.subscribe(dest)
-        done = threading.Event()
-        _, thread = _raw_producer(pool, running.tcp_port, dest, total, done)
-        wait_until(lambda: stats(running)["producers_blocked"] > 0, "producer blocked")
+        stalled, reader, done, thread = _publisher_blocked_by_stalled_subscriber(
+            pool, running, dest, total
+        )
         # The broker stopped reading from the producer: its SENDs wait.
         published = _published_settles(running, total)
         assert published <= 2 * LIMIT + 8, published
@@ -452,12 +463,9 @@ async def test_timeout_disconnects_stuck_subscriber_and_publisher_resumes(make_b
     total = 80
 
     def scenario(pool: ClientPool):
-        stalled = _stalled_raw_subscriber(pool, running, dest)
-        reader = pool.tcp(running.tcp_port)
-        reader.subscribe(dest)
-        done = threading.Event()
-        _, thread = _raw_producer(pool, running.tcp_port, dest, total, done)
-        wait_until(lambda: stats(running)["producers_blocked"] > 0, "producer blocked")
+        stalled, reader, done, thread = _publisher_blocked_by_stalled_subscriber(
+            pool, running, dest, total
+        )
         # Nobody reads the stalled subscriber: after 0.5 s it is disconnected
         # and the producer goes on to the end.
         assert done.wait(2 * TIMEOUT), "the producer's receipt"
