@@ -181,18 +181,30 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
-def _fast_frames(ws: StompWebSocketProtocol, data: bytes) -> int:
+#: Largest payload of a frame the fast path waits for when it arrives in
+#: pieces; a larger one is handed to Autobahn, which streams its payload to
+#: the STOMP parser as it arrives instead of holding all of it.
+FAST_PARTIAL_MAX = 65536
+
+
+def _fast_frames(ws: StompWebSocketProtocol, data: bytes) -> tuple[int, bool]:
     """
     Feed the complete simple data frames at the start of ``data`` to the
     STOMP session (see :meth:`StompWebSocketProtocol.dataReceived`); return
-    how many bytes they took.
+    how many bytes they took, and whether the rest is only the beginning of
+    a frame to wait for (its header so far allows the fast path, and its
+    payload is at most :data:`FAST_PARTIAL_MAX`).
     """
     size = len(data)
     pos = 0
     frame_limit = ws.maxFramePayloadSize
     message_limit = ws.maxMessagePayloadSize
     validate = ws.utf8validateIncoming
-    while size - pos >= 6:
+    while True:
+        if size - pos < 6:
+            # Too short to tell (a masked frame's header is at least 6 bytes):
+            # Autobahn, too, would only buffer these bytes.
+            return pos, True
         b0 = data[pos]
         if b0 != 0x81 and b0 != 0x82:
             break
@@ -215,7 +227,7 @@ def _fast_frames(ws: StompWebSocketProtocol, data: bytes) -> int:
             break
         end = head + 4 + n
         if end > size:
-            break
+            return pos, head + 4 <= size and n <= FAST_PARTIAL_MAX
         payload = _unmask(data[head + 4 : end], data[head : head + 4]) if n else b""
         if b0 == 0x81 and validate and not payload.isascii():
             try:
@@ -228,7 +240,7 @@ def _fast_frames(ws: StompWebSocketProtocol, data: bytes) -> int:
             stomp.dataReceived(payload)
         if ws.state != ws.STATE_OPEN or ws.failedByMe or ws.stomp is None:
             break
-    return pos
+    return pos, False
 
 
 class StompWebSocketProtocol(WebSocketServerProtocol):
@@ -312,9 +324,12 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         with nothing to remember: an open connection between messages, and
         frames with FIN set, no RSV bits, opcode text or binary, masked,
         a minimally encoded length within the frame and message limits, all
-        of it buffered, and (for text) valid UTF-8. It stops at the first
-        frame that is anything else (a control frame, a fragment, a partial
-        frame, an oversized or invalid one) and hands the rest, unchanged,
+        of it buffered, and (for text) valid UTF-8. The start of such a frame
+        (up to :data:`FAST_PARTIAL_MAX` of payload) waits in the buffer for
+        the rest, as a pipelining client's writes are cut anywhere by TCP.
+        It stops at the first frame that is anything else (a control frame,
+        a fragment, a larger partial frame, an oversized or invalid one)
+        and hands the rest, unchanged,
         to Autobahn's own frame processing, which then sees exactly the
         bytes it would have seen, so closing handshakes, pings, limits
         (close code 1009) and protocol errors behave as before. Autobahn's
@@ -334,12 +349,19 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         if self.data:
             data = self.data + data
             self.data = b""
-        pos = _fast_frames(self, data)
+        pos, wait = _fast_frames(self, data)
         if pos and self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
             # As Autobahn does at the end of every data frame.
             self._cancelAutoPingTimeoutCall()
         if pos < len(data):
-            self._dataReceived(data[pos:] if pos else data)
+            rest = data[pos:] if pos else data
+            if wait:
+                # The start of a frame the fast path will take once it is
+                # whole: keep it in Autobahn's own buffer, where Autobahn
+                # would find it if the next bytes go its way.
+                self.data = rest
+            else:
+                self._dataReceived(rest)
 
     # Messages are not buffered: the payload of every WebSocket frame streams
     # into the STOMP parser as it arrives (after Autobahn's UTF-8 check for

@@ -16,7 +16,7 @@ import pytest_twisted
 import websocket
 from clients import ClientPool, encode_frame, parse_single_frame, run_clients, unique
 
-from stomptw.websocket import _unmask
+from stomptw.websocket import FAST_PARTIAL_MAX, _unmask
 
 TEXT = websocket.ABNF.OPCODE_TEXT
 BINARY = websocket.ABNF.OPCODE_BINARY
@@ -272,6 +272,56 @@ def test_simple_frames_bypass_autobahn_both_ways():
     assert [b0 for b0, _ in frames] == [0x81, 0x81, 0x81, 0x82]
     assert parse_single_frame(frames[0][1]).command == "CONNECTED"
     assert [parse_single_frame(p).body for _, p in frames[1:]] == bodies
+
+
+def test_frames_cut_anywhere_wait_for_their_rest_on_the_fast_path():
+    """
+    A pipelining client's frames arrive cut at arbitrary points: the start
+    of a frame waits in the buffer and the frame is taken whole by the fast
+    path, never by Autobahn's processData (which, once it has seen a partial
+    frame, would also take every frame after it in that read).
+    """
+    proto, transport = _open_in_process()
+
+    def slow_path(*args, **kwargs):
+        raise AssertionError("took Autobahn's path")
+
+    proto.processData = slow_path
+    bodies = [b"a" * 5, b"b" * 200, b"c" * (FAST_PARTIAL_MAX - 100)]
+    raw = wire(encode_frame("CONNECT", {"accept-version": "1.2", "host": "x"}))
+    raw += wire(encode_frame("SUBSCRIBE", {"destination": "/queue/cut", "id": "1"}))
+    for body in bodies:
+        headers = {"destination": "/queue/cut", "content-length": str(len(body))}
+        raw += wire(encode_frame("SEND", headers, body))
+    cuts = sorted({1, 2, 5, 6, 7, 9, 40, 41, 200, len(raw) // 2, len(raw) - 3})
+    for start, stop in zip([0, *cuts], [*cuts, len(raw)], strict=True):
+        proto.dataReceived(raw[start:stop])
+    frames = [parse_single_frame(p) for _, p in _server_frames(transport.value())]
+    assert frames[0].command == "CONNECTED"
+    assert [f.body for f in frames[1:]] == bodies
+
+
+def test_a_large_frame_in_pieces_streams_through_autobahn():
+    """
+    A frame whose payload is over FAST_PARTIAL_MAX is not held whole: its
+    pieces stream through Autobahn to the STOMP parser as they arrive, and
+    whole frames after it take the fast path again.
+    """
+    proto, transport = _open_in_process()
+    proto.dataReceived(wire(encode_frame("CONNECT", {"accept-version": "1.2", "host": "x"})))
+    proto.dataReceived(wire(encode_frame("SUBSCRIBE", {"destination": "/queue/big", "id": "1"})))
+    transport.clear()
+    body = b"z" * (FAST_PARTIAL_MAX + 1000)
+    headers = {"destination": "/queue/big", "content-length": str(len(body))}
+    big = wire(encode_frame("SEND", headers, body), BINARY)
+    seen = []
+    original = proto.stomp.dataReceived
+    proto.stomp.dataReceived = lambda data: (seen.append(len(data)), original(data))
+    proto.dataReceived(big[:30000])
+    assert proto.data == b"" and sum(seen) > 29000  # streamed, not held
+    proto.dataReceived(big[30000:])
+    (frame,) = _server_frames(transport.value())
+    assert parse_single_frame(frame[1]).body == body
 
 
 def test_control_frames_and_partial_frames_still_go_to_autobahn():
