@@ -41,6 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FD_LIMIT = 65536
 SCENARIOS = ("queue", "topic", "individual", "latency", "connections")
+BROKERS = ("stomptw", "rabbitmq", "activemq")
+WARM_UP_MESSAGES = 20000
 
 
 def free_port() -> int:
@@ -78,6 +80,7 @@ def stomp_ready(target: Target, deadline: float) -> bool:
 class BrokerProcess:
     name = ""
     pid = 0
+    transports = ("tcp", "ws")
 
     def target(self, transport: str) -> Target:
         raise NotImplementedError
@@ -135,13 +138,7 @@ class Stomptw(BrokerProcess):
         return Target("stomptw", transport, port)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        loadgen.stop_process(self.proc)
         self._log.close()
 
 
@@ -263,16 +260,7 @@ class RabbitMQ(BrokerProcess):
                 )
             except subprocess.TimeoutExpired:
                 pass
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(30)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(10)
+        loadgen.stop_process(self.proc, 30, group=True)
         marker = f"ERL_EPMD_PORT={self.epmd_port}".encode()
 
         def is_our_epmd(entry: Path) -> bool:
@@ -285,6 +273,104 @@ class RabbitMQ(BrokerProcess):
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        self._log.close()
+
+
+ACTIVEMQ_HOME = Path("/usr/share/activemq")  # Debian's activemq package
+
+ACTIVEMQ_XML = """<beans xmlns="http://www.springframework.org/schema/beans"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+  xsi:schemaLocation="http://www.springframework.org/schema/beans
+    http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
+    http://activemq.apache.org/schema/core
+    http://activemq.apache.org/schema/core/activemq-core.xsd">
+  <bean class="org.springframework.beans.factory.config.PropertyPlaceholderConfigurer"/>
+  <broker xmlns="http://activemq.apache.org/schema/core" brokerName="bench" useJmx="false"
+          dataDirectory="${{activemq.data}}">
+    <persistenceAdapter><kahaDB directory="${{activemq.data}}/kahadb"/></persistenceAdapter>
+    <transportConnectors>
+      <transportConnector name="stomp"
+          uri="{scheme}://{host}:{port}?transport.tcpNoDelay=true"/>
+    </transportConnectors>
+  </broker>
+</beans>
+"""
+
+
+def find_activemq() -> str | None:
+    """``java`` if ActiveMQ Classic (Debian's package) and a Java runtime are installed."""
+    java = shutil.which("java")
+    if java and (ACTIVEMQ_HOME / "bin" / "activemq.jar").exists():
+        return java
+    return None
+
+
+class ActiveMQ(BrokerProcess):
+    """A private ActiveMQ Classic broker: its own base, data and config directories.
+
+    Debian's package has no WebSocket transport, so only STOMP over TCP is measured.
+    The JVM is started directly (``java -jar activemq.jar start``, as ``/usr/bin/activemq``
+    does) with the package's default heap, and stopped with SIGTERM.
+    """
+
+    name = "activemq"
+    transports = ("tcp",)
+
+    def __init__(self, workdir: Path, java: str, scheme: str = "stomp+nio") -> None:
+        for sub in ("conf", "data", "tmp"):
+            (workdir / sub).mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.stomp_port = free_port()
+        conf = workdir / "conf"
+        (conf / "activemq.xml").write_text(
+            ACTIVEMQ_XML.format(scheme=scheme, host=LOCALHOST, port=self.stomp_port)
+        )
+        # The package's log configuration: without one, log4j2 prints only warnings.
+        packaged = Path("/etc/activemq/instances-available/main/log4j2.properties")
+        if packaged.exists():
+            shutil.copy(packaged, conf / "log4j2.properties")
+        self.log_path = workdir / "activemq.out"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                java,
+                "-Xms512M",
+                "-Xmx512M",
+                "--add-opens",
+                "java.base/java.lang=ALL-UNNAMED",
+                "--add-reads=java.xml=java.logging",
+                f"-Dactivemq.classpath={conf}:",
+                f"-Dactivemq.home={ACTIVEMQ_HOME}",
+                f"-Dactivemq.base={workdir}",
+                f"-Dactivemq.conf={conf}",
+                f"-Dactivemq.data={workdir / 'data'}",
+                f"-Djava.io.tmpdir={workdir / 'tmp'}",
+                "-jar",
+                str(ACTIVEMQ_HOME / "bin" / "activemq.jar"),
+                "start",
+                f"xbean:file:{conf / 'activemq.xml'}",
+            ],
+            cwd=workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_high_fd_limit,
+        )
+        self.pid = self.proc.pid
+        if not stomp_ready(self.target("tcp"), time.monotonic() + 90):
+            log = self.log_path.read_text(errors="replace")[-3000:]
+            self.stop()
+            raise RuntimeError(f"ActiveMQ did not accept a STOMP CONNECT in 90 s:\n{log}")
+
+    def target(self, transport: str) -> Target:
+        return Target(
+            "activemq",
+            transport,
+            self.stomp_port,
+            connect_headers={"host": "localhost", "login": "guest", "passcode": "guest"},
+        )
+
+    def stop(self) -> None:
+        loadgen.stop_process(self.proc, 30)
         self._log.close()
 
 
@@ -400,14 +486,18 @@ def median(values: list[float]) -> float:
 
 
 def print_table(results: list[dict], brokers: list[str]) -> None:
+    """Medians per case and broker, with the ratio of stomptw's to each other broker's."""
     by_case: dict[str, dict[str, list[dict]]] = {}
     for r in results:
         by_case.setdefault(r["case"], {}).setdefault(r["broker"], []).append(r)
+    others = [b for b in brokers if b != "stomptw"] if "stomptw" in brokers else []
     head = f"{'scenario':<34} {'figure':<12}"
     for b in brokers:
         head += f" {b:>12} {'ok':>5} {'lost':>7}"
-    if len(brokers) == 2:
-        head += f" {'ratio':>7}  {'better':<6}"
+    for b in others:
+        head += f" {'vs ' + b:>12}"
+    if others:
+        head += "  better"
     print(head)
     extra_lines = []
     for case, per in by_case.items():
@@ -417,55 +507,35 @@ def print_table(results: list[dict], brokers: list[str]) -> None:
         meds = {}
         for b in brokers:
             runs = per.get(b, [])
+            if not runs:
+                meds[b] = float("nan")
+                line += f" {'-':>12} {'-':>5} {'-':>7}"
+                continue
             good = [r for r in runs if r.get("ok")] or runs
             meds[b] = median([r[key] for r in good if key in r])
             oks = f"{sum(1 for r in runs if r.get('ok'))}/{len(runs)}"
-            lost = median([g(r, "lost") for r in runs]) if sc != "connections" else 0
             if sc == "connections":
                 lost = max((g(r, "failures") for r in runs), default=0)
+            else:
+                lost = median([g(r, "lost") for r in runs])
             line += f" {meds[b]:>12.1f} {oks:>5} {lost:>7.0f}"
-        if len(brokers) == 2:
-            a, b = meds[brokers[0]], meds[brokers[1]]
-            ratio = a / b if b else float("nan")
-            line += f" {ratio:>7.2f}  {'higher' if higher else 'lower':<6}"
+        for b in others:
+            ratio = meds["stomptw"] / meds[b] if meds[b] else float("nan")
+            line += f" {'-' if ratio != ratio else f'{ratio:.2f}':>12}"
+        if others:
+            line += f"  {'higher' if higher else 'lower'}"
         print(line)
         for b in brokers:
             runs = per.get(b, [])
-            if not runs:
-                continue
-            if sc == "latency":
-                ok_runs = [r for r in runs if r.get("ok")] or runs
-                extra_lines.append(
-                    f"  {case} [{b}]: p50 {median([g(r, 'p50_ms') for r in ok_runs]):.2f} ms, "
-                    f"p99 {median([g(r, 'p99_ms') for r in ok_runs]):.2f} ms, "
-                    f"p99.9 {median([g(r, 'p999_ms') for r in ok_runs]):.2f} ms, "
-                    f"lost {median([g(r, 'lost') for r in ok_runs]):.0f}, "
-                    f"broker cpu {median([g(r, 'broker_cpu_s') for r in ok_runs]):.2f} s, "
-                    f"generator cpu {median([g(r, 'gen_cpu_s') for r in ok_runs]):.2f} s"
-                )
-            elif sc == "connections":
-                extra_lines.append(
-                    f"  {case} [{b}]: opened {median([g(r, 'opened') for r in runs]):.0f}, "
-                    f"failures {max(g(r, 'failures') for r in runs)}, "
-                    f"open time {median([g(r, 'open_seconds') for r in runs]):.2f} s, "
-                    f"RSS {median([g(r, 'rss_before_mib') for r in runs]):.1f} -> "
-                    f"{median([g(r, 'rss_after_mib') for r in runs]):.1f} MiB"
-                )
-            else:
-                extra_lines.append(
-                    f"  {case} [{b}]: lost {max(g(r, 'lost') for r in runs)}, "
-                    f"dup {max(g(r, 'duplicates') for r in runs)}, "
-                    f"broker cpu {median([g(r, 'broker_cpu_s') for r in runs]):.2f} s, "
-                    f"generator cpu {median([g(r, 'gen_cpu_s') for r in runs]):.2f} s, "
-                    f"MB/s {median([g(r, 'mb_per_s') for r in runs]):.1f}"
-                )
-    if len(brokers) == 2:
+            if runs:
+                extra_lines.append(f"  {case} [{b}]: " + detail(sc, runs))
+    if others:
         print(
-            f"\nratio = {brokers[0]} / {brokers[1]} of the medians; 'better' says which "
-            "direction is better (msgs/s: higher; latency p99 and KiB/conn: lower). "
-            "ok = runs with every message delivered exactly once (connections: no "
-            "failure); lost = median messages not delivered (connections: failures); "
-            "throughput medians are over the ok runs when there are any."
+            "\nvs X = stomptw / X of the medians; 'better' says which direction is better "
+            "(msgs/s: higher; latency p99 and KiB/conn: lower). ok = runs with every "
+            "message delivered exactly once (connections: no failure); lost = median "
+            "messages not delivered (connections: failures); throughput medians are over "
+            "the ok runs when there are any; '-' = not measured (ActiveMQ: TCP only)."
         )
     print("\nper broker (medians over rounds):")
     for line in extra_lines:
@@ -473,6 +543,32 @@ def print_table(results: list[dict], brokers: list[str]) -> None:
     for r in results:
         if r.get("error") or not r.get("ok"):
             print(f"! {r['case']} [{r['broker']}] round {r['round']}: {r.get('error') or 'not ok'}")
+
+
+def detail(sc: str, runs: list[dict]) -> str:
+    """The figures behind one table cell, for the lines below the table."""
+    ok_runs = [r for r in runs if r.get("ok")] or runs
+
+    def med(key: str) -> float:
+        return median([g(r, key) for r in ok_runs])
+
+    if sc == "latency":
+        return (
+            f"p50 {med('p50_ms'):.2f} ms, p99 {med('p99_ms'):.2f} ms, "
+            f"p99.9 {med('p999_ms'):.2f} ms, lost {med('lost'):.0f}, "
+            f"broker cpu {med('broker_cpu_s'):.2f} s, generator cpu {med('gen_cpu_s'):.2f} s"
+        )
+    if sc == "connections":
+        return (
+            f"opened {med('opened'):.0f}, failures {max(g(r, 'failures') for r in runs)}, "
+            f"open time {med('open_seconds'):.2f} s, "
+            f"RSS {med('rss_before_mib'):.1f} -> {med('rss_after_mib'):.1f} MiB"
+        )
+    return (
+        f"lost {max(g(r, 'lost') for r in runs)}, dup {max(g(r, 'duplicates') for r in runs)}, "
+        f"broker cpu {med('broker_cpu_s'):.2f} s, generator cpu {med('gen_cpu_s'):.2f} s, "
+        f"MB/s {med('mb_per_s'):.1f}"
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -486,10 +582,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--subscribers", type=int, default=10, help="topic fan-out subscribers")
     p.add_argument("--latency-seconds", type=float, default=5.0)
     p.add_argument("--transports", default="tcp,ws")
-    p.add_argument("--brokers", default="stomptw,rabbitmq")
+    p.add_argument(
+        "--brokers",
+        default="stomptw,rabbitmq",
+        help=",".join(BROKERS) + " (activemq: STOMP over TCP only)",
+    )
     p.add_argument("--timeout", type=float, default=180.0, help="seconds allowed per run")
     p.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
     p.add_argument("--rabbitmq-server", default=None, help="path of rabbitmq-server")
+    p.add_argument(
+        "--activemq-connector",
+        default="stomp+nio",
+        choices=("stomp+nio", "stomp"),
+        help="ActiveMQ's STOMP transport: NIO selector threads, or a thread per connection",
+    )
     p.add_argument(
         "--stomptw-args",
         default="",
@@ -503,11 +609,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     for s in a.scenario_list:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
-    if set(a.transport_list) - {"tcp", "ws"} or set(a.broker_list) - {"stomptw", "rabbitmq"}:
-        p.error("--transports takes tcp,ws; --brokers takes stomptw,rabbitmq")
+    if set(a.transport_list) - {"tcp", "ws"} or set(a.broker_list) - set(BROKERS):
+        p.error(f"--transports takes tcp,ws; --brokers takes {','.join(BROKERS)}")
     if a.rounds < 1 or a.messages < 1 or not a.size_list or a.connections < 1:
         p.error("--rounds, --messages, --sizes and --connections must be positive")
     return a
+
+
+def warm_up(broker: BrokerProcess, args) -> None:
+    """One untimed queue run per transport before measuring, the same for every broker.
+
+    The JVM (ActiveMQ) compiles its hot paths during the first few seconds of load; without
+    this, the first round's figures measure its interpreter.
+    """
+    for transport in broker.transports:
+        if transport in args.transport_list:
+            loadgen.throughput(
+                broker.target(transport),
+                producers=1,
+                consumers=1,
+                messages=WARM_UP_MESSAGES,
+                size=100,
+                timeout=args.timeout,
+            )
 
 
 def main(argv=None) -> int:
@@ -536,15 +660,25 @@ def main(argv=None) -> int:
                 notes.append("RabbitMQ UNAVAILABLE: rabbitmq-server not found; stomptw only")
             else:
                 factories["rabbitmq"] = lambda d: RabbitMQ(d, server)
+        if "activemq" in args.broker_list:
+            java = find_activemq()
+            if not java:
+                notes.append(
+                    "ActiveMQ UNAVAILABLE: needs Debian's activemq package and java "
+                    "(apt-get install activemq)"
+                )
+            else:
+                factories["activemq"] = lambda d: ActiveMQ(d, java, args.activemq_connector)
         for name, factory in list(factories.items()):
             try:
                 brokers[name] = factory(workroot / name)
             except Exception as e:
                 del factories[name]
-                if name == "rabbitmq":
-                    notes.append(f"RabbitMQ UNAVAILABLE: it did not start: {e}; stomptw only")
-                else:
+                if name == "stomptw":
                     raise
+                notes.append(f"{name} UNAVAILABLE: it did not start: {e}")
+        for broker in brokers.values():
+            warm_up(broker, args)
         if extra:
             machine["stomptw_args"] = args.stomptw_args
         for note in notes:
@@ -557,14 +691,14 @@ def main(argv=None) -> int:
                 # A B A B ...: alternate which broker goes first from round to round.
                 names = order if rnd % 2 else order[::-1]
                 for name in names:
-                    fresh = None
+                    if case["transport"] not in brokers[name].transports:
+                        continue
                     try:
                         if case["scenario"] == "connections":
                             # Memory per connection needs a broker whose heap has not
                             # grown (and been freed) in earlier scenarios: a fresh one.
                             brokers[name].stop()
-                            fresh = factories[name](workroot / f"{name}-conns-{rnd}")
-                            brokers[name] = fresh
+                            brokers[name] = factories[name](workroot / f"{name}-conns-{rnd}")
                         r = run_case(brokers[name], case, args)
                     except Exception as e:
                         r = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
@@ -586,7 +720,7 @@ def main(argv=None) -> int:
         f"messages per throughput run {args.messages}, rounds {args.rounds}, "
         f"latency runs {args.latency_seconds} s, {args.connections} idle connections\n"
     )
-    names = [b for b in ("stomptw", "rabbitmq") if b in brokers]
+    names = [b for b in BROKERS if b in brokers]
     if results:
         print_table(results, names)
     return 0 if all(r.get("ok") for r in results) else 1

@@ -27,7 +27,9 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import signal
 import socket
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -57,6 +59,23 @@ def raise_fd_limit(wanted: int = 65536) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft
+
+
+def stop_process(proc, timeout: float = 20.0, group: bool = False) -> None:
+    """SIGTERM a broker subprocess (its process group if ``group``), SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
 
 
 def cpu_self() -> float:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import FrameParser, encode, header  # noqa: E402
+from loadgen import FrameParser, encode, header, stop_process  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCALHOST = "127.0.0.1"
@@ -149,13 +149,7 @@ class Broker:
         return int(values["VmRSS"]) * 1024, int(values["VmHWM"]) * 1024
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
+        stop_process(self.proc, 15)
         self._log.close()
 
 
