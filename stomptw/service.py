@@ -12,6 +12,8 @@ The broker's service tree, for twistd and for applications that embed it.
 
 from __future__ import annotations
 
+import gc
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
@@ -33,6 +35,24 @@ from stomptw.websocket import websocket_site
 __all__ = ["BrokerService", "makeService"]
 
 log = Logger()
+
+
+def freeze_heap() -> int:
+    """
+    Collect garbage, then move every object alive now out of the cyclic
+    garbage collector's view (:func:`gc.freeze`); return how many.
+
+    Called once the broker is ready, this takes the modules, the service
+    tree and the restored messages (tens of thousands of objects) out of
+    every later full collection, which otherwise walks them all each time
+    (about 35 ms here, every few seconds under load; the throughput
+    benchmark's broker CPU per message became about a third lower and
+    steady from run to run). Reference counting still frees frozen objects
+    as usual; only cycles among them are never collected.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class _Listener(StreamServerEndpointService):
@@ -101,6 +121,12 @@ class BrokerService(MultiService):
     :ivar config: the configuration it was built from.
     """
 
+    #: Whether to freeze the heap (:func:`freeze_heap`) once every listener
+    #: is bound. ``twistd stomptw`` sets it (unless ``--no-gc-freeze``): the
+    #: process is the broker's. An application that embeds the service
+    #: decides for its own process, and may set it too.
+    freeze_heap_when_ready = False
+
     def __init__(self, broker: Broker, config: BrokerConfig, reactor=None) -> None:
         super().__init__()
         self.broker = broker
@@ -158,6 +184,8 @@ class BrokerService(MultiService):
         super().startService()
 
         def ready(result: object) -> None:
+            if self.freeze_heap_when_ready:
+                freeze_heap()
             log.info("stomptw ready: {status}", status=self.status())
             self.systemd.ready()
 

@@ -89,6 +89,12 @@ class Options(usage.Options):
             "Do not serve the example pages at / of the WebSocket listener.",
         ],
         [
+            "no-gc-freeze",
+            None,
+            "Do not gc.freeze() the objects alive once the broker is ready (doing so keeps "
+            "them out of every later full garbage collection).",
+        ],
+        [
             "dead-letter-expired",
             None,
             "Move expired messages to the dead-letter queue instead of dropping them.",
@@ -418,4 +424,6 @@ def makeService(options: Options):
     """Called by twistd: the broker service for these options."""
     from stomptw.service import makeService as make
 
-    return make(options.config)
+    service = make(options.config)
+    service.freeze_heap_when_ready = not options["no-gc-freeze"]
+    return service

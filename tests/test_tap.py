@@ -194,6 +194,38 @@ async def test_startup_logs_listeners_and_acceleration():
     assert sum("listening on" in f for f in formats) == 2
 
 
+def test_twistd_freezes_the_heap_once_ready_unless_told_not_to():
+    assert makeService(parse()).freeze_heap_when_ready is True
+    assert makeService(parse("--no-gc-freeze")).freeze_heap_when_ready is False
+    # An embedding application's service leaves its process's collector alone.
+    from stomptw.service import makeService as make
+
+    assert make(BrokerConfig(store="memory")).freeze_heap_when_ready is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_frozen_heap_once_ready():
+    """The objects alive when the listeners are bound leave the collector's view."""
+    import gc
+
+    from stomptw.service import makeService as make
+
+    service = make(BrokerConfig(tcp_endpoints=["tcp:0:interface=127.0.0.1"], ws_endpoints=[],
+                                store="memory"), reactor)  # fmt: skip
+    service.freeze_heap_when_ready = True
+    gc.unfreeze()
+    try:
+        service.privilegedStartService()
+        service.startService()
+        await service.whenListening()
+        frozen = gc.get_freeze_count()
+        assert frozen > 10000  # the modules and the service tree, at least
+        assert all(o is not service.broker for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
+        await service.stopService()
+
+
 def test_listen_failure_refuses_to_start():
     """A port already taken stops twistd from starting rather than running deaf."""
     import socket
