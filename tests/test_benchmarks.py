@@ -1,0 +1,118 @@
+"""
+The benchmark scripts run end to end, in miniature.
+
+Speed is not asserted here (see benchmarks/README.md for the figures): these
+tests only check that the documented commands still work against the
+repository's broker, that every scenario reports its figures, and that the
+load generator's exactly-once checks pass. Other brokers (RabbitMQ,
+ActiveMQ) are not started: they are slow to start and may be absent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def run_script(*args: str, timeout: float = 240) -> tuple[str, list[dict]]:
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    records = [json.loads(line[5:]) for line in lines if line.startswith("JSON ")]
+    return proc.stdout, records
+
+
+def test_compare_runs_every_scenario_against_stomptw():
+    out, records = run_script(
+        "benchmarks/compare.py",
+        "--brokers",
+        "stomptw",
+        "--twistd",
+        TWISTD,
+        "--rounds",
+        "1",
+        "--messages",
+        "300",
+        "--sizes",
+        "100,4096",
+        "--subscribers",
+        "3",
+        "--latency-seconds",
+        "0.5",
+        "--connections",
+        "30",
+        "--conn-workers",
+        "2",
+    )
+    runs = [r for r in records if "case" in r]
+    assert {r["scenario"] for r in runs} == {
+        "queue",
+        "topic",
+        "individual",
+        "latency",
+        "connections",
+    }
+    # 2 transports x (4 queue + 2 topic + 2 individual + 2 latency + 1 connections)
+    assert len(runs) == 22
+    assert all(r["ok"] and r["broker"] == "stomptw" for r in runs), runs
+    by_case = {r["case"]: r for r in runs}
+    assert by_case["queue 4->4 ws 4096B"]["lost"] == 0
+    assert by_case["topic 1->3 tcp 100B"]["received"] == 900
+    for transport in ("tcp", "ws"):
+        idle = by_case[f"idle {transport} connections x30"]
+        assert idle["failures"] == 0 and idle["opened"] == 30
+    assert "queue 1->1 tcp 100B" in out and "per broker (medians over rounds)" in out
+
+
+def test_compare_says_when_a_broker_is_not_installed(tmp_path):
+    out, records = run_script(
+        "benchmarks/compare.py",
+        "--brokers",
+        "stomptw,rabbitmq",
+        "--rabbitmq-server",
+        str(tmp_path / "no-such-rabbitmq-server"),
+        "--twistd",
+        TWISTD,
+        "--rounds",
+        "1",
+        "--messages",
+        "100",
+        "--sizes",
+        "100",
+        "--scenarios",
+        "queue",
+        "--transports",
+        "tcp",
+    )
+    assert "rabbitmq UNAVAILABLE" in out
+    assert [r["broker"] for r in records if "case" in r] == ["stomptw", "stomptw"]
+
+
+@pytest.mark.parametrize("scenario", ["memory/np/individual", "sqlite-full/p-each/auto"])
+def test_persistence_benchmark_runs(scenario):
+    out, records = run_script(
+        "benchmarks/persistence.py",
+        "--twistd",
+        TWISTD,
+        "--messages",
+        "300",
+        "--sizes",
+        "100",
+        "--scenarios",
+        scenario,
+    )
+    (run,) = [r for r in records if "scenario" in r]
+    assert run["ok"] and run["messages"] == 300, run
