@@ -100,6 +100,7 @@ def test_site_builds_with_every_page(site):
         "policy",
         "embedding",
         "operations",
+        "performance",
         "changelog",
     ):
         assert (site / f"{page}.html").is_file(), page
