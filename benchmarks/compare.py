@@ -40,7 +40,7 @@ from loadgen import LOCALHOST, Target  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FD_LIMIT = 65536
-SCENARIOS = ("queue", "topic", "individual", "latency", "connections")
+SCENARIOS = ("queue", "topic", "individual", "persistent", "backlog", "latency", "connections")
 BROKERS = ("stomptw", "rabbitmq", "activemq")
 WARM_UP_MESSAGES = 20000
 
@@ -118,8 +118,6 @@ class Stomptw(BrokerProcess):
                 f"tcp:{self.tcp_port}:interface={LOCALHOST}",
                 "--ws",
                 f"tcp:{self.ws_port}:interface={LOCALHOST}",
-                "--store",
-                "memory",
                 "--data-dir",
                 str(workdir / "data"),
                 "--heartbeat",
@@ -392,34 +390,35 @@ class ActiveMQ(BrokerProcess):
 
 def cases(args) -> list[dict]:
     """Every (scenario, parameters) combination selected on the command line."""
+    # Scenarios that run once per body size, with the case's name before the transport.
+    per_size = {
+        "topic": f"topic 1->{args.subscribers}",
+        "individual": "client-individual 1->1",
+        "persistent": "persistent 1->1",
+        "backlog": "persistent backlog",
+    }
+    chosen = args.scenario_list
     out = []
     for t in args.transport_list:
-        if "queue" in args.scenario_list:
+        if "queue" in chosen:
             for p in (1, 4):
                 for size in args.size_list:
                     out.append(
                         dict(scenario="queue", case=f"queue {p}->{p} {t} {size}B", transport=t,
                              producers=p, consumers=p, size=size)
                     )  # fmt: skip
-        if "topic" in args.scenario_list:
-            for size in args.size_list:
-                out.append(
-                    dict(scenario="topic", case=f"topic 1->{args.subscribers} {t} {size}B",
-                         transport=t, size=size)
-                )  # fmt: skip
-        if "individual" in args.scenario_list:
-            for size in args.size_list:
-                out.append(
-                    dict(scenario="individual", case=f"client-individual 1->1 {t} {size}B",
-                         transport=t, size=size)
-                )  # fmt: skip
-        if "latency" in args.scenario_list:
+        for sc, name in per_size.items():
+            if sc in chosen:
+                for size in args.size_list:
+                    case = f"{name} {t} {size}B"
+                    out.append(dict(scenario=sc, case=case, transport=t, size=size))
+        if "latency" in chosen:
             for rate in (1000, 10000):
                 out.append(
                     dict(scenario="latency", case=f"latency {rate // 1000}k/s {t} 100B",
                          transport=t, rate=rate)
                 )  # fmt: skip
-    if "connections" in args.scenario_list:
+    if "connections" in chosen:
         for t in args.transport_list:
             out.append(
                 dict(scenario="connections", case=f"idle {t} connections x{args.connections}",
@@ -431,24 +430,16 @@ def cases(args) -> list[dict]:
 def run_case(broker: BrokerProcess, case: dict, args) -> dict:
     target = broker.target(case["transport"])
     sc = case["scenario"]
-    if sc == "queue":
+    if sc in ("queue", "individual", "persistent", "backlog"):
         return loadgen.throughput(
             target,
-            producers=case["producers"],
-            consumers=case["consumers"],
+            producers=case.get("producers", 1),
+            consumers=case.get("consumers", 1),
             messages=args.messages,
             size=case["size"],
-            timeout=args.timeout,
-            cpu_of_broker=broker.cpu,
-        )
-    if sc == "individual":
-        return loadgen.throughput(
-            target,
-            producers=1,
-            consumers=1,
-            messages=args.messages,
-            size=case["size"],
-            ack="client-individual",
+            ack="client-individual" if sc == "individual" else "auto",
+            persistent=sc in ("persistent", "backlog"),
+            backlog=sc == "backlog",
             timeout=args.timeout,
             cpu_of_broker=broker.cpu,
         )
@@ -484,6 +475,8 @@ def run_case(broker: BrokerProcess, case: dict, args) -> dict:
 FIGURE = {
     "queue": ("msgs/s", "msgs_per_s", True),
     "individual": ("msgs/s", "msgs_per_s", True),
+    "persistent": ("msgs/s", "msgs_per_s", True),
+    "backlog": ("stored/s", "stored_per_s", True),
     "topic": ("delivered/s", "msgs_per_s", True),
     "latency": ("p99 ms", "p99_ms", False),
     "connections": ("KiB/conn", "rss_per_conn_kib", False),
@@ -546,7 +539,7 @@ def print_table(results: list[dict], brokers: list[str]) -> None:
     if others:
         print(
             "\nvs X = stomptw / X of the medians; 'better' says which direction is better "
-            "(msgs/s: higher; latency p99 and KiB/conn: lower). ok = runs with every "
+            "(msgs/s, stored/s: higher; latency p99, KiB/conn: lower). ok = runs with every "
             "message delivered exactly once (connections: no failure); lost = median "
             "messages not delivered (connections: failures); throughput medians are over "
             "the ok runs when there are any; '-' = not measured (ActiveMQ: TCP only)."
@@ -578,8 +571,17 @@ def detail(sc: str, runs: list[dict]) -> str:
             f"open time {med('open_seconds'):.2f} s, "
             f"RSS {med('rss_before_mib'):.1f} -> {med('rss_after_mib'):.1f} MiB"
         )
+    receipts = ""
+    if sc in ("persistent", "backlog"):
+        receipts = (
+            f"receipts {min(g(r, 'receipts') for r in runs):.0f} (min), "
+            f"last receipt at {med('receipt_seconds'):.2f} s, "
+        )
+    if sc == "backlog":
+        receipts += f"drained {med('drain_per_s'):.0f} msgs/s, "
     return (
-        f"lost {max(g(r, 'lost') for r in runs)}, dup {max(g(r, 'duplicates') for r in runs)}, "
+        receipts
+        + f"lost {max(g(r, 'lost') for r in runs)}, dup {max(g(r, 'duplicates') for r in runs)}, "
         f"broker cpu {med('broker_cpu_s'):.2f} s, generator cpu {med('gen_cpu_s'):.2f} s, "
         f"MB/s {med('mb_per_s'):.1f}"
     )

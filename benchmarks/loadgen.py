@@ -308,9 +308,15 @@ class Conn:
                 )
             ]
         )
-        command, head, _ = self.next_frame(deadline)
+        # Messages already waiting may come before the receipt: keep them.
+        early = []
+        command, head, length = self.next_frame(deadline)
+        while command == b"MESSAGE":
+            early.append((command, head, length))
+            command, head, length = self.next_frame(deadline)
         if command != b"RECEIPT":
             raise ConnectionError(f"SUBSCRIBE failed: {command!r} {head[:300]!r}")
+        self.pending[:0] = early
 
     def close(self) -> None:
         try:
@@ -338,28 +344,58 @@ def _producer(
     results,
     deadline: float,
     done_event=None,
+    persistent: bool = False,
 ) -> None:
-    out = {"role": "producer", "error": ""}
+    """
+    Pipeline ``count`` SENDs numbered from ``first``. With ``persistent``
+    each SEND has ``persistent:true`` and a ``receipt``; receipts are read
+    between batches, and the producer reports when the last one came
+    (``receipted_at``) and how many did (``receipts``).
+    """
+    out = {"role": "producer", "error": "", "receipts": 0, "receipted_at": 0.0}
     try:
         conn = open_session(target, deadline)
         results.put({"role": "ready"})
         start_event.wait(max(0.0, deadline - time.monotonic()))
         body = b"x" * size
-        prefix = f"SEND\ndestination:{destination}\ncontent-length:{size}\nseq:".encode()
+        extra = "persistent:true\n" if persistent else ""
+        prefix = f"SEND\ndestination:{destination}\n{extra}content-length:{size}\n".encode()
+        receipts = 0
+
+        def take_receipts(timeout: float) -> int:
+            frames = conn.pending or conn.read(timeout) or []
+            conn.pending = []
+            for command, head, _ in frames:
+                if command != b"RECEIPT":
+                    raise ConnectionError(f"got {command!r}: {head[:300]!r}")
+            return len(frames)
+
         batch: list[bytes] = []
         batched = 0
         for seq in range(first, first + count):
-            frame = prefix + str(seq).encode() + b"\n\n" + body + b"\x00"
-            batch.append(frame)
-            batched += len(frame)
+            number = str(seq).encode()
+            if persistent:
+                frame = prefix + b"receipt:" + number + b"\nseq:" + number + b"\n\n" + body
+            else:
+                frame = prefix + b"seq:" + number + b"\n\n" + body
+            batch.append(frame + b"\x00")
+            batched += len(frame) + 1
             if batched >= BATCH:
                 conn.send(batch)
                 batch = []
                 batched = 0
+                if persistent:
+                    receipts += take_receipts(0.0)
                 if time.monotonic() > deadline:
                     raise TimeoutError("producer deadline")
         if batch:
             conn.send(batch)
+        while persistent and receipts < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"producer deadline: {receipts} of {count} receipts")
+            receipts += take_receipts(0.05)
+        out["receipts"] = receipts
+        out["receipted_at"] = time.monotonic()
         # A receipt on a final frame tells us the broker has read everything.
         conn.send([encode("DISCONNECT", {"receipt": "bye"})])
         try:
@@ -607,15 +643,27 @@ def throughput(
     messages: int,
     size: int,
     ack: str = "auto",
+    persistent: bool = False,
+    backlog: bool = False,
     timeout: float = 120.0,
     cpu_of_broker=None,
 ) -> dict:
-    """Queue scenario: P producers, C consumers on one new /queue/…; N messages in total."""
+    """
+    Queue scenario: P producers, C consumers on one new /queue/…; N messages
+    in total. With ``persistent``, every SEND is ``persistent:true`` with a
+    receipt, and the run ends when every message has both arrived and been
+    receipted (the broker had stored it). With ``backlog`` the consumers
+    subscribe only once every SEND has its receipt, so every message is
+    stored before any is delivered; the result then also has the rate at
+    which they were stored (``stored_per_s``) and drained (``drain_per_s``,
+    from the consumers' start, their connecting included).
+    """
     destination = f"/queue/bench-{uuid.uuid4().hex[:12]}"
     run = Run(timeout)
     counter = _CTX.Value("q", 0)
     per = [messages // producers + (1 if i < messages % producers else 0) for i in range(producers)]
-    try:
+
+    def spawn_consumers() -> None:
         for _ in range(consumers):
             run.spawn(
                 _consumer,
@@ -631,18 +679,40 @@ def throughput(
                 0.0,
                 False,
             )
-        run.wait_ready(consumers)
+
+    drain_start = 0.0
+    try:
+        if not backlog:
+            spawn_consumers()
+            run.wait_ready(consumers)
         first = 0
         for n in per:
             run.spawn(
-                _producer, target, destination, first, n, size, run.start, run.results, run.deadline
+                _producer,
+                target,
+                destination,
+                first,
+                n,
+                size,
+                run.start,
+                run.results,
+                run.deadline,
+                None,
+                persistent,
             )
             first += n
         run.wait_ready(producers)
         cpu0 = cpu_of_broker() if cpu_of_broker else 0.0
         start = time.monotonic()
         run.start.set()
-        items = run.collect(producers + consumers)
+        if backlog:
+            items = run.collect(producers, "producer")
+            drain_start = time.monotonic()
+            spawn_consumers()
+            run.wait_ready(consumers)
+            items += run.collect(consumers, "consumer")
+        else:
+            items = run.collect(producers + consumers)
         cpu1 = cpu_of_broker() if cpu_of_broker else 0.0
     finally:
         run.finish()
@@ -657,9 +727,24 @@ def throughput(
             seen = bytearray(a | b for a, b in zip(seen, c["seen"], strict=True))
     distinct = sum(seen)
     end = max((c["done_at"] for c in cons), default=start)
+    prods = [i for i in items if i["role"] == "producer"]
+    receipts = sum(p["receipts"] for p in prods)
+    receipted = max((p["receipted_at"] for p in prods), default=start) - start
+    if persistent:
+        end = max(end, start + receipted)
     seconds = max(end - start, 1e-9)
-    ok = distinct == messages and dup == 0 and not _error_of(items)
+    ok = (
+        distinct == messages
+        and dup == 0
+        and not _error_of(items)
+        and (receipts == messages or not persistent)
+    )
+    extra = {"receipts": receipts, "receipt_seconds": receipted} if persistent else {}
+    if backlog:
+        extra["stored_per_s"] = receipts / max(receipted, 1e-9)
+        extra["drain_per_s"] = distinct / max(end - drain_start, 1e-9)
     return {
+        **extra,
         "msgs_per_s": distinct / seconds,
         "mb_per_s": distinct * size / seconds / 1e6,
         "seconds": seconds,

@@ -62,15 +62,26 @@ def test_compare_runs_every_scenario_against_stomptw():
         "queue",
         "topic",
         "individual",
+        "persistent",
+        "backlog",
         "latency",
         "connections",
     }
-    # 2 transports x (4 queue + 2 topic + 2 individual + 2 latency + 1 connections)
-    assert len(runs) == 22
+    # 2 transports x (4 queue + 2 topic + 2 individual + 2 persistent + 2 backlog
+    # + 2 latency + 1 connections)
+    assert len(runs) == 30
     assert all(r["ok"] and r["broker"] == "stomptw" for r in runs), runs
     by_case = {r["case"]: r for r in runs}
     assert by_case["queue 4->4 ws 4096B"]["lost"] == 0
     assert by_case["topic 1->3 tcp 100B"]["received"] == 900
+    # Every persistent SEND was receipted; a backlog is stored before it drains.
+    for transport in ("tcp", "ws"):
+        live = by_case[f"persistent 1->1 {transport} 4096B"]
+        assert live["receipts"] == 300 and live["received"] == 300
+        stored = by_case[f"persistent backlog {transport} 100B"]
+        assert stored["receipts"] == 300 and stored["received"] == 300
+        assert stored["stored_per_s"] > 0 and stored["drain_per_s"] > 0
+        assert stored["receipt_seconds"] < stored["seconds"]
     for transport in ("tcp", "ws"):
         idle = by_case[f"idle {transport} connections x30"]
         assert idle["failures"] == 0 and idle["opened"] == 30

@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ruff_clean():
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "stomptw", "twisted", "tests", "docs/examples"],
+        [sys.executable, "-m", "ruff", "check", "stomptw", "twisted", "tests", "docs/examples"]
+        + ["benchmarks"],
         cwd=ROOT,
         capture_output=True,
         text=True,
