@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
 """
-Side-by-side benchmark: stomptw against RabbitMQ (STOMP and Web-STOMP plugins).
+Side-by-side benchmark: stomptw against RabbitMQ (STOMP and Web-STOMP plugins)
+and ActiveMQ Classic (STOMP over TCP).
 
-Starts both brokers as subprocesses on loopback ports of their own (RabbitMQ
-with its own node name, base directory, epmd port and Erlang cookie under a
-temporary directory), runs each selected scenario against them alternately
-(A B A B ..., ``--rounds`` times), then prints a table of medians with the
-ratio stomptw / RabbitMQ, plus one ``JSON`` line per run. The load generator
-is ``loadgen.py`` (raw STOMP frames over TCP and WebSocket, one worker
-process per client). Linux only (reads /proc).
+Starts the brokers as subprocesses on loopback ports of their own, each with
+its data under a temporary directory (RabbitMQ with its own node name, epmd
+port and Erlang cookie), runs each selected scenario against them in turn
+(A B C, then C B A, ... ``--rounds`` times), then prints a table of medians
+with the ratio of stomptw's figure to each other broker's, plus one ``JSON``
+line per run. The load generator is ``loadgen.py`` (raw STOMP frames over TCP
+and WebSocket, one worker process per client). Linux only (reads /proc).
 
 Example::
 
-    python benchmarks/compare.py --messages 20000 --rounds 3 --connections 2000
+    python benchmarks/compare.py --brokers stomptw,rabbitmq,activemq \\
+        --messages 20000 --rounds 3 --connections 10000
 """
 
 from __future__ import annotations
@@ -435,7 +437,7 @@ def run_case(broker: BrokerProcess, case: dict, args) -> dict:
             target,
             producers=case.get("producers", 1),
             consumers=case.get("consumers", 1),
-            messages=args.messages,
+            messages=backlog_messages(args, case["size"]) if sc == "backlog" else args.messages,
             size=case["size"],
             ack="client-individual" if sc == "individual" else "auto",
             persistent=sc in ("persistent", "backlog"),
@@ -469,6 +471,17 @@ def run_case(broker: BrokerProcess, case: dict, args) -> dict:
             rss_of_broker=broker.rss,
         )
     raise ValueError(sc)
+
+
+def backlog_messages(args, size: int) -> int:
+    """
+    Messages in a ``backlog`` run: ``--messages``, but no more than fit in
+    ``--backlog-mb``. The default (48) stays under stomptw's default
+    ``--max-queue-bytes`` of 64 MiB, past which stomptw stops reading from
+    the producer until a consumer makes room, which in this scenario never
+    comes.
+    """
+    return max(1, min(args.messages, args.backlog_mb * 2**20 // (size + 1024)))
 
 
 # (what the table shows, its key, whether higher is better)
@@ -578,7 +591,9 @@ def detail(sc: str, runs: list[dict]) -> str:
             f"last receipt at {med('receipt_seconds'):.2f} s, "
         )
     if sc == "backlog":
-        receipts += f"drained {med('drain_per_s'):.0f} msgs/s, "
+        receipts = (
+            f"{med('messages'):.0f} messages, {receipts}drained {med('drain_per_s'):.0f} msgs/s, "
+        )
     return (
         receipts
         + f"lost {max(g(r, 'lost') for r in runs)}, dup {max(g(r, 'duplicates') for r in runs)}, "
@@ -597,6 +612,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--conn-workers", type=int, default=8, help="processes opening them")
     p.add_argument("--subscribers", type=int, default=10, help="topic fan-out subscribers")
     p.add_argument("--latency-seconds", type=float, default=5.0)
+    p.add_argument(
+        "--backlog-mb",
+        type=int,
+        default=48,
+        help="most MiB a persistent backlog run stores (bodies plus 1 KiB a message)",
+    )
     p.add_argument("--transports", default="tcp,ws")
     p.add_argument(
         "--brokers",
