@@ -156,8 +156,13 @@ class FrameParser:
 # -- connections ------------------------------------------------------------------------------
 
 
-def _socket(port: int, timeout: float) -> socket.socket:
+def connect_socket(port: int, timeout: float, rcvbuf: int = 0, sndbuf: int = 0) -> socket.socket:
+    """A TCP connection to ``port`` on loopback, with TCP_NODELAY (and buffer sizes if given)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if sndbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
     sock.connect((LOCALHOST, port))
@@ -187,7 +192,7 @@ class Conn:
         self.ws = target.transport == "ws"
         # Writes may wait while the broker applies flow control, up to this long.
         self.send_timeout = timeout
-        self.sock = _socket(target.port, timeout)
+        self.sock = connect_socket(target.port, timeout)
         self.wsbuf = bytearray()
         self.fragments = bytearray()
         self.closed = False

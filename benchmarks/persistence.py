@@ -50,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import FrameParser, encode, header, stop_process  # noqa: E402
+from loadgen import FrameParser, connect_socket, encode, header, stop_process  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCALHOST = "127.0.0.1"
@@ -160,15 +160,7 @@ class Client:
     """A STOMP 1.2 session on a TCP socket (TCP_NODELAY, no heart-beats)."""
 
     def __init__(self, port: int, timeout: float, rcvbuf: int = 0, sndbuf: int = 0) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        if sndbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(timeout)
-        sock.connect((LOCALHOST, port))
-        self.sock = sock
+        self.sock = connect_socket(port, timeout, rcvbuf, sndbuf)
         self.parser = FrameParser()
         self.pending: list[tuple[bytes, bytes, int]] = []
         self.sock.sendall(
