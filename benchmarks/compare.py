@@ -584,22 +584,20 @@ def detail(sc: str, runs: list[dict]) -> str:
             f"open time {med('open_seconds'):.2f} s, "
             f"RSS {med('rss_before_mib'):.1f} -> {med('rss_after_mib'):.1f} MiB"
         )
-    receipts = ""
-    if sc in ("persistent", "backlog"):
-        receipts = (
-            f"receipts {min(g(r, 'receipts') for r in runs):.0f} (min), "
-            f"last receipt at {med('receipt_seconds'):.2f} s, "
-        )
+    parts = []
     if sc == "backlog":
-        receipts = (
-            f"{med('messages'):.0f} messages, {receipts}drained {med('drain_per_s'):.0f} msgs/s, "
-        )
-    return (
-        receipts
-        + f"lost {max(g(r, 'lost') for r in runs)}, dup {max(g(r, 'duplicates') for r in runs)}, "
-        f"broker cpu {med('broker_cpu_s'):.2f} s, generator cpu {med('gen_cpu_s'):.2f} s, "
-        f"MB/s {med('mb_per_s'):.1f}"
-    )
+        parts.append(f"{med('messages'):.0f} messages")
+    if sc in ("persistent", "backlog"):
+        parts.append(f"receipts {min(g(r, 'receipts') for r in runs):.0f} (min)")
+        parts.append(f"last receipt at {med('receipt_seconds'):.2f} s")
+    if sc == "backlog":
+        parts.append(f"drained {med('drain_per_s'):.0f} msgs/s")
+    parts += [
+        f"lost {max(g(r, 'lost') for r in runs)}, dup {max(g(r, 'duplicates') for r in runs)}",
+        f"broker cpu {med('broker_cpu_s'):.2f} s, generator cpu {med('gen_cpu_s'):.2f} s",
+        f"MB/s {med('mb_per_s'):.1f}",
+    ]
+    return ", ".join(parts)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -379,12 +379,10 @@ def _producer(
         batched = 0
         for seq in range(first, first + count):
             number = str(seq).encode()
-            if persistent:
-                frame = prefix + b"receipt:" + number + b"\nseq:" + number + b"\n\n" + body
-            else:
-                frame = prefix + b"seq:" + number + b"\n\n" + body
-            batch.append(frame + b"\x00")
-            batched += len(frame) + 1
+            receipt = b"receipt:" + number + b"\n" if persistent else b""
+            frame = prefix + receipt + b"seq:" + number + b"\n\n" + body + b"\x00"
+            batch.append(frame)
+            batched += len(frame)
             if batched >= BATCH:
                 conn.send(batch)
                 batch = []

@@ -50,10 +50,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import FrameParser, connect_socket, encode, header, stop_process  # noqa: E402
+from loadgen import (  # noqa: E402
+    LOCALHOST,
+    FrameParser,
+    connect_socket,
+    encode,
+    header,
+    stop_process,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCALHOST = "127.0.0.1"
 MiB = 1024 * 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -9,8 +9,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ruff_clean():
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "stomptw", "twisted", "tests", "docs/examples"]
-        + ["benchmarks"],
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "stomptw",
+            "twisted",
+            "tests",
+            "docs/examples",
+            "benchmarks",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
