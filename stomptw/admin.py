@@ -46,13 +46,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from stomptw import __version__, frame
-from stomptw.broker import STAT_NAMES, DestinationError, DestinationFull
 from stomptw.destinations import Queue
-from stomptw.protocol import NOT_FORWARDED
+from stomptw.model import NOT_FORWARDED, STAT_NAMES, DestinationError, DestinationFull
 
 if TYPE_CHECKING:
     from stomptw.broker import Broker
-    from stomptw.service import BrokerService
+
+#: ``() -> [problem, ...]``: what keeps the broker's listeners from being
+#: ready (an unbound listener, say); empty when they are.
+Readiness = Callable[[], list[str]]
 
 __all__ = [
     "MAX_DESTINATION_SERIES",
@@ -406,18 +408,6 @@ class _HTTPError(Exception):
         self.headers = headers or {}
 
 
-def _session_info(session: Any, now: float) -> dict[str, Any]:
-    return {
-        "session_id": session.session_id or None,
-        "peer": getattr(session, "_peer", "?"),
-        "transport": session.transport_name,
-        "version": session.version,
-        "client_id": session.client_id or None,
-        "subscriptions": len(session.subscriptions),
-        "connected_seconds": round(max(0.0, now - getattr(session, "_opened", now)), 3),
-    }
-
-
 def _destination_info(dest: Any) -> dict[str, Any]:
     if isinstance(dest, Queue):
         return {
@@ -444,7 +434,8 @@ class AdminResource(Resource):
     The whole admin API as one leaf resource that routes on the raw path
     (so that URL-encoded destination names, slashes included, survive).
 
-    :param service: the broker service (listeners, for readiness).
+    :param readiness: what keeps the listeners from being ready (see
+        :data:`Readiness`); None when there is nothing to wait for.
     :param broker: the broker.
     :param authorizer: decides about ``POST`` and ``DELETE`` requests.
     :param reactor: for the clock and whether it runs.
@@ -454,13 +445,13 @@ class AdminResource(Resource):
 
     def __init__(
         self,
-        service: BrokerService | None,
+        readiness: Readiness | None,
         broker: Broker,
         authorizer: Authorizer,
         reactor: Any,
     ) -> None:
         super().__init__()
-        self.service = service
+        self.readiness = readiness
         self.broker = broker
         self.authorizer = authorizer
         self.reactor = reactor
@@ -596,10 +587,8 @@ class AdminResource(Resource):
             problems.append("message store not loaded")
         if self.broker.stopping:
             problems.append("broker is stopping")
-        if self.service is not None:
-            for listener in self.service.listeners():
-                if listener.port is None:
-                    problems.append(f"{listener.kind} listener {listener.description} not bound")
+        if self.readiness is not None:
+            problems.extend(self.readiness())
         if problems:
             return self._text(request, 503, "\n".join(problems) + "\n", "text/plain; charset=utf-8")
         return self._text(request, 200, "ready\n", "text/plain; charset=utf-8")
@@ -609,12 +598,12 @@ class AdminResource(Resource):
 
     def _connections(self, request: Request) -> bytes:
         now = self.reactor.seconds()
-        sessions = sorted(self.broker.sessions, key=lambda s: getattr(s, "_opened", 0.0))
-        return self._json(request, 200, [_session_info(s, now) for s in sessions])
+        sessions = sorted(self.broker.sessions, key=lambda s: s.opened)
+        return self._json(request, 200, [s.info(now) for s in sessions])
 
     def _connection(self, request: Request, session_id: str) -> bytes:
         session = self._session(session_id)
-        info = _session_info(session, self.reactor.seconds())
+        info = session.info(self.reactor.seconds())
         info["subscription_ids"] = sorted(session.subscriptions)
         return self._json(request, 200, info)
 
@@ -627,7 +616,7 @@ class AdminResource(Resource):
         log.info(
             "admin API: closing session {session} ({peer})",
             session=session_id,
-            peer=getattr(session, "_peer", "?"),
+            peer=session.peer,
         )
         session.close_by_operator(reason)
         # Answer at once: the close itself may wait for the client (linger).
@@ -646,7 +635,7 @@ class AdminResource(Resource):
     def _subscriptions(self, request: Request) -> bytes:
         result = []
         attached = set()
-        for session in sorted(self.broker.sessions, key=lambda s: getattr(s, "_opened", 0.0)):
+        for session in sorted(self.broker.sessions, key=lambda s: s.opened):
             for sub in session.subscriptions.values():
                 durable = sub.durable
                 if durable is not None:
@@ -738,7 +727,7 @@ class AdminResource(Resource):
 
 def admin_site(
     broker: Broker,
-    service: BrokerService | None = None,
+    readiness: Readiness | None = None,
     token: str | None = None,
     reactor: Any = None,
     authorizer: Authorizer | None = None,
@@ -747,7 +736,8 @@ def admin_site(
     The admin HTTP site.
 
     :param broker: the broker to report on and act upon.
-    :param service: its service, for readiness (listeners bound).
+    :param readiness: what keeps its listeners from being ready (see
+        :data:`Readiness`).
     :param token: the bearer token for ``POST``/``DELETE``; None disables them.
     :param reactor: the reactor (the global one by default).
     :param authorizer: replaces the bearer-token check (``token`` is then
@@ -757,7 +747,7 @@ def admin_site(
         from twisted.internet import reactor
     if authorizer is None:
         authorizer = BearerTokenAuthorizer(token)
-    site = Site(AdminResource(service, broker, authorizer, reactor), reactor=reactor)
+    site = Site(AdminResource(readiness, broker, authorizer, reactor), reactor=reactor)
     site.noisy = False
     site.displayTracebacks = False
     # No access log: scrapes every few seconds would drown everything else.

@@ -12,15 +12,19 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from stomptw.interfaces import IDestination
+from stomptw.model import DestinationFull
 from stomptw.store import StoredMessage
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
+    from collections.abc import Callable
 
-    from stomptw.broker import Broker, DurableSubscription, Message, Subscription
-    from stomptw.interfaces import IMessageConsumer
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["DestinationFull", "Queue", "Topic"]
+    from stomptw.config import BrokerConfig
+    from stomptw.interfaces import IMessageConsumer, IMessageStore
+    from stomptw.model import DurableSubscription, Message, Subscription
+
+__all__ = ["DestinationContext", "DestinationFull", "Queue", "Topic"]
 
 log = Logger()
 
@@ -30,13 +34,57 @@ log = Logger()
 RESUME_BELOW = 0.9
 
 
-class DestinationFull(Exception):
-    """A queue at its limits refuses a message (overflow policy ``reject``)."""
+class DestinationContext:
+    """
+    What a destination may use of the broker that holds it, and nothing
+    more: the delivery policy, the counters, the message store, the clock,
+    whether the broker is stopping, and the broker's few services to
+    destinations (store keys, the time, expiry and dead letters).
 
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"{name} is full ({reason})")
-        self.name = name
-        self.reason = reason
+    :ivar config: the delivery policy (limits, overflow, slow topics).
+    :ivar stats: the broker's message counters, by name.
+    :ivar store: where persistent messages are kept.
+    :ivar clock: the reactor's time, for slow-subscriber timers; may be None.
+    :ivar stopping: True once the broker is stopping: nothing more is
+        delivered, and returned messages stay as they are.
+    :ivar new_key: ``() -> int``, a fresh message store key.
+    :ivar now_ms: ``() -> int``, the time in milliseconds since the epoch.
+    :ivar expire: ``(queue, message)``: ``message`` (out of ``queue``) expired.
+    :ivar dead_letter: ``(queue, message, reason)``: ``message`` died.
+    """
+
+    __slots__ = (
+        "config",
+        "stats",
+        "store",
+        "clock",
+        "stopping",
+        "new_key",
+        "now_ms",
+        "expire",
+        "dead_letter",
+    )
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        stats: dict[str, int],
+        store: IMessageStore,
+        clock: IReactorTime | None,
+        new_key: Callable[[], int],
+        now_ms: Callable[[], int],
+        expire: Callable[[Queue | None, Message], None],
+        dead_letter: Callable[[Queue | None, Message, str], None],
+    ) -> None:
+        self.config = config
+        self.stats = stats
+        self.store = store
+        self.clock = clock
+        self.stopping = False
+        self.new_key = new_key
+        self.now_ms = now_ms
+        self.expire = expire
+        self.dead_letter = dead_letter
 
 
 @implementer(IDestination)
@@ -65,13 +113,20 @@ class Queue:
     """
 
     kind = "queue"
+    #: A queue message is delivered once as a rule: an encoded copy kept for
+    #: later deliveries would double the memory its body holds.
+    shares_encodings = False
 
     def __init__(
-        self, name: str, broker: Broker, overflow: str | None = None, dead_letter: bool = False
+        self,
+        name: str,
+        context: DestinationContext,
+        overflow: str | None = None,
+        dead_letter: bool = False,
     ) -> None:
         self.name = name
-        self.broker = broker
-        self.overflow = overflow or broker.config.overflow
+        self.context = context
+        self.overflow = overflow or context.config.overflow
         #: A dead-letter queue: its messages never die again.
         self.dead_letter = dead_letter
         self.pending: deque[Message] = deque()
@@ -90,7 +145,7 @@ class Queue:
 
     def _at(self, share: float = 1.0) -> bool:
         """Whether the queue holds ``share`` of its count or byte limit, or more."""
-        config = self.broker.config
+        config = self.context.config
         return bool(
             (config.max_queue_length and self.count >= config.max_queue_length * share)
             or (config.max_queue_bytes and self.bytes >= config.max_queue_bytes * share)
@@ -116,7 +171,7 @@ class Queue:
         if message.expires:
             self.expiring -= 1
         if message.key:
-            self.broker.store.remove(message.key)
+            self.context.store.remove(message.key)
             message.key = 0
 
     def _check_room(self) -> None:
@@ -136,14 +191,14 @@ class Queue:
         if self.overflow != "reject":
             return
         if count:
-            config = self.broker.config
+            config = self.context.config
             full = (config.max_queue_length and self.count + count > config.max_queue_length) or (
                 config.max_queue_bytes and self.bytes + size > config.max_queue_bytes
             )
         else:
             full = self.is_full()
         if full:
-            self.broker.stats["rejected"] += 1
+            self.context.stats["rejected"] += 1
             raise DestinationFull(self.name, self._limit_reached(count, size))
 
     def publish(
@@ -155,11 +210,11 @@ class Queue:
             if self.overflow == "drop-head":
                 while self.pending and self.is_full():
                     self._release(self.pending.popleft())
-                    self.broker.stats["dropped"] += 1
+                    self.context.stats["dropped"] += 1
         self._hold(message)
         if message.persistent:
-            key = message.key = self.broker.new_key()
-            self.broker.store.put(
+            key = message.key = self.context.new_key()
+            self.context.store.put(
                 StoredMessage(
                     key,
                     self.name,
@@ -179,7 +234,7 @@ class Queue:
                 return
             if producer not in self.blocked:
                 self.blocked.add(producer)
-                self.broker.stats["producers_blocked"] += 1
+                self.context.stats["producers_blocked"] += 1
                 producer.block(self)
 
     def _consumes(self, session: IMessageConsumer) -> bool:
@@ -244,7 +299,7 @@ class Queue:
             self.pending = keep
             for message in expired:
                 self._release(message)
-                self.broker.expire(self, message)
+                self.context.expire(self, message)
             self._check_room()
 
     def purge(self) -> int:
@@ -257,7 +312,7 @@ class Queue:
         return len(dropped)
 
     def _limit_reached(self, count: int = 0, size: int = 0) -> str:
-        config = self.broker.config
+        config = self.context.config
         more = f" and {count} more" if count else ""
         if config.max_queue_length and self.count + count > config.max_queue_length - (not count):
             return f"{self.count} messages{more}, the limit is {config.max_queue_length}"
@@ -265,14 +320,14 @@ class Queue:
         return f"{self.bytes} bytes held{more}, the limit is {config.max_queue_bytes}"
 
     def _return(self, messages: list[Message]) -> None:
-        limit = self.broker.config.max_redeliveries
-        if self.broker.stopping:
+        limit = self.context.config.max_redeliveries
+        if self.context.stopping:
             # Returned because the broker stops: not the message's fault.
             limit = -1
         for message in reversed(messages):
             if limit >= 0 and message.delivery_count > limit and not self.dead_letter:
                 self._release(message)
-                self.broker.dead_letter(self, message, "delivery_limit")
+                self.context.dead_letter(self, message, "delivery_limit")
             else:
                 self.pending.appendleft(message)
         self._dispatch()
@@ -281,13 +336,13 @@ class Queue:
     def _dispatch(self) -> None:
         # A delivery may re-enter (a consumer acking synchronously); the
         # outer loop picks up whatever changed.
-        if self._dispatching or self.broker.stopping:
+        if self._dispatching or self.context.stopping:
             return
         self._dispatching = True
         # Subscriptions that declined a message sit out the rest of this pass.
         declined: set[int] = set()
-        stats = self.broker.stats
-        store = self.broker.store
+        stats = self.context.stats
+        store = self.context.store
         now_ms = 0
         released = False
         try:
@@ -298,10 +353,10 @@ class Queue:
                     break
                 message = pending.popleft()
                 if message.expires and not self.dead_letter:
-                    now_ms = now_ms or self.broker.now_ms()
+                    now_ms = now_ms or self.context.now_ms()
                     if message.expires <= now_ms:
                         self._release(message)
-                        self.broker.expire(self, message)
+                        self.context.expire(self, message)
                         released = True
                         continue
                 message.delivery_count += 1
@@ -373,10 +428,13 @@ class Topic:
     """
 
     kind = "topic"
+    #: Every subscriber gets the same MESSAGE but for its subscription and
+    #: ack headers: the shared parts are encoded once for all of them.
+    shares_encodings = True
 
-    def __init__(self, name: str, broker: Broker) -> None:
+    def __init__(self, name: str, context: DestinationContext) -> None:
         self.name = name
-        self.broker = broker
+        self.context = context
         self.subscriptions: list[Subscription] = []
         self.durables: dict[str, DurableSubscription] = {}
         #: Producers blocked (policy ``block``) until every backlog but their
@@ -392,7 +450,7 @@ class Topic:
     def publish(
         self, message: Message, producer: IMessageConsumer | None = None, reject: bool = True
     ) -> None:
-        stats = self.broker.stats
+        stats = self.context.stats
         for sub in tuple(self.subscriptions):
             if not sub.active:
                 continue
@@ -410,7 +468,7 @@ class Topic:
     def _hold_back(self, sub: Subscription, message: Message) -> None:
         backlog = sub.backlog
         backlog.append(message)
-        config = self.broker.config
+        config = self.context.config
         limit = config.slow_topic_limit
         policy = config.slow_topic_policy
         if policy == "block":
@@ -425,7 +483,7 @@ class Topic:
             # the memory as drop-oldest does.
         elif len(backlog) <= limit:
             return
-        stats = self.broker.stats
+        stats = self.context.stats
         if policy == "disconnect":
             self._disconnect_slow(
                 sub,
@@ -441,7 +499,7 @@ class Topic:
 
     def _disconnect_slow(self, sub: Subscription, reason: str, what: str = "") -> None:
         """End ``sub``'s session with an ERROR ``slow consumer`` saying ``reason``."""
-        self.broker.stats["slow_consumer_disconnected"] += 1
+        self.context.stats["slow_consumer_disconnected"] += 1
         self._log_slow(sub, "disconnect", what or "disconnecting it")
         sub.backlog.clear()
         if sub in self._heavy:
@@ -456,7 +514,7 @@ class Topic:
             topic=self.name,
             session=getattr(sub.consumer, "session_id", "") or "-",
             behind=len(sub.backlog),
-            limit=self.broker.config.slow_topic_limit,
+            limit=self.context.config.slow_topic_limit,
             action=action,
             what=what,
         )
@@ -470,13 +528,13 @@ class Topic:
             # itself. The 2x bound applies instead.
             return
         self.blocked.add(producer)
-        self.broker.stats["producers_blocked"] += 1
+        self.context.stats["producers_blocked"] += 1
         producer.block(self)
 
     def _stick(self, sub: Subscription) -> None:
         """``sub``'s backlog reached the limit: start its timeout."""
-        timeout = self.broker.config.slow_topic_timeout
-        clock = self.broker.clock
+        timeout = self.context.config.slow_topic_timeout
+        clock = self.context.clock
         timer = None
         if timeout > 0 and clock is not None:
             timer = clock.callLater(timeout, self._timed_out, sub)
@@ -506,11 +564,11 @@ class Topic:
         if sub not in self.subscriptions or not sub.active:
             self._lighten(sub)
             return
-        timeout = self.broker.config.slow_topic_timeout
+        timeout = self.context.config.slow_topic_timeout
         self._disconnect_slow(
             sub,
             f"subscription {sub.id!r} to {self.name} stayed "
-            f"{self.broker.config.slow_topic_limit} messages behind for {timeout:g} "
+            f"{self.context.config.slow_topic_limit} messages behind for {timeout:g} "
             "seconds, holding its publishers blocked",
             f"it held its publishers blocked for {timeout:g} seconds; disconnecting it",
         )
@@ -519,7 +577,7 @@ class Topic:
         if subscription.ack_mode != "auto" and not subscription.prefetch:
             # Unacknowledged topic messages are bounded too: beyond this
             # many, the slow-subscriber backlog and its policy take over.
-            subscription.prefetch = self.broker.config.slow_topic_limit
+            subscription.prefetch = self.context.config.slow_topic_limit
         self.subscriptions.append(subscription)
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -540,23 +598,23 @@ class Topic:
 
     def ready(self, subscription: Subscription) -> None:
         backlog = subscription.backlog
-        broker = self.broker
-        stats = broker.stats
+        context = self.context
+        stats = context.stats
         now_ms = 0
         consumer = subscription.consumer
-        while backlog and subscription.is_ready() and not broker.stopping:
+        while backlog and subscription.is_ready() and not context.stopping:
             message = backlog.popleft()
             if message.expires:
-                now_ms = now_ms or broker.now_ms()
+                now_ms = now_ms or context.now_ms()
                 if message.expires <= now_ms:
                     # Expired while it waited for this subscriber.
-                    broker.expire(None, message)
+                    context.expire(None, message)
                     continue
             if consumer.deliver(subscription, message):
                 stats["delivered"] += 1
         if (
             subscription in self._heavy
-            and len(backlog) < broker.config.slow_topic_limit * RESUME_BELOW
+            and len(backlog) < context.config.slow_topic_limit * RESUME_BELOW
         ):
             self._lighten(subscription)
 

@@ -58,6 +58,11 @@ class IDestination(Interface):
     """
 
     name = Attribute("The destination's full name, e.g. ``/queue/orders``.")
+    shares_encodings = Attribute(
+        "True when every delivery of a message goes to several subscribers "
+        "(a topic): the MESSAGE parts they share are then encoded once and "
+        "kept on the message."
+    )
 
     def publish(message, producer=None, reject=True):  # noqa: N805
         """
@@ -135,3 +140,53 @@ class IMessageStore(Interface):
 
     def stats():
         """A dict of counters for monitoring (commits, last commit duration)."""
+
+
+class IStompTransport(Interface):
+    """
+    How a :class:`stomptw.session.StompSession` reaches its client: the
+    seam between the sans-IO session and a concrete transport (a TCP or TLS
+    connection, a WebSocket). The session calls it; it never sees the
+    reactor or a socket.
+    """
+
+    name = Attribute("A label for logs and metrics: ``tcp``, ``tls`` or ``ws``.")
+    peer = Attribute("The client's address as ``host:port``.")
+    max_message_size = Attribute(
+        "The largest single write the transport can carry (a WebSocket "
+        "message limit), or 0 for no limit."
+    )
+    disconnecting = Attribute("True once nothing more written will reach the client.")
+
+    def write(data):  # noqa: N805
+        """Send ``data``: one whole frame, or a heart-beat EOL."""
+
+    def pause_reading():
+        """Stop reading from the client until :meth:`resume_reading`."""
+
+    def resume_reading():
+        """Read from the client again."""
+
+    def call_soon(f, *args):  # noqa: N805
+        """
+        Call ``f(*args)`` on a later turn of the event loop, not from inside
+        the caller (for work that must not run re-entrantly).
+        """
+
+    def close(linger):  # noqa: N805
+        """
+        Close in order once what was written has gone out (a TCP half-close,
+        TLS close_notify, the WebSocket closing handshake); drop the
+        connection if the client has not closed within ``linger`` seconds.
+        The session then hears :meth:`StompSession.connection_lost`.
+        """
+
+
+class IDeadlineTarget(Interface):
+    """Something a :class:`stomptw.timers.DeadlineSweep` calls back."""
+
+    def tick(now):  # noqa: N805
+        """
+        A deadline it asked for is due (or nearly, for early deadlines) at
+        ``now``: do what is due and schedule the next one.
+        """

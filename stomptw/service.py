@@ -155,6 +155,14 @@ class BrokerService(MultiService):
         """
         return [s for s in self if isinstance(s, _Listener) and kind in (None, s.kind)]
 
+    def unbound_listeners(self) -> list[str]:
+        """What keeps the listeners from being ready: one line per unbound listener."""
+        return [
+            f"{listener.kind} listener {listener.description} not bound"
+            for listener in self.listeners()
+            if listener.port is None
+        ]
+
     def whenListening(self) -> defer.Deferred:
         """
         Fire with ``{"stomp": [port, ...], "ws": [port, ...], "admin": [port, ...]}``
@@ -289,7 +297,7 @@ def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerServi
         listener.connection_limit = limit
         listener.setServiceParent(service)
     if config.admin_endpoints:
-        admin = admin_site(broker, service, token, reactor)
+        admin = admin_site(broker, service.unbound_listeners, token, reactor)
         for description in config.admin_endpoints:
             endpoint = serverFromString(reactor, description)
             _Listener(endpoint, admin, description, "admin").setServiceParent(service)

@@ -1,12 +1,10 @@
 """
 STOMP over WebSocket (RFC 6455), served by Autobahn.
 
-Each WebSocket connection hosts one :class:`~stomptw.protocol.StompProtocol`
-behind a small transport adapter: every incoming message, text or binary,
-is fed to the same incremental parser as TCP (one STOMP frame may span
-several WebSocket messages, and one message may hold several frames), and
-every outgoing frame is sent as one WebSocket message, text when the frame
-is valid UTF-8 and binary otherwise.
+Each WebSocket connection carries one :class:`~stomptw.session.StompSession`
+and is itself that session's transport (:class:`StompWebSocketProtocol`).
+Simple data frames take a fast path in both directions, with the frame
+codec of :mod:`stomptw.wsframes`; everything else is Autobahn's.
 
 :func:`websocket_resource` returns a ``twisted.web`` resource that an
 application can mount in its own site; :func:`websocket_site` is the site the
@@ -18,18 +16,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import struct
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from autobahn.websocket.xormasker import create_xor_masker
-from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -39,12 +33,25 @@ from zope.interface import implementer
 from stomptw import __version__
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
-from stomptw.protocol import StompFactory, StompProtocol
+from stomptw.interfaces import IStompTransport
+from stomptw.model import format_peer
+from stomptw.protocol import set_high_water, shared_sweep
+from stomptw.session import StompSession
+from stomptw.wsframes import (
+    FAST_PARTIAL_MAX,
+    OPCODE_BINARY,
+    frame_header,
+    opcode_for,
+    read_simple_frames,
+)
+from stomptw.wsframes import unmask as _unmask  # noqa: F401 - the name tests know
 
 if TYPE_CHECKING:
     from stomptw.listeners import ConnectionLimit
 
 __all__ = [
+    "AUTOBAHN_INTERNALS",
+    "FAST_PARTIAL_MAX",
     "STOMP_SUBPROTOCOLS",
     "StompWebSocketFactory",
     "StompWebSocketProtocol",
@@ -60,19 +67,76 @@ log = Logger()
 STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
 
 
-#: Headers of unmasked server frames with a 16-bit and a 64-bit length.
-_HEAD16 = struct.Struct("!BBH")
-_HEAD64 = struct.Struct("!BBQ")
+#: The parts of Autobahn's WebSocketServerProtocol that the fast paths and
+#: the transport methods below use beyond its documented API, in one place.
+#: A test (tests/test_websocket.py) checks that an open connection has every
+#: one of them, so an Autobahn release that moves one fails loudly there;
+#: setup.cfg bounds autobahn to the major versions tested.
+AUTOBAHN_INTERNALS = (
+    "state",
+    "STATE_OPEN",
+    "STATE_CLOSED",
+    "failedByMe",
+    "data",
+    "current_frame",
+    "inside_message",
+    "send_queue",
+    "_dataReceived",
+    "_closeConnection",
+    "_perMessageCompress",
+    "autoFragmentSize",
+    "maskServerFrames",
+    "logFrames",
+    "logOctets",
+    "trackedTimings",
+    "utf8validateIncoming",
+    "autoPingTimeoutCall",
+    "autoPingRestartOnAnyTraffic",
+    "_cancelAutoPingTimeoutCall",
+    "maxFramePayloadSize",
+    "maxMessagePayloadSize",
+)
 
 
-@implementer(ITransport)
-class _WebSocketTransport:
-    """What a StompProtocol sees as its transport on a WebSocket connection."""
+@implementer(IStompTransport, IPushProducer)
+class StompWebSocketProtocol(WebSocketServerProtocol):
+    """
+    An Autobahn WebSocket connection carrying one STOMP session.
 
-    def __init__(self, ws: StompWebSocketProtocol) -> None:
-        self._ws = ws
-        #: The largest message Autobahn will send; StompProtocol checks it.
-        self.max_message_size = ws.maxMessagePayloadSize
+    It is the session's :class:`~stomptw.interfaces.IStompTransport`: every
+    incoming message, text or binary, is fed to the session as a byte stream
+    (one STOMP frame may span several WebSocket messages, and one message may
+    hold several frames), and every frame the session writes is sent as one
+    WebSocket message, text when it is valid UTF-8 and binary otherwise. It
+    is also the socket's push producer once the connection is open.
+    """
+
+    #: The STOMP session, while the WebSocket is open.
+    session: StompSession | None = None
+    name = "ws"
+    peer = "?"
+    #: The listener's connection limit while this connection counts against it.
+    counted: ConnectionLimit | None = None
+    #: Whether this connection is registered as the socket's producer.
+    producing = False
+    #: Whether incoming data frames may bypass Autobahn's frame processing
+    #: (no frame or octet logging, no timing tracking; set on open).
+    fast_receive = False
+    #: Whether outgoing messages may bypass Autobahn's sendMessage (set on open).
+    fast_send = False
+    _linger: IDelayedCall | None = None
+
+    # -- IStompTransport ------------------------------------------------------------
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message Autobahn will send (the session checks it)."""
+        return self.maxMessagePayloadSize
+
+    @property
+    def disconnecting(self) -> bool:
+        """True once the WebSocket has left the OPEN state: nothing more is sent."""
+        return self.state != self.STATE_OPEN
 
     def write(self, data: bytes) -> None:
         """
@@ -84,186 +148,72 @@ class _WebSocketTransport:
         written straight to the socket, which is what Autobahn's
         ``sendMessage`` would write, without its per-message overhead.
         """
-        ws = self._ws
-        if ws.state != ws.STATE_OPEN:
+        if self.state != self.STATE_OPEN:
             return
-        if data.isascii():
-            opcode = 0x81
-        else:
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
-                opcode = 0x82
-            else:
-                opcode = 0x81
-        if ws.send_queue or not ws.fast_send:
-            ws.sendMessage(data, isBinary=opcode == 0x82)
-            return
+        opcode = opcode_for(data)
         n = len(data)
-        if n < 126:
-            ws.transport.write(bytes((opcode, n)) + data)
-        elif 0 < self.max_message_size < n:
-            ws.sendMessage(data, isBinary=opcode == 0x82)  # raises PayloadExceededError
+        if self.send_queue or not self.fast_send or 0 < self.maxMessagePayloadSize < n:
+            # Autobahn's own path (which raises PayloadExceededError when over).
+            self.sendMessage(data, isBinary=opcode == OPCODE_BINARY)
         elif n < 65536:
-            ws.transport.write(_HEAD16.pack(opcode, 126, n) + data)
+            self.transport.write(frame_header(opcode, n) + data)
         else:
-            ws.transport.writeSequence([_HEAD64.pack(opcode, 127, n), data])
+            self.transport.writeSequence([frame_header(opcode, n), data])
 
-    def writeSequence(self, data: list[bytes]) -> None:
-        self.write(b"".join(data))
+    def pause_reading(self) -> None:
+        """Stop reading from the socket."""
+        self.transport.pauseProducing()
 
-    def loseConnection(self) -> None:
-        """Start the WebSocket closing handshake (after queued messages)."""
-        ws = self._ws
-        if ws.state == ws.STATE_OPEN:
-            ws.sendClose(code=1000)
-        elif ws.state != ws.STATE_CLOSED:
-            ws.dropConnection(abort=False)
+    def resume_reading(self) -> None:
+        """Read from the socket again."""
+        if self.transport is not None:
+            self.transport.resumeProducing()
 
-    @property
-    def disconnecting(self) -> bool:
-        """True once the WebSocket has left the OPEN state: nothing more is sent."""
-        return self._ws.state != self._ws.STATE_OPEN
+    def call_soon(self, f, *args) -> None:
+        """Call ``f(*args)`` on the next reactor turn."""
+        self.factory.reactor.callLater(0, f, *args)
 
-    def abortConnection(self) -> None:
-        """Drop the TCP connection at once."""
-        if self._ws.state != self._ws.STATE_CLOSED:
-            self._ws.dropConnection(abort=True)
-
-    @property
-    def transport(self):
-        """The transport under the WebSocket (TCP or TLS)."""
-        return self._ws.transport
-
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def close(self, linger: float) -> None:
         """
-        Register ``producer`` with the socket under the WebSocket, replacing
-        the HTTP channel the connection was upgraded from.
+        Start the WebSocket closing handshake (after queued messages); drop
+        the connection if it has not closed within ``linger`` seconds.
         """
-        transport = self._ws.transport
-        try:
-            transport.registerProducer(producer, streaming)
-        except RuntimeError:
-            transport.unregisterProducer()
-            transport.registerProducer(producer, streaming)
-        self._ws.stomp_producer = producer
+        self.release_producer()
+        if self.state == self.STATE_OPEN:
+            self.sendClose(code=1000)
+        elif self.state != self.STATE_CLOSED:
+            self.dropConnection(abort=False)
+        self._linger = self.factory.reactor.callLater(linger, self._drop)
 
-    def unregisterProducer(self) -> None:
-        """Unregister the producer (a transport with one does not close)."""
-        self._ws.release_producer()
+    def _drop(self) -> None:
+        self._linger = None
+        if self.state != self.STATE_CLOSED:
+            self.dropConnection(abort=True)
+
+    # -- IPushProducer (registered with the socket once open) ---------------------
 
     def pauseProducing(self) -> None:
-        """Stop reading from the socket."""
-        self._ws.transport.pauseProducing()
+        """The socket's output buffer is over the high-water mark."""
+        if self.session is not None:
+            self.session.pause_writing()
 
     def resumeProducing(self) -> None:
-        """Read from the socket again."""
-        if self._ws.transport is not None:
-            self._ws.transport.resumeProducing()
+        """The output buffer drained."""
+        if self.session is not None:
+            self.session.resume_writing()
 
-    def getPeer(self):
-        return self._ws.transport.getPeer()
-
-    def getHost(self):
-        return self._ws.transport.getHost()
-
-
-#: Payloads up to this size are unmasked with one big-integer XOR; longer
-#: ones with Autobahn's native masker (whose setup costs more than that XOR).
-_INT_UNMASK_MAX = 512
-
-
-def _unmask(payload: bytes, mask: bytes) -> bytes:
-    n = len(payload)
-    if n > _INT_UNMASK_MAX:
-        return create_xor_masker(mask, n).process(payload)
-    key = (mask * ((n >> 2) + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-
-
-#: Largest payload of a frame the fast path waits for when it arrives in
-#: pieces; a larger one is handed to Autobahn, which streams its payload to
-#: the STOMP parser as it arrives instead of holding all of it.
-FAST_PARTIAL_MAX = 65536
-
-
-def _fast_frames(ws: StompWebSocketProtocol, data: bytes) -> tuple[int, bool]:
-    """
-    Feed the complete simple data frames at the start of ``data`` to the
-    STOMP session (see :meth:`StompWebSocketProtocol.dataReceived`); return
-    how many bytes they took, and whether the rest is only the beginning of
-    a frame to wait for (its header so far allows the fast path, and its
-    payload is at most :data:`FAST_PARTIAL_MAX`).
-    """
-    size = len(data)
-    pos = 0
-    frame_limit = ws.maxFramePayloadSize
-    message_limit = ws.maxMessagePayloadSize
-    validate = ws.utf8validateIncoming
-    while True:
-        if size - pos < 6:
-            # Too short to tell (a masked frame's header is at least 6 bytes):
-            # Autobahn, too, would only buffer these bytes.
-            return pos, True
-        b0 = data[pos]
-        if b0 != 0x81 and b0 != 0x82:
-            break
-        b1 = data[pos + 1]
-        if not b1 & 0x80:
-            break  # unmasked: Autobahn fails the connection
-        n = b1 & 0x7F
-        head = pos + 2
-        if n == 126:
-            n = int.from_bytes(data[head : head + 2], "big")
-            if n < 126:
-                break
-            head += 2
-        elif n == 127:
-            n = int.from_bytes(data[head : head + 8], "big")
-            if n < 65536:
-                break
-            head += 8
-        if (0 < frame_limit < n) or (0 < message_limit < n):
-            break
-        end = head + 4 + n
-        if end > size:
-            return pos, head + 4 <= size and n <= FAST_PARTIAL_MAX
-        payload = _unmask(data[head + 4 : end], data[head : head + 4]) if n else b""
-        if b0 == 0x81 and validate and not payload.isascii():
-            try:
-                payload.decode("utf-8")
-            except UnicodeDecodeError:
-                break  # Autobahn closes with 1007
-        pos = end
-        stomp = ws.stomp
-        if stomp is not None:
-            stomp.dataReceived(payload)
-        if ws.state != ws.STATE_OPEN or ws.failedByMe or ws.stomp is None:
-            break
-    return pos, False
-
-
-class StompWebSocketProtocol(WebSocketServerProtocol):
-    """An Autobahn WebSocket protocol carrying one STOMP session."""
-
-    stomp: StompProtocol | None = None
-    #: The listener's connection limit while this connection counts against it.
-    counted: ConnectionLimit | None = None
-    #: The STOMP session registered as producer with the socket, if any.
-    stomp_producer = None
-    #: Whether incoming data frames may bypass Autobahn's frame processing
-    #: (no frame or octet logging, no timing tracking; set on open).
-    fast_receive = False
-    #: Whether outgoing messages may bypass Autobahn's sendMessage (set on open).
-    fast_send = False
+    def stopProducing(self) -> None:
+        """The connection is going; :meth:`onClose` cleans up."""
 
     def release_producer(self) -> None:
-        """Unregister the STOMP session as the socket's producer."""
-        if self.stomp_producer is not None:
-            self.stomp_producer = None
+        """Unregister this connection as the socket's producer."""
+        if self.producing:
+            self.producing = False
             transport = self.transport
             if transport is not None and getattr(transport, "producer", True) is not None:
                 transport.unregisterProducer()
+
+    # -- Autobahn's side ---------------------------------------------------------
 
     def _closeConnection(self, abort: bool = False) -> None:
         # Autobahn closes the socket here; one with a producer would not close.
@@ -303,8 +253,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
-        # Outgoing frames are built by _WebSocketTransport.write unless an
-        # option needs Autobahn's own sendMessage.
+        # Outgoing frames are built by write() unless an option needs
+        # Autobahn's own sendMessage.
         self.fast_receive = not (self.logFrames or self.logOctets or self.trackedTimings)
         self.fast_send = (
             self.fast_receive
@@ -312,8 +262,22 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             and not self.autoFragmentSize
             and not self.maskServerFrames
         )
-        self.stomp = self.factory.stomp_factory.buildProtocol(self.transport.getPeer())
-        self.stomp.makeConnection(_WebSocketTransport(self))
+        factory = self.factory
+        transport = self.transport
+        self.peer = format_peer(transport.getPeer())
+        # This connection replaces the HTTP channel it was upgraded from as
+        # the socket's producer.
+        try:
+            transport.registerProducer(self, True)
+        except RuntimeError:
+            transport.unregisterProducer()
+            transport.registerProducer(self, True)
+        self.producing = True
+        set_high_water(transport, factory.config.write_high_water)
+        self.session = StompSession(
+            factory.broker, factory.config, self, factory.sweep, factory.reactor.seconds
+        )
+        self.session.connection_made()
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -322,26 +286,22 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
 
         The fast path handles only what Autobahn would handle the same way
         with nothing to remember: an open connection between messages, and
-        frames with FIN set, no RSV bits, opcode text or binary, masked,
-        a minimally encoded length within the frame and message limits, all
-        of it buffered, and (for text) valid UTF-8. The start of such a frame
-        (up to :data:`FAST_PARTIAL_MAX` of payload) waits in the buffer for
-        the rest, as a pipelining client's writes are cut anywhere by TCP.
-        It stops at the first frame that is anything else (a control frame,
-        a fragment, a larger partial frame, an oversized or invalid one)
-        and hands the rest, unchanged,
-        to Autobahn's own frame processing, which then sees exactly the
-        bytes it would have seen, so closing handshakes, pings, limits
-        (close code 1009) and protocol errors behave as before. Autobahn's
-        per-frame cost (a masker object, per-frame callbacks and eager
-        debug logging) was most of the broker's CPU time per message.
+        the simple frames of :func:`stomptw.wsframes.read_simple_frames`. The
+        start of such a frame (up to :data:`FAST_PARTIAL_MAX` of payload)
+        waits in the buffer for the rest, as a pipelining client's writes are
+        cut anywhere by TCP. At the first frame that is anything else (a
+        control frame, a fragment, a larger partial frame, an oversized or
+        invalid one) the rest goes, unchanged, to Autobahn's own frame
+        processing, which then sees exactly the bytes it would have seen, so
+        closing handshakes, pings, limits (close code 1009) and protocol
+        errors behave as before.
         """
         if (
             self.state != self.STATE_OPEN
             or self.current_frame is not None
             or self.inside_message
             or self.failedByMe
-            or self.stomp is None
+            or self.session is None
             or not self.fast_receive
         ):
             self._dataReceived(data)
@@ -349,7 +309,19 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         if self.data:
             data = self.data + data
             self.data = b""
-        pos, wait = _fast_frames(self, data)
+        found = read_simple_frames(
+            data, self.maxFramePayloadSize, self.maxMessagePayloadSize, self.utf8validateIncoming
+        )
+        pos = 0
+        wait = found.wait
+        for payload, end in found.payloads:
+            pos = end
+            session = self.session
+            if session is not None:
+                session.data_received(payload)
+            if self.state != self.STATE_OPEN or self.failedByMe or self.session is None:
+                wait = False
+                break
         if pos and self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
             # As Autobahn does at the end of every data frame.
             self._cancelAutoPingTimeoutCall()
@@ -373,8 +345,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         self.message_data_total_length = 0
 
     def onMessageFrameData(self, payload: bytes) -> None:
-        if not self.failedByMe and self.stomp is not None:
-            self.stomp.dataReceived(payload)
+        if not self.failedByMe and self.session is not None:
+            self.session.data_received(payload)
 
     def onMessageFrameEnd(self) -> None:
         self.frame_data = None
@@ -386,11 +358,14 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         counted, self.counted = self.counted, None
         if counted is not None:
             counted.release()
-        stomp, self.stomp = self.stomp, None
-        if stomp is not None:
-            why = ConnectionDone if wasClean else ConnectionLost
-            text = f"WebSocket closed, code {code}" + (f": {reason}" if reason else "")
-            stomp.connectionLost(Failure(why(text)))
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        session, self.session = self.session, None
+        if session is not None:
+            session.connection_lost(
+                f"WebSocket closed, code {code}" + (f": {reason}" if reason else "")
+            )
 
 
 class StompWebSocketFactory(WebSocketServerFactory):
@@ -418,7 +393,9 @@ class StompWebSocketFactory(WebSocketServerFactory):
     ) -> None:
         super().__init__(server=config.server_name, reactor=reactor)
         self.connection_limit = connection_limit
-        self.stomp_factory = StompFactory(broker, config, reactor, "ws")
+        self.broker = broker
+        self.config = config
+        self.sweep = shared_sweep(broker, config, reactor)
         self.allowed_origins = list(config.allowed_origins)
         limit = config.ws_message_limit
         self.setProtocolOptions(

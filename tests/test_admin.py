@@ -277,7 +277,9 @@ def test_not_ready_before_listening_and_loading():
         BrokerConfig(), tcp_endpoints=[LOOPBACK], ws_endpoints=[], store="memory"
     )
     service = makeService(config, reactor)
-    resource = AdminResource(service, service.broker, BearerTokenAuthorizer(None), reactor)
+    resource = AdminResource(
+        service.unbound_listeners, service.broker, BearerTokenAuthorizer(None), reactor
+    )
     request = DummyRequest([b"readyz"])
     request.method = b"GET"
     request.path = b"/readyz"

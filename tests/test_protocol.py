@@ -16,7 +16,7 @@ from stomptw.broker import Broker, Subscription
 from stomptw.config import BrokerConfig
 from stomptw.destinations import Queue, Topic
 from stomptw.frame import Frame, FrameParser, Limits, encode_frame
-from stomptw.interfaces import IDestination, IMessageConsumer
+from stomptw.interfaces import IDeadlineTarget, IDestination, IMessageConsumer, IStompTransport
 from stomptw.protocol import StompFactory, StompProtocol
 
 
@@ -101,9 +101,11 @@ def assert_error(client: Client, text: str) -> Frame:
 
 def test_interfaces(env):
     client = env.client()
-    assert verifyObject(IMessageConsumer, client.proto)
-    assert verifyObject(IDestination, Queue("/queue/a", env.broker))
-    assert verifyObject(IDestination, Topic("/topic/a", env.broker))
+    assert verifyObject(IMessageConsumer, client.proto.session)
+    assert verifyObject(IStompTransport, client.proto)
+    assert verifyObject(IDeadlineTarget, client.proto.session)
+    assert verifyObject(IDestination, Queue("/queue/a", env.broker.context))
+    assert verifyObject(IDestination, Topic("/topic/a", env.broker.context))
 
 
 # -- CONNECT -------------------------------------------------------------------

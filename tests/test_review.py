@@ -314,16 +314,12 @@ def test_topic_prefetch_count_holds_messages_back_until_acked(env):  # noqa: F81
 # ================================================================================
 
 
-class _SmallWsTransport(StringTransport):
-    """A transport with a WebSocket-style outgoing message limit."""
-
-    max_message_size = 300
-
-
 def _ws_like_client(env) -> Client:  # noqa: F811
+    """A client whose transport has a WebSocket-style outgoing message limit."""
     client = Client(env.broker, env.clock, env.config)
-    client.transport = _SmallWsTransport()
+    client.transport = StringTransport()
     client.proto = StompFactory(env.broker, env.config, env.clock).buildProtocol(None)
+    client.proto.max_message_size = 300
     client.proto.makeConnection(client.transport)
     return client
 
@@ -470,7 +466,7 @@ async def test_queue_message_not_lost_to_a_websocket_that_is_closing(make_broker
 
     def ws_session_state():
         (session,) = [s for s in running.broker.sessions if s.transport_name == "ws"]
-        return session.transport._ws.state, session._closing, list(session.subscriptions)
+        return session.transport.state, session.closing, list(session.subscriptions)
 
     def run() -> None:
         ws = websocket.create_connection(

@@ -315,8 +315,8 @@ def test_a_large_frame_in_pieces_streams_through_autobahn():
     headers = {"destination": "/queue/big", "content-length": str(len(body))}
     big = wire(encode_frame("SEND", headers, body), BINARY)
     seen = []
-    original = proto.stomp.dataReceived
-    proto.stomp.dataReceived = lambda data: (seen.append(len(data)), original(data))
+    original = proto.session.data_received
+    proto.session.data_received = lambda data: (seen.append(len(data)), original(data))
     proto.dataReceived(big[:30000])
     assert proto.data == b"" and sum(seen) > 29000  # streamed, not held
     proto.dataReceived(big[30000:])

@@ -1,0 +1,368 @@
+"""
+What each client frame does to a :class:`~stomptw.session.StompSession`.
+
+One function per command, called by :func:`dispatch` with the session, the
+frame's headers and its body. A function raises
+:class:`~stomptw.errors.ProtocolError` to end the session with an ERROR;
+the session sends RECEIPTs and handles errors, so the functions only say
+what the frame means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from stomptw.config import SUPPORTED_VERSIONS
+from stomptw.errors import (
+    DESTINATION_HELP,
+    ProtocolError,
+    destination_full,
+    parse_heartbeat,
+    require,
+)
+from stomptw.model import (
+    ACK_MODES,
+    NOT_FORWARDED,
+    DestinationError,
+    DestinationFull,
+    Subscription,
+    durable_name,
+    message_size,
+)
+
+if TYPE_CHECKING:
+    from stomptw.session import StompSession
+
+__all__ = ["dispatch"]
+
+Headers = dict[str, str]
+
+
+def dispatch(session: StompSession, command: str, headers: Headers, body: bytes) -> None:
+    """Carry out one client frame (its body already checked to be allowed)."""
+    if session.version is None:
+        if command in ("CONNECT", "STOMP"):
+            connect(session, headers)
+            return
+        raise ProtocolError(
+            f"{command} received before CONNECT",
+            "The first frame on a connection must be CONNECT or STOMP.",
+        )
+    handler = _HANDLERS.get(command)
+    if handler is None:
+        if command in ("CONNECT", "STOMP"):
+            raise ProtocolError(
+                "already connected",
+                f"This session has already been established; a second {command} "
+                "is not allowed. Open a new connection instead.",
+            )
+        raise ProtocolError(
+            f"unknown command {command[:40]!r}",
+            "Client frames are SEND, SUBSCRIBE, UNSUBSCRIBE, BEGIN, COMMIT, ABORT, "
+            "ACK, NACK and DISCONNECT (plus CONNECT or STOMP to start).",
+        )
+    handler(session, headers, body)
+
+
+def connect(session: StompSession, headers: Headers) -> None:
+    """CONNECT or STOMP: negotiate the version and heart-beats, answer CONNECTED."""
+    accept = headers.get("accept-version")
+    offered = ["1.0"] if accept is None else [v.strip() for v in accept.split(",")]
+    common = [v for v in SUPPORTED_VERSIONS if v in offered]
+    if not common:
+        raise ProtocolError(
+            "unsupported protocol version",
+            f"The client accepts STOMP versions {accept!r}; this broker speaks "
+            + ", ".join(reversed(SUPPORTED_VERSIONS))
+            + ".",
+            {"version": ",".join(reversed(SUPPORTED_VERSIONS))},
+        )
+    version = common[0]
+    config = session.config
+    send_ms = receive_ms = 0
+    if version != "1.0":
+        cx, cy = parse_heartbeat(headers.get("heart-beat", "0,0"))
+        sx, sy = config.heartbeat_send_ms, config.heartbeat_receive_ms
+        send_ms = 0 if (sx == 0 or cy == 0) else max(sx, cy)
+        receive_ms = 0 if (cx == 0 or sy == 0) else max(cx, sy)
+    session.version = version
+    session.client_id = headers.get("client-id", "")
+    session.parser.version = version
+    session.session_id = session.broker.new_session_id()
+    connected = {"version": version, "server": config.server_name, "session": session.session_id}
+    if version != "1.0":
+        connected["heart-beat"] = f"{send_ms},{receive_ms}"
+    session.send_frame("CONNECTED", connected)
+    session.connected(send_ms, receive_ms)
+    session.log.info(
+        "session {session} established: peer={peer} transport={transport} "
+        "version={version} heart-beat={send_ms},{receive_ms}",
+        session=session.session_id,
+        peer=session.peer,
+        transport=session.transport_name,
+        version=version,
+        send_ms=send_ms,
+        receive_ms=receive_ms,
+    )
+
+
+def _check_destination(session: StompSession, destination: str) -> None:
+    try:
+        session.broker.check_destination(destination)
+    except DestinationError as e:
+        raise ProtocolError(f"invalid destination: {e}", DESTINATION_HELP) from None
+
+
+def send(session: StompSession, headers: Headers, body: bytes) -> None:
+    """SEND: publish now, or hold the message in its transaction."""
+    destination = require(headers, "SEND", "destination")
+    if destination not in session.broker.destinations:
+        # A destination that exists has passed this check.
+        _check_destination(session, destination)
+    expires = headers.get("expires")
+    if expires is not None and not expires.isdigit():
+        raise ProtocolError(
+            f"invalid expires header {expires[:40]!r}",
+            "expires must be a time in milliseconds since the epoch (0 means never).",
+        )
+    forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
+    actions = session.transactions.named(headers)
+    if actions is not None:
+        session.transactions.hold(
+            headers["transaction"], destination, message_size(forwarded, body)
+        )
+        actions.append((_publish, (session, destination, forwarded, body)))
+    else:
+        _publish(session, destination, forwarded, body)
+
+
+def _publish(
+    session: StompSession,
+    destination: str,
+    headers: Headers,
+    body: bytes,
+    reject: bool = True,
+) -> None:
+    try:
+        message = session.broker.send(destination, headers, body, session, reject)
+    except DestinationFull as e:
+        raise destination_full(destination, e) from None
+    if message.persistent:
+        session.needs_sync = True
+
+
+def subscribe(session: StompSession, headers: Headers, body: bytes) -> None:
+    """SUBSCRIBE: start a subscription (durable when its headers say so)."""
+    destination = require(headers, "SUBSCRIBE", "destination")
+    sub_id = headers.get("id")
+    if not sub_id:
+        if session.version != "1.0":
+            require(headers, "SUBSCRIBE", "id")
+        sub_id = destination
+    if sub_id in session.subscriptions:
+        raise ProtocolError(
+            f"subscription id {sub_id!r} is already in use",
+            "Each SUBSCRIBE on a connection needs its own id; UNSUBSCRIBE the old one first.",
+        )
+    ack = headers.get("ack", "auto")
+    if ack not in ACK_MODES:
+        raise ProtocolError(
+            f"invalid ack mode {ack!r}",
+            "The ack header of SUBSCRIBE must be auto, client or client-individual.",
+        )
+    prefetch = session.config.default_prefetch
+    raw = headers.get("prefetch-count")
+    if raw is not None:
+        if not raw.isdigit():
+            raise ProtocolError(
+                f"invalid prefetch-count {raw!r}",
+                "prefetch-count must be a non-negative integer (0 means no limit).",
+            )
+        prefetch = int(raw)
+    _check_destination(session, destination)
+    durable = None
+    if destination.startswith("/topic/"):
+        name = durable_name(headers, sub_id)
+        if name is not None:
+            durable = (session.client_id, name)
+    sub = Subscription(session, sub_id, destination, ack, prefetch, durable)
+    # Registered first: delivering at once may end the session, which
+    # must then find and release this subscription too.
+    session.subscriptions[sub_id] = sub
+    if durable is not None:
+        # Its RECEIPT says the subscription is stored.
+        session.needs_sync = True
+    try:
+        session.broker.subscribe(sub)
+    except DestinationError as e:
+        session.subscriptions.pop(sub_id, None)
+        raise ProtocolError(
+            str(e),
+            "A durable subscription takes one subscriber at a time; close the other "
+            "connection, or use another subscription name or client-id.",
+        ) from None
+
+
+def unsubscribe(session: StompSession, headers: Headers, body: bytes) -> None:
+    """UNSUBSCRIBE: end a subscription; with a durable name, delete it too."""
+    sub_id = headers.get("id")
+    if not sub_id and session.version == "1.0":
+        sub_id = headers.get("destination")
+    if not sub_id:
+        require(headers, "UNSUBSCRIBE", "id")
+    sub = session.subscriptions.pop(sub_id, None)
+    durable = durable_name(headers, sub_id)
+    if sub is not None:
+        for ack_id in sub.unacked:
+            session.pending.pop(ack_id, None)
+        session.broker.unsubscribe(sub)
+    removed = durable is not None and session.broker.remove_durable(session.client_id, durable)
+    if removed:
+        session.needs_sync = True
+    if sub is None and not removed:
+        raise ProtocolError(
+            f"no subscription with id {sub_id!r}",
+            "UNSUBSCRIBE must name the id of an active subscription on this connection"
+            + (
+                f", or a durable subscription of client-id {session.client_id!r}."
+                if durable is not None
+                else "."
+            ),
+        )
+
+
+def _find_delivery(
+    session: StompSession, command: str, headers: Headers
+) -> tuple[Subscription, str]:
+    """Return the subscription and ack id an ACK or NACK refers to."""
+    if session.version == "1.2":
+        ack_id = require(headers, command, "id")
+        sub = session.pending.get(ack_id)
+        if sub is None:
+            raise ProtocolError(
+                f"{command} for unknown ack id {ack_id!r}",
+                f"The id of {command} must be the ack header of a MESSAGE received on this "
+                "connection in a client ack mode and not yet acknowledged.",
+            )
+        return sub, ack_id
+    message_id = require(headers, command, "message-id")
+    sub_id = headers.get("subscription")
+    if session.version == "1.1" and not sub_id:
+        require(headers, command, "subscription")
+    if sub_id:
+        found = session.subscriptions.get(sub_id)
+        candidates = [found] if found is not None else []
+    else:
+        candidates = list(session.subscriptions.values())
+    for sub in candidates:
+        for key, message in sub.unacked.items():
+            if message.message_id == message_id:
+                return sub, key
+    raise ProtocolError(
+        f"{command} for unknown message {message_id!r}",
+        f"{command} must name a message received on this connection in a client ack "
+        "mode and not yet acknowledged.",
+    )
+
+
+def ack(session: StompSession, headers: Headers, body: bytes) -> None:
+    """ACK: settle a delivery (now, or on its transaction's COMMIT)."""
+    _settle_frame(session, "ACK", headers, True)
+
+
+def nack(session: StompSession, headers: Headers, body: bytes) -> None:
+    """NACK (1.1 and 1.2): refuse a delivery (now, or on COMMIT)."""
+    if session.version == "1.0":
+        raise ProtocolError(
+            "NACK is not part of STOMP 1.0",
+            "STOMP 1.0 has no NACK frame; connect with accept-version 1.1 or 1.2 to use it.",
+        )
+    _settle_frame(session, "NACK", headers, False)
+
+
+def _settle_frame(session: StompSession, command: str, headers: Headers, accepted: bool) -> None:
+    sub, ack_id = _find_delivery(session, command, headers)
+    actions = session.transactions.named(headers)
+    if actions is not None:
+        actions.append((_settle, (session, sub, ack_id, accepted)))
+    else:
+        _settle(session, sub, ack_id, accepted)
+
+
+def _settle(session: StompSession, sub: Subscription, ack_id: str, accepted: bool) -> None:
+    # ``client`` mode is cumulative for ACK and NACK alike.
+    taken = sub.take(ack_id, cumulative=sub.ack_mode == "client")
+    if not taken:
+        return
+    pending = session.pending
+    for key, _ in taken:
+        pending.pop(key, None)
+    messages = [message for _, message in taken]
+    if accepted:
+        session.broker.ack(sub, messages)
+    else:
+        session.broker.nack(sub, messages)
+
+
+def begin(session: StompSession, headers: Headers, body: bytes) -> None:
+    """BEGIN: open a transaction."""
+    session.transactions.begin(headers)
+
+
+def commit(session: StompSession, headers: Headers, body: bytes) -> None:
+    """COMMIT: check every destination's room, then do all the transaction holds."""
+    actions, needed = session.transactions.end("COMMIT", headers)
+    # All or nothing: a full queue refuses the whole transaction before
+    # any of it takes effect (and then takes all of it).
+    for destination, (count, size) in needed.items():
+        try:
+            session.broker.check_room(destination, count, size)
+        except DestinationFull as e:
+            raise destination_full(
+                destination, e, " None of the transaction took effect."
+            ) from None
+    for action, args in actions:
+        if action is _publish:
+            _publish(*args, reject=False)
+        else:
+            action(*args)
+
+
+def abort(session: StompSession, headers: Headers, body: bytes) -> None:
+    """ABORT: forget a transaction."""
+    session.transactions.end("ABORT", headers)
+
+
+def disconnect(session: StompSession, headers: Headers, body: bytes) -> None:
+    """DISCONNECT: RECEIPT once earlier messages are stored, then close."""
+    receipt = headers.get("receipt")
+    session.close_reason = "client sent DISCONNECT"
+    if session.receipts:
+        # Earlier persistent messages are still being stored: their
+        # RECEIPTs, then this one, then the close.
+        session.draining = True
+        session.broker.sync().addBoth(lambda _: _finish_disconnect(session, receipt))
+    else:
+        _finish_disconnect(session, receipt)
+
+
+def _finish_disconnect(session: StompSession, receipt: str | None) -> None:
+    if session.closing:
+        return
+    if receipt is not None:
+        session.send_frame("RECEIPT", {"receipt-id": receipt})
+    session.close_gracefully()
+
+
+_HANDLERS: dict[str, Callable[[StompSession, Headers, bytes], None]] = {
+    "SEND": send,
+    "SUBSCRIBE": subscribe,
+    "UNSUBSCRIBE": unsubscribe,
+    "ACK": ack,
+    "NACK": nack,
+    "BEGIN": begin,
+    "COMMIT": commit,
+    "ABORT": abort,
+    "DISCONNECT": disconnect,
+}
