@@ -15,52 +15,26 @@ from zope.interface.verify import verifyObject
 from stomptw.broker import Broker, Subscription
 from stomptw.config import BrokerConfig
 from stomptw.destinations import Queue, Topic
-from stomptw.frame import Frame, FrameParser, Limits, encode_frame
+from stomptw.frame import Frame, Limits, encode_frame
 from stomptw.interfaces import IDeadlineTarget, IDestination, IMessageConsumer, IStompTransport
 from stomptw.protocol import StompFactory, StompProtocol
+from stomptw.testing import ClientSession
 
 
-class Client:
+class Client(ClientSession):
     """One protocol instance on a StringTransport, seen from the client side."""
 
-    def __init__(self, broker: Broker, clock: Clock, config: BrokerConfig) -> None:
-        self.transport = StringTransport()
+    def __init__(
+        self, broker: Broker, clock: Clock, config: BrokerConfig, max_message_size: int = 0
+    ) -> None:
         self.proto = StompFactory(broker, config, clock).buildProtocol(None)
-        self.proto.makeConnection(self.transport)
-        self._parser = FrameParser(version="1.2")
-        self.version = "1.2"
-
-    def send(self, command: str, body: bytes = b"", **headers: str) -> None:
-        headers = {k.replace("_", "-"): v for k, v in headers.items()}
-        self.proto.dataReceived(
-            encode_frame(command, headers, body, self.version, content_length=bool(body))
-        )
+        # A WebSocket-style limit on what the transport can carry, if any.
+        self.proto.max_message_size = max_message_size
+        self.proto.makeConnection(StringTransport())
+        super().__init__(self.proto.session, self.proto.transport)
 
     def raw(self, data: bytes) -> None:
         self.proto.dataReceived(data)
-
-    def frames(self) -> list[Frame]:
-        """Frames written since the last call (heart-beats skipped)."""
-        data = self.transport.value()
-        self.transport.clear()
-        self._parser.version = self.version
-        self._parser.feed(data)
-        out = []
-        while (frame := self._parser.next_frame()) is not None:
-            out.append(frame)
-        return out
-
-    def frame(self) -> Frame:
-        frames = self.frames()
-        assert len(frames) == 1, frames
-        return frames[0]
-
-    def connect(self, version: str = "1.2", **headers: str) -> Frame:
-        self.version = version
-        self.send("CONNECT", accept_version=version, host="localhost", **headers)
-        connected = self.frame()
-        assert connected.command == "CONNECTED", connected
-        return connected
 
     @property
     def closing(self) -> bool:

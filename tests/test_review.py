@@ -316,12 +316,7 @@ def test_topic_prefetch_count_holds_messages_back_until_acked(env):  # noqa: F81
 
 def _ws_like_client(env) -> Client:  # noqa: F811
     """A client whose transport has a WebSocket-style outgoing message limit."""
-    client = Client(env.broker, env.clock, env.config)
-    client.transport = StringTransport()
-    client.proto = StompFactory(env.broker, env.config, env.clock).buildProtocol(None)
-    client.proto.max_message_size = 300
-    client.proto.makeConnection(client.transport)
-    return client
+    return Client(env.broker, env.clock, env.config, max_message_size=300)
 
 
 def test_websocket_limit_too_small_for_the_frame_limit_is_refused():

@@ -9,14 +9,12 @@ written as raw bytes on the socket under websocket-client.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import pytest_twisted
 import websocket
 from clients import ClientPool, encode_frame, parse_single_frame, run_clients, unique
 
-from stomptw.websocket import FAST_PARTIAL_MAX, _unmask
+from stomptw.websocket import FAST_PARTIAL_MAX
 
 TEXT = websocket.ABNF.OPCODE_TEXT
 BINARY = websocket.ABNF.OPCODE_BINARY
@@ -39,15 +37,6 @@ def recv_any(ws) -> tuple[int, bytes]:
     if isinstance(data, str):
         data = data.encode("utf-8")
     return opcode, data
-
-
-@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 512, 513, 4096, 70000])
-def test_unmask_matches_autobahn(size):
-    from autobahn.websocket.xormasker import create_xor_masker
-
-    payload, mask = os.urandom(size), os.urandom(4)
-    expected = create_xor_masker(mask, size).process(payload) if size else b""
-    assert _unmask(payload, mask) == expected
 
 
 @pytest_twisted.ensureDeferred
@@ -197,38 +186,6 @@ async def test_frames_after_disconnect_in_the_same_write_are_not_processed(broke
 # -- in process: which path a frame takes ---------------------------------------------
 
 
-def _open_in_process():
-    """A StompWebSocketProtocol over a StringTransport, after the opening handshake."""
-    import base64
-
-    from twisted.internet.address import IPv4Address
-    from twisted.internet.task import Clock
-    from twisted.internet.testing import StringTransport
-
-    from stomptw.broker import Broker
-    from stomptw.config import BrokerConfig
-    from stomptw.websocket import StompWebSocketFactory
-
-    clock = Clock()
-    config = BrokerConfig()
-    factory = StompWebSocketFactory(Broker(config, clock=clock), config, clock)
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    proto = factory.buildProtocol(peer)
-    transport = StringTransport(peerAddress=peer)
-    proto.makeConnection(transport)
-    key = base64.b64encode(os.urandom(16)).decode()
-    proto.dataReceived(
-        (
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:15674\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n"
-        ).encode()
-    )
-    assert transport.value().startswith(b"HTTP/1.1 101 ")
-    transport.clear()
-    return proto, transport
-
-
 def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
     """Split unmasked server frames: [(first byte, payload)]; checks minimal lengths."""
     out = []
@@ -248,13 +205,13 @@ def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def test_simple_frames_bypass_autobahn_both_ways():
+def test_simple_frames_bypass_autobahn_both_ways(ws_in_process):
     """
     Whole simple frames in and MESSAGE frames out never reach Autobahn's
     processData or sendMessage; the frames written are exact RFC 6455
     frames with minimal 7-, 16- and 64-bit lengths.
     """
-    proto, transport = _open_in_process()
+    proto, transport = ws_in_process
 
     def slow_path(*args, **kwargs):
         raise AssertionError("took Autobahn's path")
@@ -274,14 +231,14 @@ def test_simple_frames_bypass_autobahn_both_ways():
     assert [parse_single_frame(p).body for _, p in frames[1:]] == bodies
 
 
-def test_frames_cut_anywhere_wait_for_their_rest_on_the_fast_path():
+def test_frames_cut_anywhere_wait_for_their_rest_on_the_fast_path(ws_in_process):
     """
     A pipelining client's frames arrive cut at arbitrary points: the start
     of a frame waits in the buffer and the frame is taken whole by the fast
     path, never by Autobahn's processData (which, once it has seen a partial
     frame, would also take every frame after it in that read).
     """
-    proto, transport = _open_in_process()
+    proto, transport = ws_in_process
 
     def slow_path(*args, **kwargs):
         raise AssertionError("took Autobahn's path")
@@ -301,13 +258,13 @@ def test_frames_cut_anywhere_wait_for_their_rest_on_the_fast_path():
     assert [f.body for f in frames[1:]] == bodies
 
 
-def test_a_large_frame_in_pieces_streams_through_autobahn():
+def test_a_large_frame_in_pieces_streams_through_autobahn(ws_in_process):
     """
     A frame whose payload is over FAST_PARTIAL_MAX is not held whole: its
     pieces stream through Autobahn to the STOMP parser as they arrive, and
     whole frames after it take the fast path again.
     """
-    proto, transport = _open_in_process()
+    proto, transport = ws_in_process
     proto.dataReceived(wire(encode_frame("CONNECT", {"accept-version": "1.2", "host": "x"})))
     proto.dataReceived(wire(encode_frame("SUBSCRIBE", {"destination": "/queue/big", "id": "1"})))
     transport.clear()
@@ -324,8 +281,8 @@ def test_a_large_frame_in_pieces_streams_through_autobahn():
     assert parse_single_frame(frame[1]).body == body
 
 
-def test_control_frames_and_partial_frames_still_go_to_autobahn():
-    proto, transport = _open_in_process()
+def test_control_frames_and_partial_frames_still_go_to_autobahn(ws_in_process):
+    proto, transport = ws_in_process
     connect = wire(encode_frame("CONNECT", {"accept-version": "1.2", "host": "x"}))
     # A frame cut in two: the first piece waits in Autobahn's buffer.
     proto.dataReceived(connect[:7])
