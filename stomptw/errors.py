@@ -10,8 +10,17 @@ from stomptw.model import DestinationFull
 
 __all__ = [
     "DESTINATION_HELP",
+    "SHUTTING_DOWN",
     "ProtocolError",
+    "body_not_allowed",
+    "closed_by_operator",
     "destination_full",
+    "heartbeat_timeout",
+    "internal_error",
+    "login_timeout",
+    "message_too_large",
+    "not_stored",
+    "slow_consumer",
     "limit_details",
     "parse_heartbeat",
     "require",
@@ -32,6 +41,21 @@ class ProtocolError(Exception):
         self.message = message
         self.details = details
         self.headers = headers or {}
+
+    def frame(self, receipt: str | None = None) -> tuple[dict[str, str], bytes]:
+        """
+        The ERROR frame's headers and body (``receipt-id`` when the failing
+        frame asked for ``receipt``).
+        """
+        headers = {"message": self.message}
+        headers.update(self.headers)
+        if receipt is not None:
+            headers.setdefault("receipt-id", receipt)
+        headers["content-type"] = "text/plain"
+        body = (self.details or self.message).encode("utf-8")
+        if not body.endswith(b"\n"):
+            body += b"\n"
+        return headers, body
 
 
 #: The ERROR body for a destination name the broker cannot route.
@@ -79,4 +103,82 @@ def limit_details(error: FrameTooLarge) -> str:
     return (
         f"The frame was refused because it is over the broker's {error.limit} limit "
         f"({error.value}). Send smaller frames, or ask the operator to raise the limit."
+    )
+
+
+def body_not_allowed(command: str) -> ProtocolError:
+    """A body on a frame other than SEND."""
+    return ProtocolError(
+        f"{command} frame must not have a body", "Only SEND frames may carry a body."
+    )
+
+
+def internal_error(command: str) -> ProtocolError:
+    """What the client hears of a broker bug (the traceback goes to the log only)."""
+    return ProtocolError(
+        "internal broker error",
+        f"The broker failed while processing a {command} frame. This is a bug in "
+        "the broker, not in the client; it has been logged.",
+    )
+
+
+def login_timeout(seconds: float) -> ProtocolError:
+    """No CONNECT within ``--login-timeout``."""
+    return ProtocolError(
+        "no CONNECT frame received in time",
+        f"A client must send CONNECT or STOMP within {seconds:g} "
+        "seconds of opening the connection.",
+    )
+
+
+def heartbeat_timeout(silent: float) -> ProtocolError:
+    """Nothing from a client that agreed to send heart-beats."""
+    return ProtocolError(
+        "heart-beat timeout",
+        f"Nothing arrived from the client for {silent:.1f} "
+        "seconds although heart-beats were agreed in CONNECT/CONNECTED.",
+    )
+
+
+def slow_consumer(reason: str) -> ProtocolError:
+    """The slow-topic policy ``disconnect`` ends a subscriber's session."""
+    return ProtocolError(
+        "slow consumer",
+        f"{reason}; the broker's policy for topic subscribers that stay slow is "
+        "to disconnect them. Read faster, or use a queue.",
+    )
+
+
+def message_too_large(size: int, subscription: str, limit: int) -> ProtocolError:
+    """A MESSAGE over the connection's WebSocket message limit."""
+    return ProtocolError(
+        "message too large for this connection",
+        f"A {size}-byte MESSAGE frame for subscription {subscription!r} is "
+        f"over this connection's WebSocket message limit of {limit} bytes. The "
+        "message stays with the broker for other subscribers.",
+    )
+
+
+#: The ERROR every session gets when the broker stops.
+SHUTTING_DOWN = ProtocolError(
+    "broker is shutting down",
+    "The broker is stopping and closes every connection; reconnect "
+    "later. Unacknowledged messages go back to their queues.",
+)
+
+
+def closed_by_operator(reason: str) -> ProtocolError:
+    """An operator closed the session through the admin API, saying ``reason``."""
+    details = "An operator closed this connection through the broker's admin API."
+    if reason:
+        details += f" Reason: {reason}"
+    return ProtocolError("closed by the operator", details)
+
+
+def not_stored(why: str) -> ProtocolError:
+    """The store could not write a persistent message."""
+    return ProtocolError(
+        "message could not be stored",
+        f"The broker could not write a persistent message to its store: {why}. "
+        "Messages without a RECEIPT may not have been accepted; send them again.",
     )

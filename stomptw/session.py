@@ -19,31 +19,32 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from stomptw import commands
-from stomptw.broker import Broker
-from stomptw.config import BrokerConfig
+from stomptw import commands, errors
 from stomptw.errors import ProtocolError, limit_details
+from stomptw.flow import InputGate
 from stomptw.frame import FrameError, FrameParser, FrameTooLarge, encode_frame
 from stomptw.interfaces import IDeadlineTarget, IMessageConsumer, IStompTransport
+from stomptw.liveness import Liveness
 from stomptw.model import Message, Subscription, encode_delivery
 from stomptw.receipts import Receipts
-from stomptw.timers import DeadlineSweep
 from stomptw.transactions import Transactions
+
+if TYPE_CHECKING:
+    from stomptw.broker import Broker
+    from stomptw.config import BrokerConfig
+    from stomptw.timers import DeadlineSweep
 
 __all__ = ["ProtocolError", "StompSession"]
 
 #: Client frames that may carry a body.
 _BODY_ALLOWED = frozenset({"SEND"})
-
-#: Slack for float rounding when a deadline is compared with the time.
-_EPSILON = 1e-6
 
 
 @implementer(IMessageConsumer, IDeadlineTarget)
@@ -93,25 +94,19 @@ class StompSession:
         self.needs_sync = False
         self.writable = True
         self.parser = FrameParser(config.limits)
-        # Queues (and topics) that are full and stop this client's input.
-        self._blockers: set[Any] = set()
-        self._reading_paused = False
-        # Output written while over the high-water mark; past _output_limit
-        # the broker stops reading (the client does not read either).
-        self._unsent = 0
-        self._output_full = False
-        self._output_limit = max(4 * config.write_high_water, 1024 * 1024)
+        # Replies written while over the high-water mark, past this limit,
+        # stop reading too (the client does not read either).
+        self.gate = InputGate(
+            transport, self._resume_frames, max(4 * config.write_high_water, 1024 * 1024)
+        )
         #: DISCONNECT (or an ERROR) waits for earlier messages to be stored.
         self.draining = False
         self.closing = False
         #: Why the broker closed, when it did; otherwise the transport says.
         self.close_reason = ""
         self._closed_waiters: list[Deferred] = []
-        self.opened = self._last_received = self._last_sent = now()
-        self._login_deadline: float | None = None
-        self._send_interval = 0.0
-        self._receive_timeout = 0.0
-        self._receive_from = 0.0
+        self.opened = now()
+        self.liveness = Liveness(self.opened, config.login_timeout, sweep.resolution)
         self._counters = broker.counters
 
     # -- lifecycle ----------------------------------------------------------------
@@ -119,7 +114,6 @@ class StompSession:
     def connection_made(self) -> None:
         """The transport is open: count the session and start the login clock."""
         self.broker.sessions.add(self)
-        self._login_deadline = self.opened + self.config.login_timeout
         self._schedule()
         self.log.debug(
             "connection opened from {peer} over {transport}",
@@ -151,14 +145,15 @@ class StompSession:
         self._counters.bytes_received += len(data)
         if self.closing or self.draining:
             return
-        self._last_received = self.now()
+        self.liveness.last_received = self.now()
         self.parser.feed(data)
         self._process()
 
     def _process(self) -> None:
         """Handle the frames the parser holds, until input is paused."""
         parser = self.parser
-        while not (self.closing or self._reading_paused or self.draining):
+        gate = self.gate
+        while not (self.closing or gate.paused or self.draining):
             try:
                 frame = parser.next_frame()
             except FrameError as e:
@@ -178,10 +173,7 @@ class StompSession:
         received[command if command in received else "OTHER"] += 1
         try:
             if body and command not in _BODY_ALLOWED:
-                raise ProtocolError(
-                    f"{command} frame must not have a body",
-                    "Only SEND frames may carry a body.",
-                )
+                raise errors.body_not_allowed(command)
             commands.dispatch(self, command, headers, body)
         except ProtocolError as e:
             self.fail(e, receipt=headers.get("receipt"))
@@ -196,12 +188,7 @@ class StompSession:
                 transport=self.transport_name,
                 session=self.session_id or "-",
             )
-            error = ProtocolError(
-                "internal broker error",
-                f"The broker failed while processing a {command} frame. This is a bug in "
-                "the broker, not in the client; it has been logged.",
-            )
-            self.fail(error, receipt=headers.get("receipt"))
+            self.fail(errors.internal_error(command), receipt=headers.get("receipt"))
             return
         needs_sync, self.needs_sync = self.needs_sync, False
         receipt = headers.get("receipt")
@@ -212,14 +199,7 @@ class StompSession:
 
     def connected(self, send_ms: int, receive_ms: int) -> None:
         """CONNECT succeeded: stop the login clock, start heart-beats both ways."""
-        self._login_deadline = None
-        if send_ms:
-            # Beats go out ahead of the deadline so that reactor latency
-            # never makes one late.
-            self._send_interval = send_ms / 1000.0 * 0.75
-        if receive_ms:
-            self._receive_timeout = receive_ms / 1000.0 * self.config.heartbeat_grace
-        self._receive_from = self.now()
+        self.liveness.connected(send_ms, receive_ms, self.config.heartbeat_grace, self.now())
         self._schedule()
 
     # -- deadlines ------------------------------------------------------------------
@@ -228,51 +208,28 @@ class StompSession:
         """The sweep's call: send a heart-beat or time out when due."""
         if self.closing:
             return
-        if self._login_deadline is not None and now >= self._login_deadline - _EPSILON:
-            self._login_deadline = None
-            self.fail(
-                ProtocolError(
-                    "no CONNECT frame received in time",
-                    f"A client must send CONNECT or STOMP within {self.config.login_timeout:g} "
-                    "seconds of opening the connection.",
-                )
-            )
+        liveness = self.liveness
+        if liveness.login_expired(now):
+            liveness.login_deadline = None
+            self.fail(errors.login_timeout(self.config.login_timeout))
             return
-        interval = self._send_interval
-        if interval and now >= self._last_sent + interval - self.sweep.resolution - _EPSILON:
+        if liveness.beat_due(now):
             self._write(b"\n")
-        if self._receive_timeout:
-            if self._reading_paused:
-                # The broker itself stopped reading (a full queue): the client
-                # is not to blame for the silence.
-                self._receive_from = now
-            elif now >= self._receive_deadline() - _EPSILON:
-                self._receive_timed_out(now)
-                return
+        if liveness.receive_expired(now, self.gate.paused):
+            self._receive_timed_out(now)
+            return
         self._schedule()
-
-    def _receive_deadline(self) -> float:
-        return max(self._last_received, self._receive_from) + self._receive_timeout
 
     def _schedule(self) -> None:
         """Ask the sweep for the earliest deadline this session has."""
-        when: float | None = self._login_deadline
-        early = False
-        if self._send_interval:
-            beat = self._last_sent + self._send_interval
-            if when is None or beat < when:
-                when, early = beat, True
-        if self._receive_timeout:
-            deadline = self._receive_deadline()
-            if when is None or deadline < when:
-                when, early = deadline, False
-        if when is None:
+        deadline = self.liveness.next_deadline()
+        if deadline is None:
             self.sweep.cancel(self)
         else:
-            self.sweep.schedule(self, when, early)
+            self.sweep.schedule(self, *deadline)
 
     def _receive_timed_out(self, now: float) -> None:
-        silent = now - self._last_received
+        silent = self.liveness.silent_for(now)
         self._counters.heartbeat_timeouts += 1
         self.log.info(
             "heart-beat timeout: nothing from {peer} (session {session}) for {seconds:.1f}s",
@@ -281,13 +238,7 @@ class StompSession:
             session=self.session_id or "-",
             seconds=silent,
         )
-        self.fail(
-            ProtocolError(
-                "heart-beat timeout",
-                f"Nothing arrived from the client for {silent:.1f} "
-                "seconds although heart-beats were agreed in CONNECT/CONNECTED.",
-            )
-        )
+        self.fail(errors.heartbeat_timeout(silent))
 
     # -- flow control ------------------------------------------------------------------
 
@@ -298,10 +249,7 @@ class StompSession:
     def resume_writing(self) -> None:
         """The output buffer drained: take messages again."""
         self.writable = True
-        self._unsent = 0
-        if self._output_full:
-            self._output_full = False
-            self._update_reading()
+        self.gate.drained()
         for sub in list(self.subscriptions.values()):
             if not self.writable:
                 break
@@ -309,7 +257,7 @@ class StompSession:
 
     def block(self, queue: Any) -> None:
         """Stop reading from this client until ``queue`` has room."""
-        if not self._blockers:
+        if self.gate.block(queue):
             kind = getattr(queue, "kind", "queue")
             self.log.info(
                 "producer {peer} (session {session}) blocked: {queue} is full"
@@ -321,43 +269,21 @@ class StompSession:
                 session=self.session_id or "-",
                 queue=getattr(queue, "name", queue),
             )
-        self._blockers.add(queue)
-        self._update_reading()
 
     def unblock(self, queue: Any) -> None:
         """``queue`` has room again; read on once no queue blocks this client."""
-        self._blockers.discard(queue)
-        self._update_reading()
-
-    def _update_reading(self) -> None:
-        """Pause or resume reading from the client as the holds on it say."""
-        hold = bool(self._blockers) or self._output_full
-        if hold == self._reading_paused or self.closing:
-            return
-        self._reading_paused = hold
-        if hold:
-            self.transport.pause_reading()
-            return
-        self.transport.resume_reading()
-        # Frames already read wait in the parser; not from inside the queue.
-        self.transport.call_soon(self._resume_frames)
+        self.gate.unblock(queue)
 
     def _resume_frames(self) -> None:
-        if not self.closing and not self._reading_paused:
-            self._last_received = self.now()
+        """Reading resumed: handle the frames already read."""
+        if not self.closing and not self.gate.paused:
+            self.liveness.last_received = self.now()
             self._process()
 
     def slow_consumer(self, subscription: Subscription, reason: str) -> None:
         """The broker's slow-consumer policy ends this session."""
         if not self.closing:
-            self.fail(
-                ProtocolError(
-                    "slow consumer",
-                    f"{reason}; the broker's policy for topic subscribers that stay slow is "
-                    "to disconnect them. Read faster, or use a queue.",
-                ),
-                reason=f"slow consumer: {reason}",
-            )
+            self.fail(errors.slow_consumer(reason), reason=f"slow consumer: {reason}")
 
     # -- sending ------------------------------------------------------------------
 
@@ -375,15 +301,12 @@ class StompSession:
         """Write one frame (or heart-beat) and note when, for heart-beats."""
         self.transport.write(data)
         self._counters.bytes_sent += len(data)
-        self._last_sent = self.now()
+        self.liveness.last_sent = self.now()
         if not self.writable:
             # Not messages (they wait), but RECEIPTs and the like: a client
             # that sends and never reads must not make the broker buffer them
             # without bound.
-            self._unsent += len(data)
-            if self._unsent > self._output_limit and not self._output_full:
-                self._output_full = True
-                self._update_reading()
+            self.gate.unsent(len(data))
 
     def deliver(self, subscription: Subscription, message: Message) -> bool:
         """
@@ -401,14 +324,7 @@ class StompSession:
         data = encode_delivery(subscription, message, self.version or "1.0", ack_id)
         limit = self.transport.max_message_size
         if limit and len(data) > limit:
-            self.fail(
-                ProtocolError(
-                    "message too large for this connection",
-                    f"A {len(data)}-byte MESSAGE frame for subscription {subscription.id!r} is "
-                    f"over this connection's WebSocket message limit of {limit} bytes. The "
-                    "message stays with the broker for other subscribers.",
-                )
-            )
+            self.fail(errors.message_too_large(len(data), subscription.id, limit))
             return False
         if ack_id is not None:
             subscription.unacked[ack_id] = message
@@ -425,14 +341,7 @@ class StompSession:
         then the same orderly close as after any ERROR (bounded by
         ``close_linger``). The Deferred fires once the connection is gone.
         """
-        return self._close_with(
-            ProtocolError(
-                "broker is shutting down",
-                "The broker is stopping and closes every connection; reconnect "
-                "later. Unacknowledged messages go back to their queues.",
-            ),
-            "broker shutdown",
-        )
+        return self._close_with(errors.SHUTTING_DOWN, "broker shutdown")
 
     def close_by_operator(self, reason: str = "") -> Deferred:
         """
@@ -440,11 +349,8 @@ class StompSession:
         ERROR "closed by the operator" (its body says ``reason`` when given),
         then the usual orderly close. Fires once the connection is gone.
         """
-        details = "An operator closed this connection through the broker's admin API."
-        if reason:
-            details += f" Reason: {reason}"
         return self._close_with(
-            ProtocolError("closed by the operator", details),
+            errors.closed_by_operator(reason),
             "closed by the operator" + (f": {reason}" if reason else ""),
         )
 
@@ -459,15 +365,7 @@ class StompSession:
         return done
 
     def _store_failed(self, receipt: str, failure: Failure) -> None:
-        self.fail(
-            ProtocolError(
-                "message could not be stored",
-                "The broker could not write a persistent message to its store: "
-                f"{failure.getErrorMessage()}. Messages without a RECEIPT may not have "
-                "been accepted; send them again.",
-            ),
-            receipt=receipt,
-        )
+        self.fail(errors.not_stored(failure.getErrorMessage()), receipt=receipt)
 
     def fail(self, error: ProtocolError, reason: str = "", receipt: str | None = None) -> None:
         """
@@ -495,15 +393,7 @@ class StompSession:
                 session=self.session_id or "-",
                 error=error.message,
             )
-        headers = {"message": error.message}
-        headers.update(error.headers)
-        if receipt is not None:
-            headers.setdefault("receipt-id", receipt)
-        headers["content-type"] = "text/plain"
-        body = (error.details or error.message).encode("utf-8")
-        if not body.endswith(b"\n"):
-            body += b"\n"
-        self.send_frame("ERROR", headers, body)
+        self.send_frame("ERROR", *error.frame(receipt))
         self.close_reason = reason or f"protocol error: {error.message}"
         self.close_gracefully()
 
@@ -517,10 +407,8 @@ class StompSession:
         self.closing = True
         self.receipts.open = False
         self._end_session()
-        if self._reading_paused:
-            # Read (and discard) again, so that the client's close is seen.
-            self._reading_paused = False
-            self.transport.resume_reading()
+        # Read (and discard) again, so that the client's close is seen.
+        self.gate.reopen()
         self.transport.close(self.config.close_linger)
 
     def _end_session(self) -> None:
@@ -531,11 +419,9 @@ class StompSession:
         message is handed to a connection that is going away.
         """
         self.sweep.cancel(self)
-        self._login_deadline = None
-        self._send_interval = self._receive_timeout = 0.0
+        self.liveness.stop()
         self.transactions.clear()
-        blockers, self._blockers = self._blockers, set()
-        for queue in blockers:
+        for queue in self.gate.release():
             queue.blocked.discard(self)
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
