@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import time
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
 
+from stomptw.deadletters import DeadLetters
 from stomptw.destinations import DestinationContext, Queue, Topic
+from stomptw.durables import Durables
 from stomptw.interfaces import IDestination, IMessageConsumer, IMessageStore
 from stomptw.model import (
     ACK_MODES,
@@ -56,14 +57,6 @@ __all__ = [
 ]
 
 
-def _dead_letter_pattern(template: str) -> re.Pattern | None:
-    """A pattern matching the names ``template`` makes (``{name}`` is any)."""
-    if not template:
-        return None
-    parts = template.split("{name}")
-    return re.compile(".+".join(re.escape(part) for part in parts) + r"\Z")
-
-
 class Broker:
     """
     Routes messages between client sessions.
@@ -100,7 +93,6 @@ class Broker:
         self.store = store
         self.clock = clock
         self.destinations: dict[str, IDestination] = {}
-        self.durables: dict[str, DurableSubscription] = {}
         # Message ids stay unique across restarts thanks to the random prefix.
         self._prefix = os.urandom(6).hex()
         self._message_ids = itertools.count(1)
@@ -109,7 +101,15 @@ class Broker:
         self.sessions: set[object] = set()
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
         self.counters = Counters()
-        self._dlq_pattern = _dead_letter_pattern(config.dead_letter_queue)
+        #: The dead-letter policy.
+        self.dead_letters = DeadLetters(
+            config.dead_letter_queue,
+            config.dead_letter_expired,
+            self.stats,
+            self.destination,
+            self._forget_if_idle,
+            self.new_message_id,
+        )
         #: The sessions' shared deadline sweep (:mod:`stomptw.timers`), made
         #: by the first listener's factory on its clock.
         self.deadlines = None
@@ -121,8 +121,11 @@ class Broker:
             clock,
             self.new_key,
             self.now_ms,
-            self.expire,
-            self.dead_letter,
+            self.dead_letters.expire,
+            self.dead_letters.dead_letter,
+        )
+        self._durables = Durables(
+            self.context, store, self.destination, self.unsubscribe, self._forget_if_idle
         )
         self._sweeper = None
         self._opened = False
@@ -140,7 +143,7 @@ class Broker:
         state = self.store.load()
         self._keys = itertools.count(state.next_key)
         for owner, (client_id, name, topic) in state.subscriptions.items():
-            self._make_durable(owner, client_id, name, topic, persist=False)
+            self._durables.make(owner, client_id, name, topic, persist=False)
         restored = 0
         for stored in state.messages:
             count = stored.delivery_count
@@ -171,6 +174,11 @@ class Broker:
             restored += 1
         if self.clock is not None and self.config.expiry_interval > 0:
             self._sweeper = self.clock.callLater(self.config.expiry_interval, self._sweep)
+
+    @property
+    def durables(self) -> dict[str, DurableSubscription]:
+        """The durable topic subscriptions, by their store name."""
+        return self._durables.by_owner
 
     @property
     def stopping(self) -> bool:
@@ -207,6 +215,10 @@ class Broker:
     def new_session_id(self) -> str:
         """A session identifier for a new client connection."""
         return f"{self._prefix}-{next(self._session_ids)}"
+
+    def new_message_id(self) -> str:
+        """A message id unique for the broker's lifetime and across restarts."""
+        return f"{self._prefix}-{next(self._message_ids)}"
 
     def new_key(self) -> int:
         """A fresh message store key."""
@@ -272,7 +284,7 @@ class Broker:
             expires = self.now_ms() + ttl
             headers["expires"] = str(expires)
         message = Message(
-            f"{self._prefix}-{next(self._message_ids)}",
+            self.new_message_id(),
             destination,
             headers,
             body,
@@ -327,21 +339,7 @@ class Broker:
         if subscription.durable is None:
             dest = self.destination(subscription.destination)
         else:
-            client_id, name = subscription.durable
-            owner = durable_owner(client_id, name)
-            durable = self.durables.get(owner)
-            if durable is not None and durable.topic != subscription.destination:
-                # Subscribing under the same name to another topic replaces it.
-                self.remove_durable(client_id, name)
-                durable = None
-            if durable is None:
-                durable = self._make_durable(owner, client_id, name, subscription.destination)
-            elif durable.queue.subscriptions:
-                raise DestinationError(
-                    f"durable subscription {name!r} of client-id {client_id!r} is in use "
-                    "by another connection"
-                )
-            dest = durable.queue
+            dest = self._durables.attach(subscription)
         subscription.target = dest
         dest.subscribe(subscription)
 
@@ -364,31 +362,7 @@ class Broker:
         Delete the durable subscription ``name`` of ``client_id`` and the
         messages it holds; False if there is none.
         """
-        owner = durable_owner(client_id, name)
-        durable = self.durables.pop(owner, None)
-        if durable is None:
-            return False
-        for sub in list(durable.queue.subscriptions):
-            self.unsubscribe(sub)
-        durable.queue.purge()
-        topic = self.destinations.get(durable.topic)
-        if isinstance(topic, Topic):
-            topic.durables.pop(owner, None)
-            self._forget_if_idle(topic)
-        self.store.remove_subscription(owner)
-        return True
-
-    def _make_durable(
-        self, owner: str, client_id: str, name: str, topic_name: str, persist: bool = True
-    ) -> DurableSubscription:
-        queue = Queue(owner, self.context, overflow="drop-head")
-        durable = DurableSubscription(owner, client_id, name, topic_name, queue)
-        self.durables[owner] = durable
-        topic = self.destination(topic_name)
-        topic.durables[owner] = durable
-        if persist:
-            self.store.put_subscription(owner, client_id, name, topic_name)
-        return durable
+        return self._durables.remove(client_id, name)
 
     def ack(self, subscription: Subscription, messages: list[Message]) -> None:
         """``messages``, taken from ``subscription.unacked``, are done with."""
@@ -411,58 +385,15 @@ class Broker:
 
     def is_dead_letter_queue(self, name: str) -> bool:
         """Whether ``name`` is a dead-letter queue (whose messages never move on)."""
-        return self._dlq_pattern is not None and self._dlq_pattern.match(name) is not None
+        return self.dead_letters.is_dead_letter_queue(name)
 
     def dead_letter_destination(self, destination: str) -> str | None:
         """Where messages from ``destination`` go when they die; None to drop them."""
-        template = self.config.dead_letter_queue
-        if not template:
-            return None
-        for prefix in (QUEUE_PREFIX, TOPIC_PREFIX):
-            if destination.startswith(prefix):
-                destination = destination[len(prefix) :]
-                break
-        return template.replace("{name}", destination)
-
-    def dead_letter(self, queue: Queue | None, message: Message, reason: str) -> None:
-        """
-        ``message`` (already out of ``queue``) failed for ``reason``
-        (``delivery_limit`` or ``expired``): move it to the dead-letter queue,
-        or drop it when there is none.
-        """
-        target = self.dead_letter_destination(message.destination)
-        source = queue.name if queue is not None else message.destination
-        if target is None or target == source:
-            self.stats["dropped"] += 1
-            return
-        headers = dict(message.headers)
-        headers.pop("expires", None)
-        headers.setdefault("x-first-death-queue", message.destination)
-        headers.setdefault("x-first-death-reason", reason)
-        headers.setdefault("x-original-message-id", message.message_id)
-        headers["x-death-reason"] = reason
-        dead = Message(
-            f"{self._prefix}-{next(self._message_ids)}",
-            target,
-            headers,
-            message.body,
-            persistent=message.persistent,
-        )
-        dest = self.destination(target)
-        if dest.is_full():
-            # A full dead-letter queue keeps what it has; nobody is blocked.
-            self.stats["dropped"] += 1
-            self._forget_if_idle(dest)
-            return
-        dest.publish(dead)
-        self.stats["dead_lettered"] += 1
-        self._forget_if_idle(dest)
+        return self.dead_letters.target(destination)
 
     def expire(self, queue: Queue | None, message: Message) -> None:
         """``message`` (already out of ``queue``) has expired."""
-        self.stats["expired"] += 1
-        if self.config.dead_letter_expired:
-            self.dead_letter(queue, message, "expired")
+        self.dead_letters.expire(queue, message)
 
     def _sweep(self) -> None:
         self._sweeper = None
