@@ -22,13 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,355 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import harness  # noqa: E402
 import loadgen  # noqa: E402
-from loadgen import LOCALHOST, Target  # noqa: E402
+from harness import BrokerProcess  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-FD_LIMIT = 65536
 SCENARIOS = ("queue", "topic", "individual", "persistent", "backlog", "latency", "connections")
 BROKERS = ("stomptw", "rabbitmq", "activemq")
 WARM_UP_MESSAGES = 20000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCALHOST, 0))
-        return s.getsockname()[1]
-
-
-def _high_fd_limit() -> None:  # preexec_fn of broker subprocesses
-    loadgen.raise_fd_limit(FD_LIMIT)
-
-
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def proc_rss(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024
-
-
-def stomp_ready(target: Target, deadline: float) -> bool:
-    """Poll (bounded) until a STOMP CONNECT succeeds on ``target``."""
-    while time.monotonic() < deadline:
-        try:
-            conn = loadgen.open_session(target, min(deadline, time.monotonic() + 5))
-            conn.close()
-            return True
-        except (OSError, TimeoutError):
-            time.sleep(0.25)
-    return False
-
-
-class BrokerProcess:
-    name = ""
-    pid = 0
-    transports = ("tcp", "ws")
-
-    def target(self, transport: str) -> Target:
-        raise NotImplementedError
-
-    def idle_target(self, transport: str) -> Target:
-        """Where the idle connections scenario connects."""
-        return self.target(transport)
-
-    def cpu(self) -> float:
-        return proc_cpu(self.pid)
-
-    def rss(self) -> int:
-        return proc_rss(self.pid)
-
-
-class Stomptw(BrokerProcess):
-    name = "stomptw"
-
-    def __init__(self, workdir: Path, twistd: str, extra: list[str] | None = None) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.tcp_port, self.ws_port = free_port(), free_port()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        self.log_path = workdir / "stomptw.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [
-                twistd,
-                "-n",
-                "--pidfile=",
-                "stomptw",
-                "--tcp",
-                f"tcp:{self.tcp_port}:interface={LOCALHOST}",
-                "--ws",
-                f"tcp:{self.ws_port}:interface={LOCALHOST}",
-                "--data-dir",
-                str(workdir / "data"),
-                "--heartbeat",
-                "0,0",
-                *(extra or []),
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_high_fd_limit,
-        )
-        self.pid = self.proc.pid
-        if not stomp_ready(self.target("tcp"), time.monotonic() + 30):
-            self.stop()
-            raise RuntimeError(f"stomptw did not start:\n{self.log_path.read_text()[-3000:]}")
-
-    def target(self, transport: str) -> Target:
-        port = self.tcp_port if transport == "tcp" else self.ws_port
-        return Target("stomptw", transport, port)
-
-    def stop(self) -> None:
-        loadgen.stop_process(self.proc)
-        self._log.close()
-
-
-def find_rabbitmq_server() -> str | None:
-    for path in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
-        if path and os.access(path, os.X_OK):
-            return path
-    return None
-
-
-class RabbitMQ(BrokerProcess):
-    """A private RabbitMQ node: own name, ports, epmd port, cookie and directories."""
-
-    name = "rabbitmq"
-
-    def __init__(self, workdir: Path, server: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.node = f"bench{os.getpid()}@localhost"
-        ports = [free_port() for _ in range(5)]
-        self.amqp_port, self.dist_port, self.stomp_port, self.ws_port, self.epmd_port = ports
-        conf = workdir / "rabbitmq.conf"
-        conf.write_text(
-            f"listeners.tcp.1 = {LOCALHOST}:{self.amqp_port}\n"
-            f"stomp.listeners.tcp.1 = {LOCALHOST}:{self.stomp_port}\n"
-            f"web_stomp.tcp.port = {self.ws_port}\n"
-            f"web_stomp.tcp.ip = {LOCALHOST}\n"
-            "loopback_users = none\n"
-            "stomp.default_user = guest\n"
-            "stomp.default_pass = guest\n"
-        )
-        plugins = workdir / "enabled_plugins"
-        plugins.write_text("[rabbitmq_stomp,rabbitmq_web_stomp].\n")
-        env = dict(os.environ)
-        env.update(
-            HOME=str(workdir),
-            RABBITMQ_NODENAME=self.node,
-            RABBITMQ_NODE_IP_ADDRESS=LOCALHOST,
-            RABBITMQ_NODE_PORT=str(self.amqp_port),
-            RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_CONFIG_FILE=str(conf),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(plugins),
-            RABBITMQ_MNESIA_BASE=str(workdir / "mnesia"),
-            RABBITMQ_LOG_BASE=str(workdir / "log"),
-            RABBITMQ_PID_FILE=str(workdir / "rabbitmq.pid"),
-            ERL_EPMD_ADDRESS=LOCALHOST,
-            ERL_EPMD_PORT=str(self.epmd_port),
-        )
-        self.env = env
-        self.log_path = workdir / "rabbitmq.out"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [server],
-            cwd=workdir,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_high_fd_limit,
-            start_new_session=True,
-        )
-        if not stomp_ready(self.target("tcp"), time.monotonic() + 120):
-            log = self.log_tail()
-            self.stop()
-            raise RuntimeError(f"RabbitMQ did not accept a STOMP CONNECT in 120 s:\n{log}")
-        try:
-            self.pid = self._beam_pid()
-        except Exception:
-            self.stop()
-            raise
-
-    def log_tail(self) -> str:
-        text = self.log_path.read_text(errors="replace")[-2000:]
-        for path in sorted((self.workdir / "log").glob("*.log")):
-            text += f"\n--- {path.name}\n" + path.read_text(errors="replace")[-2000:]
-        return text
-
-    def _pids_with(self, predicate) -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if predicate(entry):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-        return found
-
-    def _beam_pid(self) -> int:
-        def is_beam(entry: Path) -> bool:
-            cmd = (entry / "cmdline").read_bytes()
-            return b"beam.smp" in cmd and b"\0-home\0" + bytes(self.workdir) + b"\0" in cmd
-
-        pids = self._pids_with(is_beam)
-        if not pids:
-            raise RuntimeError("RabbitMQ's beam.smp process not found")
-        return pids[0]
-
-    def target(self, transport: str) -> Target:
-        port = self.stomp_port if transport == "tcp" else self.ws_port
-        return Target(
-            "rabbitmq",
-            transport,
-            port,
-            "/ws",
-            {"host": "/", "login": "guest", "passcode": "guest"},
-        )
-
-    def stop(self) -> None:
-        ctl = Path(find_rabbitmq_server() or "rabbitmq-server").with_name("rabbitmqctl")
-        if self.proc.poll() is None and ctl.exists():
-            try:
-                subprocess.run(
-                    [str(ctl), "-n", self.node, "stop"],
-                    env=self.env,
-                    cwd=self.workdir,
-                    timeout=60,
-                    capture_output=True,
-                )
-            except subprocess.TimeoutExpired:
-                pass
-        loadgen.stop_process(self.proc, 30, group=True)
-        marker = f"ERL_EPMD_PORT={self.epmd_port}".encode()
-
-        def is_our_epmd(entry: Path) -> bool:
-            return b"epmd" in (entry / "cmdline").read_bytes() and marker in (
-                entry / "environ"
-            ).read_bytes().split(b"\0")
-
-        for pid in self._pids_with(is_our_epmd):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-
-
-ACTIVEMQ_HOME = Path("/usr/share/activemq")  # Debian's activemq package
-
-ACTIVEMQ_XML = """<beans xmlns="http://www.springframework.org/schema/beans"
-  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
-  xsi:schemaLocation="http://www.springframework.org/schema/beans
-    http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
-    http://activemq.apache.org/schema/core
-    http://activemq.apache.org/schema/core/activemq-core.xsd">
-  <bean class="org.springframework.beans.factory.config.PropertyPlaceholderConfigurer"/>
-  <broker xmlns="http://activemq.apache.org/schema/core" brokerName="bench" useJmx="false"
-          dataDirectory="${{activemq.data}}">
-    <persistenceAdapter><kahaDB directory="${{activemq.data}}/kahadb"/></persistenceAdapter>
-    <transportConnectors>
-      <transportConnector name="stomp"
-          uri="{scheme}://{host}:{port}?transport.tcpNoDelay=true"/>
-      <transportConnector name="stomp-idle"
-          uri="stomp+nio://{host}:{idle_port}?transport.tcpNoDelay=true"/>
-    </transportConnectors>
-  </broker>
-</beans>
-"""
-
-
-def find_activemq() -> str | None:
-    """``java`` if ActiveMQ Classic (Debian's package) and a Java runtime are installed."""
-    java = shutil.which("java")
-    if java and (ACTIVEMQ_HOME / "bin" / "activemq.jar").exists():
-        return java
-    return None
-
-
-class ActiveMQ(BrokerProcess):
-    """A private ActiveMQ Classic broker: its own base, data and config directories.
-
-    Debian's package has no WebSocket transport, so only STOMP over TCP is measured.
-    The JVM is started directly (``java -jar activemq.jar start``, as ``/usr/bin/activemq``
-    does) with the package's default heap, and stopped with SIGTERM.
-    """
-
-    name = "activemq"
-    transports = ("tcp",)
-
-    def __init__(self, workdir: Path, java: str, scheme: str = "stomp") -> None:
-        for sub in ("conf", "data", "tmp"):
-            (workdir / sub).mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.stomp_port, self.idle_port = free_port(), free_port()
-        conf = workdir / "conf"
-        (conf / "activemq.xml").write_text(
-            ACTIVEMQ_XML.format(
-                scheme=scheme, host=LOCALHOST, port=self.stomp_port, idle_port=self.idle_port
-            )
-        )
-        # The package's log configuration: without one, log4j2 prints only warnings.
-        packaged = Path("/etc/activemq/instances-available/main/log4j2.properties")
-        if packaged.exists():
-            shutil.copy(packaged, conf / "log4j2.properties")
-        self.log_path = workdir / "activemq.out"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [
-                java,
-                "-Xms512M",
-                "-Xmx512M",
-                "--add-opens",
-                "java.base/java.lang=ALL-UNNAMED",
-                "--add-reads=java.xml=java.logging",
-                f"-Dactivemq.classpath={conf}:",
-                f"-Dactivemq.home={ACTIVEMQ_HOME}",
-                f"-Dactivemq.base={workdir}",
-                f"-Dactivemq.conf={conf}",
-                f"-Dactivemq.data={workdir / 'data'}",
-                f"-Djava.io.tmpdir={workdir / 'tmp'}",
-                "-jar",
-                str(ACTIVEMQ_HOME / "bin" / "activemq.jar"),
-                "start",
-                f"xbean:file:{conf / 'activemq.xml'}",
-            ],
-            cwd=workdir,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_high_fd_limit,
-        )
-        self.pid = self.proc.pid
-        if not stomp_ready(self.target("tcp"), time.monotonic() + 90):
-            log = self.log_path.read_text(errors="replace")[-3000:]
-            self.stop()
-            raise RuntimeError(f"ActiveMQ did not accept a STOMP CONNECT in 90 s:\n{log}")
-
-    def target(self, transport: str, port: int = 0) -> Target:
-        return Target(
-            "activemq",
-            transport,
-            port or self.stomp_port,
-            connect_headers={"host": "localhost", "login": "guest", "passcode": "guest"},
-        )
-
-    def idle_target(self, transport: str) -> Target:
-        # Thousands of idle connections are what the NIO transport is for:
-        # the thread-per-connection one would hold a thread (and its stack) each.
-        return self.target(transport, self.idle_port)
-
-    def stop(self) -> None:
-        loadgen.stop_process(self.proc, 30)
-        self._log.close()
 
 
 # -- scenarios ------------------------------------------------------------------------------
@@ -690,7 +345,7 @@ def settle(brokers: dict[str, BrokerProcess], limit: float = 5.0) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    loadgen.raise_fd_limit(FD_LIMIT)
+    harness.raise_fd_limit()
     workroot = Path(tempfile.mkdtemp(prefix="stomptw-compare-"))
     brokers: dict[str, BrokerProcess] = {}
     results: list[dict] = []
@@ -706,22 +361,24 @@ def main(argv=None) -> int:
         factories = {}
         extra = args.stomptw_args.split()
         if "stomptw" in args.broker_list:
-            factories["stomptw"] = lambda d: Stomptw(d, args.twistd, extra)
+            factories["stomptw"] = lambda d: harness.Stomptw(d, args.twistd, extra)
         if "rabbitmq" in args.broker_list:
-            server = args.rabbitmq_server or find_rabbitmq_server()
+            server = args.rabbitmq_server or harness.find_rabbitmq_server()
             if not server:
                 notes.append("RabbitMQ UNAVAILABLE: rabbitmq-server not found; stomptw only")
             else:
-                factories["rabbitmq"] = lambda d: RabbitMQ(d, server)
+                factories["rabbitmq"] = lambda d: harness.RabbitMQ(d, server, loadgen.stomp_ready)
         if "activemq" in args.broker_list:
-            java = find_activemq()
+            java = harness.find_activemq()
             if not java:
                 notes.append(
                     "ActiveMQ UNAVAILABLE: needs Debian's activemq package and java "
                     "(apt-get install activemq)"
                 )
             else:
-                factories["activemq"] = lambda d: ActiveMQ(d, java, args.activemq_connector)
+                factories["activemq"] = lambda d: harness.ActiveMQ(
+                    d, java, loadgen.stomp_ready, args.activemq_connector
+                )
         for name, factory in list(factories.items()):
             try:
                 brokers[name] = factory(workroot / name)

@@ -5,10 +5,10 @@ A STOMP 1.2 load generator on raw sockets, over TCP and over WebSocket.
 Standard library only; Linux (``fork`` workers). Every client runs in a
 worker process of its own (``multiprocessing``), so that producers and
 consumers do not share a GIL; each worker reports the CPU time it used
-(``resource.getrusage``), summed as the generator's CPU beside the broker's.
-Producers pipeline SENDs in batches of about 256 KiB; consumers parse frames
-incrementally (frames may be split at any byte). Every socket has
-``TCP_NODELAY``. Only loopback addresses are used.
+(``harness.sample`` of itself), summed as the generator's CPU beside the
+broker's. Producers pipeline SENDs in batches of about 256 KiB; consumers
+parse frames incrementally (frames may be split at any byte). Every socket
+has ``TCP_NODELAY``. Only loopback addresses are used.
 
 WebSocket framing is the minimal client side of RFC 6455: an HTTP/1.1
 Upgrade with ``Sec-WebSocket-Protocol: v12.stomp``, one masked text frame per
@@ -26,61 +26,20 @@ import base64
 import multiprocessing as mp
 import os
 import random
-import resource
-import signal
 import socket
-import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
 
-LOCALHOST = "127.0.0.1"
+from harness import LOCALHOST, Target, raise_fd_limit, sample
+
 BATCH = 256 * 1024
 
 _CTX = mp.get_context("fork")
 
 
-@dataclass
-class Target:
-    """A broker endpoint: ``transport`` is ``tcp`` or ``ws``."""
-
-    name: str
-    transport: str
-    port: int
-    ws_path: str = "/ws"
-    connect_headers: dict[str, str] = field(default_factory=dict)
-
-
-def raise_fd_limit(wanted: int = 65536) -> int:
-    """Raise RLIMIT_NOFILE's soft limit as far as the hard limit allows; return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
-
-
-def stop_process(proc, timeout: float = 20.0, group: bool = False) -> None:
-    """SIGTERM a broker subprocess (its process group if ``group``), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        try:
-            if group:
-                os.killpg(proc.pid, sig)
-            else:
-                proc.send_signal(sig)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
-
-
 def cpu_self() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds this process has used (a worker's share of the generator's CPU)."""
+    return sample(os.getpid()).cpu_s
 
 
 # -- frames ---------------------------------------------------------------------------------
@@ -334,6 +293,18 @@ def open_session(target: Target, deadline: float) -> Conn:
     conn = Conn(target, timeout=max(1.0, deadline - time.monotonic()))
     conn.stomp_connect(target, deadline)
     return conn
+
+
+def stomp_ready(target: Target, deadline: float) -> bool:
+    """Poll (bounded) until a STOMP CONNECT succeeds on ``target``: a ``harness.Probe``."""
+    while time.monotonic() < deadline:
+        try:
+            conn = open_session(target, min(deadline, time.monotonic() + 5))
+            conn.close()
+            return True
+        except (OSError, TimeoutError):
+            time.sleep(0.25)
+    return False
 
 
 # -- worker processes -----------------------------------------------------------------------

@@ -35,12 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,18 +48,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import (  # noqa: E402
-    LOCALHOST,
-    FrameParser,
-    connect_socket,
-    encode,
-    header,
-    stop_process,
-)
+from harness import Stomptw  # noqa: E402
+from loadgen import FrameParser, connect_socket, encode, header  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 STORES = {
     "memory": ["--store", "memory"],
@@ -89,74 +79,9 @@ DEFAULT_SCENARIOS = [
 ]
 
 
-# -- the broker ---------------------------------------------------------------------------
-
-
-class Broker:
-    """A ``twistd -n stomptw`` subprocess on an ephemeral loopback port."""
-
-    def __init__(self, twistd: str, workdir: Path, args: list[str]) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "broker.log"
-        self._log = open(self.log_path, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                twistd,
-                "-n",
-                "--pidfile=",
-                "stomptw",
-                "--tcp",
-                f"tcp:0:interface={LOCALHOST}",
-                "--no-ws",
-                "--heartbeat",
-                "0,0",
-                "--data-dir",
-                str(workdir / "data"),
-                *args,
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.port = self._wait_for_port()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + 30
-        pattern = re.compile(r"stomp listening on \S+ \(127\.0\.0\.1:(\d+)\)")
-        while time.monotonic() < deadline:
-            match = pattern.search(self.log())
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the broker did not start:\n{self.log()}")
-
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time the broker has used so far."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        # Fields 14 and 15 of stat(5), counted after "pid (comm)".
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    def memory(self) -> tuple[int, int]:
-        """(current RSS, peak RSS) in bytes."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        values = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.M))
-        return int(values["VmRSS"]) * 1024, int(values["VmHWM"]) * 1024
-
-    def stop(self) -> None:
-        stop_process(self.proc, 15)
-        self._log.close()
+def start_broker(twistd: str, workdir: Path, store: list[str]) -> Stomptw:
+    """A fresh broker, STOMP over TCP only, with ``store``'s options."""
+    return Stomptw(workdir, twistd, store, ws=False)
 
 
 # -- STOMP on raw sockets ---------------------------------------------------------------
@@ -349,7 +274,7 @@ def run_throughput(
 ) -> Result:
     store, mode, ack = scenario.split("/")
     workdir = workroot / f"{scenario.replace('/', '_')}-{size}-{rnd}"
-    broker = Broker(twistd, workdir, STORES[store])
+    broker = start_broker(twistd, workdir, STORES[store])
     destination = "/queue/bench"
     error = ""
     consumer = receipts = None
@@ -358,12 +283,12 @@ def run_throughput(
     cpu0 = cpu1 = 0.0
     try:
         deadline = time.monotonic() + timeout
-        subscriber = Client(broker.port, timeout)
+        subscriber = Client(broker.ports["stomp"], timeout)
         subscriber.subscribe(destination, ACK_MODES[ack], deadline)
-        producer = Client(broker.port, timeout)
+        producer = Client(broker.ports["stomp"], timeout)
         consumer = Consumer(subscriber, count, ack == "individual", deadline)
         receipts = ReceiptReader(producer, count if mode.endswith("-each") else 1, deadline)
-        cpu0 = broker.cpu_seconds()
+        cpu0 = broker.cpu()
         consumer.start()
         receipts.start()
         start = time.perf_counter()
@@ -371,14 +296,15 @@ def run_throughput(
         sent = time.perf_counter()
         consumer.join(max(0.0, deadline - time.monotonic()) + 2)
         receipts.join(max(0.0, deadline - time.monotonic()) + 2)
-        cpu1 = broker.cpu_seconds()
+        cpu1 = broker.cpu()
         error = consumer.error or receipts.error
         if consumer.is_alive() or receipts.is_alive():
             error = error or "timed out"
     except Exception as e:
         error = repr(e)
     finally:
-        rss, peak = broker.memory() if broker.proc.poll() is None else (0, 0)
+        end = broker.sample() if broker.proc.poll() is None else None
+        rss, peak = (end.rss, end.peak_rss) if end else (0, 0)
         for client in (producer, subscriber):
             if client is not None:
                 client.close()
@@ -432,17 +358,17 @@ def run_stalled(
     stall = 2.0
     persistent = name == "stalled-persistent"
     store = STORES["sqlite-full"] if persistent else STORES["memory"]
-    broker = Broker(twistd, workroot / f"{name}-{rnd}", store)
+    broker = start_broker(twistd, workroot / f"{name}-{rnd}", store)
     clients: list[Client] = []
     try:
-        idle = Client(broker.port, timeout)
+        idle = Client(broker.ports["stomp"], timeout)
         clients.append(idle)
-        baseline = min(broker.memory()[0] for _ in range(3))
+        baseline = min(broker.rss() for _ in range(3))
         deadline = time.monotonic() + timeout
-        stalled = Client(broker.port, timeout, rcvbuf=4096)
+        stalled = Client(broker.ports["stomp"], timeout, rcvbuf=4096)
         clients.append(stalled)
         stalled.subscribe("/queue/stalled", "auto", deadline)
-        producer = Client(broker.port, timeout, sndbuf=256 * 1024)
+        producer = Client(broker.ports["stomp"], timeout, sndbuf=256 * 1024)
         clients.append(producer)
 
         body = b"x" * body_size
@@ -476,10 +402,11 @@ def run_stalled(
                 throttled = True
                 break
             if seq % 16 == 0 or not n:
-                peak_sampled = max(peak_sampled, broker.memory()[0])
+                peak_sampled = max(peak_sampled, broker.rss())
         push_seconds = time.perf_counter() - start
-        rss, peak = broker.memory()
-        blocked = "blocked: /queue/stalled is full" in broker.log()
+        end = broker.sample()
+        rss, peak = end.rss, end.peak_rss
+        blocked = "blocked: /queue/stalled is full" in broker.log(None)
     finally:
         for client in clients:
             client.close()
