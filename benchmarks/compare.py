@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +46,19 @@ WARM_UP_MESSAGES = 20000
 # -- scenarios ------------------------------------------------------------------------------
 
 
-def cases(args) -> list[dict]:
+@dataclass(frozen=True)
+class Case:
+    """One row of the table: a scenario with its parameters (``name`` is the row's label)."""
+
+    scenario: str
+    name: str
+    transport: str
+    size: int = 100
+    producers: int = 1  # queue: P producers and as many consumers
+    rate: int = 0  # latency: messages per second
+
+
+def cases(args: argparse.Namespace) -> list[Case]:
     """Every (scenario, parameters) combination selected on the command line."""
     # Scenarios that run once per body size, with the case's name before the transport.
     per_size = {
@@ -60,66 +73,46 @@ def cases(args) -> list[dict]:
         if "queue" in chosen:
             for p in (1, 4):
                 for size in args.size_list:
-                    out.append(
-                        dict(scenario="queue", case=f"queue {p}->{p} {t} {size}B", transport=t,
-                             producers=p, consumers=p, size=size)
-                    )  # fmt: skip
+                    out.append(Case("queue", f"queue {p}->{p} {t} {size}B", t, size, producers=p))
         for sc, name in per_size.items():
             if sc in chosen:
                 for size in args.size_list:
-                    case = f"{name} {t} {size}B"
-                    out.append(dict(scenario=sc, case=case, transport=t, size=size))
+                    out.append(Case(sc, f"{name} {t} {size}B", t, size))
         if "latency" in chosen:
             for rate in (1000, 10000):
-                out.append(
-                    dict(scenario="latency", case=f"latency {rate // 1000}k/s {t} 100B",
-                         transport=t, rate=rate)
-                )  # fmt: skip
+                out.append(Case("latency", f"latency {rate // 1000}k/s {t} 100B", t, rate=rate))
     if "connections" in chosen:
         for t in args.transport_list:
-            out.append(
-                dict(scenario="connections", case=f"idle {t} connections x{args.connections}",
-                     transport=t)
-            )  # fmt: skip
+            out.append(Case("connections", f"idle {t} connections x{args.connections}", t))
     return out
 
 
-def run_case(broker: BrokerProcess, case: dict, args) -> dict:
-    target = broker.target(case["transport"])
-    sc = case["scenario"]
+def run_case(broker: BrokerProcess, case: Case, args: argparse.Namespace) -> dict:
+    """One run of ``case`` against ``broker``: the scenario's figures."""
+    target = broker.target(case.transport)
+    sc = case.scenario
+    measured = {"timeout": args.timeout, "cpu_of_broker": broker.cpu}
     if sc in ("queue", "individual", "persistent", "backlog"):
         return loadgen.throughput(
             target,
-            producers=case.get("producers", 1),
-            consumers=case.get("consumers", 1),
-            messages=backlog_messages(args, case["size"]) if sc == "backlog" else args.messages,
-            size=case["size"],
+            producers=case.producers,
+            consumers=case.producers,
+            messages=backlog_messages(args, case.size) if sc == "backlog" else args.messages,
+            size=case.size,
             ack="client-individual" if sc == "individual" else "auto",
             persistent=sc in ("persistent", "backlog"),
             backlog=sc == "backlog",
-            timeout=args.timeout,
-            cpu_of_broker=broker.cpu,
+            **measured,
         )
     if sc == "topic":
         return loadgen.fanout(
-            target,
-            subscribers=args.subscribers,
-            messages=args.messages,
-            size=case["size"],
-            timeout=args.timeout,
-            cpu_of_broker=broker.cpu,
+            target, subscribers=args.subscribers, messages=args.messages, size=case.size, **measured
         )
     if sc == "latency":
-        return loadgen.latency(
-            target,
-            rate=case["rate"],
-            seconds=args.latency_seconds,
-            timeout=args.timeout,
-            cpu_of_broker=broker.cpu,
-        )
+        return loadgen.latency(target, rate=case.rate, seconds=args.latency_seconds, **measured)
     if sc == "connections":
         return loadgen.connections(
-            broker.idle_target(case["transport"]),
+            broker.idle_target(case.transport),
             count=args.connections,
             workers=args.conn_workers,
             timeout=max(args.timeout, 300.0),
@@ -128,7 +121,7 @@ def run_case(broker: BrokerProcess, case: dict, args) -> dict:
     raise ValueError(sc)
 
 
-def backlog_messages(args, size: int) -> int:
+def backlog_messages(args: argparse.Namespace, size: int) -> int:
     """
     Messages in a ``backlog`` run: ``--messages``, but no more than fit in
     ``--backlog-mb``. The default (48) stays under stomptw's default
@@ -255,7 +248,7 @@ def detail(sc: str, runs: list[dict]) -> str:
     return ", ".join(parts)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=",".join(SCENARIOS))
     p.add_argument("--rounds", type=int, default=3)
@@ -307,7 +300,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def warm_up(broker: BrokerProcess, args) -> None:
+def warm_up(broker: BrokerProcess, args: argparse.Namespace) -> None:
     """One untimed queue run per transport before measuring, the same for every broker.
 
     The JVM (ActiveMQ) compiles its hot paths during the first few seconds of load; without
@@ -342,7 +335,7 @@ def settle(brokers: dict[str, BrokerProcess], limit: float = 5.0) -> None:
         return
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     harness.raise_fd_limit()
@@ -401,10 +394,10 @@ def main(argv=None) -> int:
                 # A B A B ...: alternate which broker goes first from round to round.
                 names = order if rnd % 2 else order[::-1]
                 for name in names:
-                    if case["transport"] not in brokers[name].transports:
+                    if case.transport not in brokers[name].transports:
                         continue
                     try:
-                        if case["scenario"] == "connections":
+                        if case.scenario == "connections":
                             # Memory per connection needs a broker whose heap has not
                             # grown (and been freed) in earlier scenarios: a fresh one.
                             brokers[name].stop()
@@ -413,7 +406,7 @@ def main(argv=None) -> int:
                         r = run_case(brokers[name], case, args)
                     except Exception as e:
                         r = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
-                    r.update(broker=name, round=rnd, case=case["case"], scenario=case["scenario"])
+                    r.update(broker=name, round=rnd, case=case.name, scenario=case.scenario)
                     results.append(r)
                     print("JSON " + json.dumps(r), flush=True)
     finally:

@@ -15,9 +15,13 @@ Upgrade with ``Sec-WebSocket-Protocol: v12.stomp``, one masked text frame per
 STOMP frame out (several frames per socket write when pipelining), unmasked
 frames in (continuations joined, pings answered, close = end of stream).
 
-The scenarios are functions returning a dict of figures; ``compare.py`` runs
-them against several brokers. Each takes a ``Target`` (where the broker
-listens and how to CONNECT to it).
+The client (:class:`Conn`, :func:`open_session`, :class:`Sends`,
+:class:`Tally`) is the benchmarks' only one: ``persistence.py`` uses it too,
+from threads. The scenarios are functions returning a dict of figures;
+``compare.py`` runs them against several brokers. Each takes a ``Target``
+(where the broker listens and how to CONNECT to it). A scenario's worker
+processes get their parameters as one frozen dataclass each (``*Spec``) and
+what they share with the run (start gate, result queue, ...) as ``Shared``.
 """
 
 from __future__ import annotations
@@ -29,15 +33,26 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from harness import LOCALHOST, Target, raise_fd_limit, sample
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.sharedctypes import Synchronized
+    from multiprocessing.synchronize import Event
 
 BATCH = 256 * 1024
 
 _CTX = mp.get_context("fork")
 
+#: A parsed frame: (command, raw header block starting with a newline, body length).
+Frame = tuple[bytes, bytes, int]
 
-def cpu_self() -> float:
+
+def own_cpu() -> float:
     """CPU seconds this process has used (a worker's share of the generator's CPU)."""
     return sample(os.getpid()).cpu_s
 
@@ -72,7 +87,7 @@ class FrameParser:
     def __init__(self) -> None:
         self.buf = bytearray()
 
-    def feed(self, data: bytes) -> list[tuple[bytes, bytes, int]]:
+    def feed(self, data: bytes) -> list[Frame]:
         buf = self.buf
         buf += data
         frames = []
@@ -112,6 +127,50 @@ class FrameParser:
         return frames
 
 
+@dataclass(frozen=True)
+class Sends:
+    """
+    ``count`` SEND frames to ``destination``, numbered from ``first`` in a
+    ``seq`` header, each with ``content-length`` and a body of ``size`` bytes,
+    ``persistent:true`` if ``persistent``, and a ``receipt`` (its number) on
+    every SEND (``receipts="each"``), on the last one (``"last"``) or on none.
+    """
+
+    destination: str
+    count: int
+    size: int
+    first: int = 0
+    persistent: bool = False
+    receipts: str = "none"
+
+    def frames(self) -> Iterator[bytes]:
+        """The frames, one by one."""
+        body = b"x" * self.size
+        extra = "persistent:true\n" if self.persistent else ""
+        prefix = f"SEND\ndestination:{self.destination}\n{extra}content-length:{self.size}\n"
+        prefix_bytes = prefix.encode()
+        each = self.receipts == "each"
+        last = self.first + self.count - 1 if self.receipts == "last" else -1
+        for seq in range(self.first, self.first + self.count):
+            number = str(seq).encode()
+            receipt = b"receipt:" + number + b"\n" if each or seq == last else b""
+            yield prefix_bytes + receipt + b"seq:" + number + b"\n\n" + body + b"\x00"
+
+    def batches(self) -> Iterator[list[bytes]]:
+        """The frames in lists of about ``BATCH`` bytes: one socket write each, pipelined."""
+        batch: list[bytes] = []
+        batched = 0
+        for frame in self.frames():
+            batch.append(frame)
+            batched += len(frame)
+            if batched >= BATCH:
+                yield batch
+                batch = []
+                batched = 0
+        if batch:
+            yield batch
+
+
 # -- connections ------------------------------------------------------------------------------
 
 
@@ -145,18 +204,27 @@ def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
 
 
 class Conn:
-    """A byte stream to the broker: raw TCP, or STOMP frames in WebSocket messages."""
+    """
+    A byte stream to the broker: raw TCP, or STOMP frames in WebSocket messages.
 
-    def __init__(self, target: Target, timeout: float = 10.0) -> None:
+    One thread may read (:meth:`read`, :meth:`read_before`) while another writes
+    (:meth:`send`): ``persistence.py``'s producer reads its RECEIPTs in a
+    thread of their own. ``rcvbuf`` and ``sndbuf`` set the socket's buffer
+    sizes when given (a small receive buffer makes a subscriber that never
+    reads stall sooner).
+    """
+
+    def __init__(
+        self, target: Target, timeout: float = 10.0, rcvbuf: int = 0, sndbuf: int = 0
+    ) -> None:
         self.ws = target.transport == "ws"
         # Writes may wait while the broker applies flow control, up to this long.
         self.send_timeout = timeout
-        self.sock = connect_socket(target.port, timeout)
+        self.sock = connect_socket(target.port, timeout, rcvbuf, sndbuf)
         self.wsbuf = bytearray()
-        self.fragments = bytearray()
         self.closed = False
         self.parser = FrameParser()
-        self.pending: list[tuple[bytes, bytes, int]] = []
+        self.pending: list[Frame] = []
         if self.ws:
             self._handshake(target)
 
@@ -182,16 +250,23 @@ class Conn:
             raise ConnectionError(f"WebSocket handshake refused: {head[:200]!r}")
         self.wsbuf += rest
 
-    def frame_bytes(self, frame: bytes) -> bytes:
-        """What goes on the wire for one STOMP frame."""
-        return ws_frame(frame) if self.ws else frame
-
     def send(self, frames: list[bytes]) -> None:
+        """
+        Write ``frames`` in one go, waiting while the broker is not reading
+        (flow control) for at most ``send_timeout`` seconds. A timeout of the
+        socket's is only a chance to look at the clock: a thread reading this
+        connection may have set a shorter one.
+        """
+        data = b"".join(ws_frame(f) for f in frames) if self.ws else b"".join(frames)
+        deadline = time.monotonic() + self.send_timeout
         self.sock.settimeout(self.send_timeout)
-        if self.ws:
-            self.sock.sendall(b"".join(ws_frame(f) for f in frames))
-        else:
-            self.sock.sendall(b"".join(frames))
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError("the broker stopped reading from us") from None
 
     def _ws_decode(self) -> bytes:
         buf = self.wsbuf
@@ -229,13 +304,19 @@ class Conn:
         del buf[:pos]
         return bytes(out)
 
-    def read(self, timeout: float) -> list[tuple[bytes, bytes, int]] | None:
-        """Frames from one recv (perhaps none); None on timeout; raise at EOF."""
+    def read(self, timeout: float) -> list[Frame]:
+        """
+        The frames kept back (by :meth:`subscribe`) if any, else those of one
+        ``recv`` of at most ``timeout`` seconds: perhaps none. Raise at EOF.
+        """
+        if self.pending:
+            frames, self.pending = self.pending, []
+            return frames
         self.sock.settimeout(max(timeout, 0.001))
         try:
             data = self.sock.recv(1024 * 1024)
         except TimeoutError:
-            return None
+            return []
         if not data:
             raise ConnectionError("the broker closed the connection")
         if self.ws:
@@ -245,14 +326,16 @@ class Conn:
                 raise ConnectionError("the broker closed the WebSocket")
         return self.parser.feed(data)
 
-    def next_frame(self, deadline: float) -> tuple[bytes, bytes, int]:
+    def read_before(self, deadline: float) -> list[Frame]:
+        """:meth:`read` for at most a second; raise TimeoutError once ``deadline`` has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no frame before the deadline")
+        return self.read(min(remaining, 1.0))
+
+    def next_frame(self, deadline: float) -> Frame:
         while not self.pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no frame before the deadline")
-            frames = self.read(min(remaining, 1.0))
-            if frames:
-                self.pending.extend(frames)
+            self.pending.extend(self.read_before(deadline))
         return self.pending.pop(0)
 
     def stomp_connect(self, target: Target, deadline: float) -> None:
@@ -263,7 +346,8 @@ class Conn:
         if command != b"CONNECTED":
             raise ConnectionError(f"CONNECT refused: {command!r} {head[:300]!r}")
 
-    def subscribe(self, destination: str, ack: str, sub_id: str, deadline: float) -> None:
+    def subscribe(self, destination: str, ack: str, deadline: float, sub_id: str = "s0") -> None:
+        """SUBSCRIBE with a receipt, and wait for it."""
         self.send(
             [
                 encode(
@@ -282,6 +366,15 @@ class Conn:
             raise ConnectionError(f"SUBSCRIBE failed: {command!r} {head[:300]!r}")
         self.pending[:0] = early
 
+    def disconnect(self, deadline: float) -> None:
+        """DISCONNECT, wait for its receipt (the broker has read all we sent), close."""
+        self.send([encode("DISCONNECT", {"receipt": "bye"})])
+        try:
+            self.next_frame(deadline)
+        except (ConnectionError, TimeoutError):
+            pass
+        self.close()
+
     def close(self) -> None:
         try:
             self.sock.close()
@@ -289,8 +382,17 @@ class Conn:
             pass
 
 
-def open_session(target: Target, deadline: float) -> Conn:
-    conn = Conn(target, timeout=max(1.0, deadline - time.monotonic()))
+def receipts_in(frames: list[Frame]) -> int:
+    """How many of ``frames`` are RECEIPTs, all of them: any other frame is an error."""
+    for command, head, _ in frames:
+        if command != b"RECEIPT":
+            raise ConnectionError(f"got {command!r}: {head[:300]!r}")
+    return len(frames)
+
+
+def open_session(target: Target, deadline: float, rcvbuf: int = 0, sndbuf: int = 0) -> Conn:
+    """A connection to ``target`` whose CONNECT the broker has answered with CONNECTED."""
+    conn = Conn(target, max(1.0, deadline - time.monotonic()), rcvbuf, sndbuf)
     conn.stomp_connect(target, deadline)
     return conn
 
@@ -307,191 +409,205 @@ def stomp_ready(target: Target, deadline: float) -> bool:
     return False
 
 
+class Tally:
+    """
+    Which of ``total`` sequence numbers (``seq`` headers) have arrived, and
+    how many arrived again: a consumer's exactly-once check.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.seen = bytearray(total)
+        self.distinct = 0
+        self.duplicates = 0
+
+    def count(
+        self, conn: Conn, frames: list[Frame], ack_each: bool, latencies: list[float] | None = None
+    ) -> int:
+        """
+        Count the MESSAGEs in ``frames`` (any other frame is an error) and
+        return how many were new. With ``ack_each``, ACK every one of them, in
+        one write; with ``latencies``, append each one's age (now minus its
+        ``ts`` header).
+        """
+        now = time.monotonic()
+        seen = self.seen
+        fresh = 0
+        acks = []
+        for command, head, _ in frames:
+            if command != b"MESSAGE":
+                raise ConnectionError(f"got {command!r}: {head[:300]!r}")
+            seq = int(header(head, b"seq"))
+            if seen[seq]:
+                self.duplicates += 1
+            else:
+                seen[seq] = 1
+                fresh += 1
+            if latencies is not None:
+                latencies.append(now - float(header(head, b"ts")))
+            if ack_each:
+                acks.append(encode("ACK", {"id": header(head, b"ack").decode()}))
+        if acks:
+            conn.send(acks)
+        self.distinct += fresh
+        return fresh
+
+
 # -- worker processes -----------------------------------------------------------------------
 
 
-def _producer(
-    target: Target,
-    destination: str,
-    first: int,
-    count: int,
-    size: int,
-    start_event,
-    results,
-    deadline: float,
-    done_event=None,
-    persistent: bool = False,
-) -> None:
+@dataclass(frozen=True)
+class Shared:
+    """What the worker processes of one run share with it (inherited through ``fork``)."""
+
+    deadline: float  # time.monotonic() by which everything must be over
+    start: Event  # the start gate, opened once every worker has reported ready
+    producer_done: Event  # set by a producer when it has finished (or failed)
+    release: Event  # idle holders close their sessions
+    results: Queue  # {"role": "ready"} notes, then each worker's figures
+    counter: Synchronized  # distinct messages received by all pooled consumers
+
+    def ready(self) -> None:
+        """Report ready, then wait (bounded) for the start gate."""
+        self.results.put({"role": "ready"})
+        self.start.wait(max(0.0, self.deadline - time.monotonic()))
+
+    def report(self, out: dict) -> None:
+        """Hand a worker's figures to the run, with the CPU time the worker used."""
+        out["cpu"] = own_cpu()
+        self.results.put(out)
+
+
+@dataclass(frozen=True)
+class ProducerSpec:
     """
-    Pipeline ``count`` SENDs numbered from ``first``. With ``persistent``
-    each SEND has ``persistent:true`` and a ``receipt``; receipts are read
-    between batches, and the producer reports when the last one came
-    (``receipted_at``) and how many did (``receipts``).
+    A producer: pipeline ``sends`` to ``target``, then DISCONNECT. With a
+    receipt on every SEND, it reads them between batches and reports how
+    many came (``receipts``) and when the last did (``receipted_at``).
     """
+
+    target: Target
+    sends: Sends
+
+
+def _producer(spec: ProducerSpec, shared: Shared) -> None:
     out = {"role": "producer", "error": "", "receipts": 0, "receipted_at": 0.0}
+    deadline = shared.deadline
+    expected = spec.sends.count if spec.sends.receipts == "each" else 0
     try:
-        conn = open_session(target, deadline)
-        results.put({"role": "ready"})
-        start_event.wait(max(0.0, deadline - time.monotonic()))
-        body = b"x" * size
-        extra = "persistent:true\n" if persistent else ""
-        prefix = f"SEND\ndestination:{destination}\n{extra}content-length:{size}\n".encode()
+        conn = open_session(spec.target, deadline)
+        shared.ready()
         receipts = 0
-
-        def take_receipts(timeout: float) -> int:
-            frames = conn.pending or conn.read(timeout) or []
-            conn.pending = []
-            for command, head, _ in frames:
-                if command != b"RECEIPT":
-                    raise ConnectionError(f"got {command!r}: {head[:300]!r}")
-            return len(frames)
-
-        batch: list[bytes] = []
-        batched = 0
-        for seq in range(first, first + count):
-            number = str(seq).encode()
-            receipt = b"receipt:" + number + b"\n" if persistent else b""
-            frame = prefix + receipt + b"seq:" + number + b"\n\n" + body + b"\x00"
-            batch.append(frame)
-            batched += len(frame)
-            if batched >= BATCH:
-                conn.send(batch)
-                batch = []
-                batched = 0
-                if persistent:
-                    receipts += take_receipts(0.0)
-                if time.monotonic() > deadline:
-                    raise TimeoutError("producer deadline")
-        if batch:
+        for batch in spec.sends.batches():
             conn.send(batch)
-        while persistent and receipts < count:
+            if expected:
+                receipts += receipts_in(conn.read(0.0))
             if time.monotonic() > deadline:
-                raise TimeoutError(f"producer deadline: {receipts} of {count} receipts")
-            receipts += take_receipts(0.05)
+                raise TimeoutError("producer deadline")
+        while receipts < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"producer deadline: {receipts} of {expected} receipts")
+            receipts += receipts_in(conn.read(0.05))
         out["receipts"] = receipts
         out["receipted_at"] = time.monotonic()
-        # A receipt on a final frame tells us the broker has read everything.
-        conn.send([encode("DISCONNECT", {"receipt": "bye"})])
-        try:
-            conn.next_frame(deadline)
-        except (ConnectionError, TimeoutError):
-            pass
-        conn.close()
+        conn.disconnect(deadline)
     except Exception as e:  # reported, not raised: the parent decides
         out["error"] = f"producer: {e!r}"
-    if done_event is not None:
-        done_event.set()
-    out["cpu"] = cpu_self()
-    results.put(out)
+    shared.producer_done.set()
+    shared.report(out)
 
 
-def _consumer(
-    target: Target,
-    destination: str,
-    ack: str,
-    total: int,
-    stop_at_total: bool,
-    counter,
-    start_event,
-    results,
-    deadline: float,
-    idle: float,
-    latency: bool,
-    done_event=None,
-) -> None:
+@dataclass(frozen=True)
+class ConsumerSpec:
     """
-    Subscribe, report ready, then read MESSAGEs. With ``stop_at_total`` the
-    shared ``counter`` of distinct messages (over all consumers) ends the
-    run at ``total``; otherwise this consumer stops at ``total`` of its own or
-    after ``idle`` seconds without data once the producer has finished (its
-    DISCONNECT receipt came: the broker has read every SEND).
+    A consumer: subscribe to ``destination`` with ``ack``, report ready, then
+    read MESSAGEs (ACKing each unless ``ack`` is ``auto``). A ``pooled``
+    consumer is one of several sharing a queue: the run's shared counter of
+    distinct messages ends it at ``total``. Any other stops at ``total`` of
+    its own, or ``idle`` seconds without data once the producer has finished
+    (its DISCONNECT receipt came: the broker has read every SEND). With
+    ``latency`` it records each message's one-way latency (``ts`` header).
     """
+
+    target: Target
+    destination: str
+    total: int
+    ack: str = "auto"
+    pooled: bool = False
+    idle: float = 3.0
+    latency: bool = False
+
+
+def _consumer(spec: ConsumerSpec, shared: Shared) -> None:
     out = {"role": "consumer", "error": "", "received": 0, "duplicates": 0, "done_at": 0.0}
-    seen = bytearray(total)
-    lat: list[float] = []
-    last_data = 0.0
+    deadline = shared.deadline
+    counter = shared.counter
+    producer_done = shared.producer_done
+    tally = Tally(spec.total)
+    lat: list[float] | None = [] if spec.latency else None
     try:
-        conn = open_session(target, deadline)
-        conn.subscribe(destination, ack, "s0", deadline)
-        results.put({"role": "ready"})
-        start_event.wait(max(0.0, deadline - time.monotonic()))
+        conn = open_session(spec.target, deadline)
+        conn.subscribe(spec.destination, spec.ack, deadline)
+        shared.ready()
         last_data = time.monotonic()
-        individual = ack != "auto"
+        ack_each = spec.ack != "auto"
         done_at = 0.0
-        mine = 0
-        dup = 0
         while True:
             now = time.monotonic()
             if now > deadline:
                 out["error"] = "consumer: deadline passed"
                 break
-            if stop_at_total and counter.value >= total:
+            if spec.pooled and counter.value >= spec.total:
                 break
-            if not stop_at_total and (
-                mine >= total or (done_event.is_set() and now - max(last_data, done_at) > idle)
+            if not spec.pooled and (
+                tally.distinct >= spec.total
+                or (producer_done.is_set() and now - max(last_data, done_at) > spec.idle)
             ):
                 break
-            if done_at == 0.0 and done_event is not None and done_event.is_set():
+            if done_at == 0.0 and producer_done.is_set():
                 done_at = now
-            frames = conn.pending or conn.read(0.05)
-            conn.pending = []
+            frames = conn.read(0.05)
             if not frames:
                 continue
-            now = time.monotonic()
-            last_data = now
-            acks = []
-            fresh = 0
-            for command, head, _ in frames:
-                if command != b"MESSAGE":
-                    raise ConnectionError(f"got {command!r}: {head[:300]!r}")
-                seq = int(header(head, b"seq"))
-                if seen[seq]:
-                    dup += 1
-                else:
-                    seen[seq] = 1
-                    fresh += 1
-                if latency:
-                    lat.append(now - float(header(head, b"ts")))
-                if individual:
-                    acks.append(encode("ACK", {"id": header(head, b"ack").decode()}))
-            if acks:
-                conn.send(acks)
-            mine += fresh
-            out["done_at"] = now
-            if stop_at_total and fresh:
+            last_data = time.monotonic()
+            fresh = tally.count(conn, frames, ack_each, lat)
+            out["done_at"] = last_data
+            if spec.pooled and fresh:
                 with counter.get_lock():
                     counter.value += fresh
-        out["received"] = mine
-        out["duplicates"] = dup
+        out["received"] = tally.distinct
+        out["duplicates"] = tally.duplicates
         conn.close()
     except Exception as e:
         out["error"] = f"consumer: {e!r}"
-    out["cpu"] = cpu_self()
-    out["seen"] = bytes(seen) if stop_at_total else b""
-    out["latencies"] = lat
-    results.put(out)
+    out["seen"] = bytes(tally.seen) if spec.pooled else b""
+    out["latencies"] = lat or []
+    shared.report(out)
 
 
-def _timed_producer(
-    target: Target,
-    destination: str,
-    rate: float,
-    seconds: float,
-    size: int,
-    start_event,
-    results,
-    deadline: float,
-    done_event=None,
-) -> None:
-    """Open loop: message i is due at start + i / rate and carries that time in ``ts``."""
+@dataclass(frozen=True)
+class TimedProducerSpec:
+    """
+    An open-loop producer: for ``seconds``, message i is due at start + i /
+    ``rate`` and carries that time in a ``ts`` header.
+    """
+
+    target: Target
+    destination: str
+    rate: float
+    seconds: float
+    size: int
+
+
+def _timed_producer(spec: TimedProducerSpec, shared: Shared) -> None:
     out = {"role": "producer", "error": "", "behind_max": 0.0}
+    deadline = shared.deadline
+    rate = spec.rate
     try:
-        conn = open_session(target, deadline)
-        results.put({"role": "ready"})
-        start_event.wait(max(0.0, deadline - time.monotonic()))
-        body = b"x" * size
-        prefix = f"SEND\ndestination:{destination}\ncontent-length:{size}\nseq:".encode()
-        count = int(rate * seconds)
+        conn = open_session(spec.target, deadline)
+        shared.ready()
+        body = b"x" * spec.size
+        prefix = f"SEND\ndestination:{spec.destination}\ncontent-length:{spec.size}\nseq:".encode()
+        count = int(rate * spec.seconds)
         start = time.monotonic()
         i = 0
         while i < count:
@@ -509,49 +625,51 @@ def _timed_producer(
                 frames.append(prefix + str(seq).encode() + b"\nts:" + ts + b"\n\n" + body + b"\0")
             conn.send(frames)
             i = due
-        conn.send([encode("DISCONNECT", {"receipt": "bye"})])
-        try:
-            conn.next_frame(deadline)
-        except (ConnectionError, TimeoutError):
-            pass
-        conn.close()
+        conn.disconnect(deadline)
     except Exception as e:
         out["error"] = f"producer: {e!r}"
-    if done_event is not None:
-        done_event.set()
-    out["cpu"] = cpu_self()
-    results.put(out)
+    shared.producer_done.set()
+    shared.report(out)
 
 
-def _idle_holder(target: Target, destination: str, count: int, results, release, deadline: float):
-    """Open ``count`` sessions, CONNECT and SUBSCRIBE each, hold them until released."""
+@dataclass(frozen=True)
+class HolderSpec:
+    """An idle holder: ``count`` sessions to ``target``, each CONNECTed and SUBSCRIBEd."""
+
+    target: Target
+    destination: str
+    count: int
+
+
+def _idle_holder(spec: HolderSpec, shared: Shared) -> None:
+    """Open the sessions, report, hold them until released."""
     raise_fd_limit()
+    deadline = shared.deadline
     conns = []
     failures = 0
     errors: list[str] = []
-    for _ in range(count):
+    for _ in range(spec.count):
         if time.monotonic() > deadline:
             failures += 1
             continue
         try:
-            conn = open_session(target, deadline)
-            conn.subscribe(destination, "auto", "s0", deadline)
+            conn = open_session(spec.target, deadline)
+            conn.subscribe(spec.destination, "auto", deadline)
             conns.append(conn)
         except Exception as e:
             failures += 1
             if len(errors) < 3:
                 errors.append(repr(e))
-    results.put(
+    shared.report(
         {
             "role": "holder",
             "opened": len(conns),
             "failures": failures,
             "errors": errors,
             "done_at": time.monotonic(),
-            "cpu": cpu_self(),
         }
     )
-    release.wait(max(0.0, deadline - time.monotonic()))
+    shared.release.wait(max(0.0, deadline - time.monotonic()))
     for conn in conns:
         conn.close()
 
@@ -560,31 +678,44 @@ def _idle_holder(target: Target, destination: str, count: int, results, release,
 
 
 class Run:
-    """Worker processes of one scenario run, with a start gate and a result queue."""
+    """
+    The worker processes of one scenario run, with a start gate and a result
+    queue, and the broker's CPU time from the opening of the gate
+    (``cpu_of_broker``, if given, returns the broker's CPU seconds so far).
+    """
 
-    def __init__(self, timeout: float) -> None:
-        self.deadline = time.monotonic() + timeout
-        self.start = _CTX.Event()
-        self.producer_done = _CTX.Event()
-        self.results = _CTX.Queue()
+    def __init__(self, timeout: float, cpu_of_broker: Callable[[], float] | None = None) -> None:
+        self.shared = Shared(
+            deadline=time.monotonic() + timeout,
+            start=_CTX.Event(),
+            producer_done=_CTX.Event(),
+            release=_CTX.Event(),
+            results=_CTX.Queue(),
+            counter=_CTX.Value("q", 0),
+        )
+        self.deadline = self.shared.deadline
+        self.cpu_of_broker = cpu_of_broker
+        self.cpu_at_start = 0.0
         self.procs: list = []
 
-    def spawn(self, fn, *args) -> None:
-        proc = _CTX.Process(target=fn, args=args, daemon=True)
+    def spawn(self, worker: Callable[[Any, Shared], None], spec: Any) -> None:
+        """Start ``worker(spec, shared)`` in a process of its own."""
+        proc = _CTX.Process(target=worker, args=(spec, self.shared), daemon=True)
         proc.start()
         self.procs.append(proc)
 
     def collect(self, count: int, role: str | None = None) -> list[dict]:
         """``count`` messages from the workers (of ``role`` if given), until the deadline."""
         got: list[dict] = []
+        results = self.shared.results
         while len(got) < count:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"only {len(got)} of {count} workers reported")
             try:
-                item = self.results.get(timeout=min(remaining, 1.0))
+                item = results.get(timeout=min(remaining, 1.0))
             except Exception:
-                if not any(p.is_alive() for p in self.procs) and self.results.empty():
+                if not any(p.is_alive() for p in self.procs) and results.empty():
                     raise RuntimeError(f"workers died: {len(got)} of {count} reported") from None
                 continue
             if role is None or item["role"] == role:
@@ -595,6 +726,20 @@ class Run:
 
     def wait_ready(self, count: int) -> None:
         self.collect(count, "ready")
+
+    def go(self) -> float:
+        """Open the start gate (every worker spawned so far is ready); return when."""
+        self.cpu_at_start = self._broker_cpu()
+        start = time.monotonic()
+        self.shared.start.set()
+        return start
+
+    def broker_cpu_s(self) -> float:
+        """The broker's CPU seconds since :meth:`go`."""
+        return self._broker_cpu() - self.cpu_at_start
+
+    def _broker_cpu(self) -> float:
+        return self.cpu_of_broker() if self.cpu_of_broker else 0.0
 
     def finish(self) -> None:
         for proc in self.procs:
@@ -609,6 +754,28 @@ def _error_of(items: list[dict]) -> str:
     return "; ".join(i["error"] for i in items if i.get("error"))[:500]
 
 
+def _costs(items: list[dict], broker_cpu_s: float) -> dict:
+    """The figures every message scenario ends with: CPU of both sides, errors."""
+    return {
+        "broker_cpu_s": broker_cpu_s,
+        "gen_cpu_s": sum(i.get("cpu", 0.0) for i in items),
+        "error": _error_of(items),
+    }
+
+
+def _delivery(received: int, expected: int, duplicates: int, size: int, seconds: float) -> dict:
+    """The figures of a run that moved ``received`` of ``expected`` messages in ``seconds``."""
+    return {
+        "msgs_per_s": received / seconds,
+        "mb_per_s": received * size / seconds / 1e6,
+        "seconds": seconds,
+        "messages": expected,
+        "received": received,
+        "duplicates": duplicates,
+        "lost": expected - received,
+    }
+
+
 def throughput(
     target: Target,
     *,
@@ -620,7 +787,7 @@ def throughput(
     persistent: bool = False,
     backlog: bool = False,
     timeout: float = 120.0,
-    cpu_of_broker=None,
+    cpu_of_broker: Callable[[], float] | None = None,
 ) -> dict:
     """
     Queue scenario: P producers, C consumers on one new /queue/…; N messages
@@ -633,26 +800,13 @@ def throughput(
     from the consumers' start, their connecting included).
     """
     destination = f"/queue/bench-{uuid.uuid4().hex[:12]}"
-    run = Run(timeout)
-    counter = _CTX.Value("q", 0)
+    run = Run(timeout, cpu_of_broker)
     per = [messages // producers + (1 if i < messages % producers else 0) for i in range(producers)]
+    consumer = ConsumerSpec(target, destination, messages, ack, pooled=True)
 
     def spawn_consumers() -> None:
         for _ in range(consumers):
-            run.spawn(
-                _consumer,
-                target,
-                destination,
-                ack,
-                messages,
-                True,
-                counter,
-                run.start,
-                run.results,
-                run.deadline,
-                0.0,
-                False,
-            )
+            run.spawn(_consumer, consumer)
 
     drain_start = 0.0
     try:
@@ -661,24 +815,18 @@ def throughput(
             run.wait_ready(consumers)
         first = 0
         for n in per:
-            run.spawn(
-                _producer,
-                target,
+            sends = Sends(
                 destination,
-                first,
                 n,
                 size,
-                run.start,
-                run.results,
-                run.deadline,
-                None,
-                persistent,
+                first=first,
+                persistent=persistent,
+                receipts="each" if persistent else "none",
             )
+            run.spawn(_producer, ProducerSpec(target, sends))
             first += n
         run.wait_ready(producers)
-        cpu0 = cpu_of_broker() if cpu_of_broker else 0.0
-        start = time.monotonic()
-        run.start.set()
+        start = run.go()
         if backlog:
             items = run.collect(producers, "producer")
             drain_start = time.monotonic()
@@ -687,15 +835,13 @@ def throughput(
             items += run.collect(consumers, "consumer")
         else:
             items = run.collect(producers + consumers)
-        cpu1 = cpu_of_broker() if cpu_of_broker else 0.0
+        broker_cpu = run.broker_cpu_s()
     finally:
         run.finish()
     cons = [i for i in items if i["role"] == "consumer"]
     seen = bytearray(messages)
-    received = 0
     dup = 0
     for c in cons:
-        received += c["received"]
         dup += c["duplicates"]
         if c["seen"]:
             seen = bytearray(a | b for a, b in zip(seen, c["seen"], strict=True))
@@ -719,17 +865,9 @@ def throughput(
         extra["drain_per_s"] = distinct / max(end - drain_start, 1e-9)
     return {
         **extra,
-        "msgs_per_s": distinct / seconds,
-        "mb_per_s": distinct * size / seconds / 1e6,
-        "seconds": seconds,
-        "messages": messages,
-        "received": distinct,
-        "duplicates": dup,
-        "lost": messages - distinct,
+        **_delivery(distinct, messages, dup, size, seconds),
         "ok": ok,
-        "broker_cpu_s": cpu1 - cpu0,
-        "gen_cpu_s": sum(i.get("cpu", 0.0) for i in items),
-        "error": _error_of(items),
+        **_costs(items, broker_cpu),
     }
 
 
@@ -741,48 +879,20 @@ def fanout(
     size: int,
     timeout: float = 120.0,
     idle: float = 3.0,
-    cpu_of_broker=None,
+    cpu_of_broker: Callable[[], float] | None = None,
 ) -> dict:
     """Topic scenario: 1 producer, K subscribers (subscribed, receipt, before it starts)."""
     destination = f"/topic/bench-{uuid.uuid4().hex[:12]}"
-    run = Run(timeout)
-    counter = _CTX.Value("q", 0)
+    run = Run(timeout, cpu_of_broker)
     try:
         for _ in range(subscribers):
-            run.spawn(
-                _consumer,
-                target,
-                destination,
-                "auto",
-                messages,
-                False,
-                counter,
-                run.start,
-                run.results,
-                run.deadline,
-                idle,
-                False,
-                run.producer_done,
-            )
+            run.spawn(_consumer, ConsumerSpec(target, destination, messages, idle=idle))
         run.wait_ready(subscribers)
-        run.spawn(
-            _producer,
-            target,
-            destination,
-            0,
-            messages,
-            size,
-            run.start,
-            run.results,
-            run.deadline,
-            run.producer_done,
-        )
+        run.spawn(_producer, ProducerSpec(target, Sends(destination, messages, size)))
         run.wait_ready(1)
-        cpu0 = cpu_of_broker() if cpu_of_broker else 0.0
-        start = time.monotonic()
-        run.start.set()
+        start = run.go()
         items = run.collect(subscribers + 1)
-        cpu1 = cpu_of_broker() if cpu_of_broker else 0.0
+        broker_cpu = run.broker_cpu_s()
     finally:
         run.finish()
     cons = [i for i in items if i["role"] == "consumer"]
@@ -790,19 +900,10 @@ def fanout(
     expected = messages * subscribers
     end = max((c["done_at"] for c in cons), default=start)
     seconds = max(end - start, 1e-9)
-    errors = _error_of(items)
     return {
-        "msgs_per_s": delivered / seconds,
-        "mb_per_s": delivered * size / seconds / 1e6,
-        "seconds": seconds,
-        "messages": expected,
-        "received": delivered,
-        "duplicates": sum(c["duplicates"] for c in cons),
-        "lost": expected - delivered,
-        "ok": delivered == expected and not errors,
-        "broker_cpu_s": cpu1 - cpu0,
-        "gen_cpu_s": sum(i.get("cpu", 0.0) for i in items),
-        "error": errors,
+        **_delivery(delivered, expected, sum(c["duplicates"] for c in cons), size, seconds),
+        "ok": delivered == expected and not _error_of(items),
+        **_costs(items, broker_cpu),
     }
 
 
@@ -821,53 +922,25 @@ def latency(
     size: int = 100,
     timeout: float = 60.0,
     idle: float = 3.0,
-    cpu_of_broker=None,
+    cpu_of_broker: Callable[[], float] | None = None,
 ) -> dict:
     """Open loop at ``rate`` msgs/s for ``seconds``; one-way latency from the scheduled time."""
     destination = f"/queue/lat-{uuid.uuid4().hex[:12]}"
-    run = Run(timeout + seconds)
-    counter = _CTX.Value("q", 0)
+    run = Run(timeout + seconds, cpu_of_broker)
     count = int(rate * seconds)
     try:
-        run.spawn(
-            _consumer,
-            target,
-            destination,
-            "auto",
-            count,
-            False,
-            counter,
-            run.start,
-            run.results,
-            run.deadline,
-            idle,
-            True,
-            run.producer_done,
-        )
+        run.spawn(_consumer, ConsumerSpec(target, destination, count, idle=idle, latency=True))
         run.wait_ready(1)
-        run.spawn(
-            _timed_producer,
-            target,
-            destination,
-            rate,
-            seconds,
-            size,
-            run.start,
-            run.results,
-            run.deadline,
-            run.producer_done,
-        )
+        run.spawn(_timed_producer, TimedProducerSpec(target, destination, rate, seconds, size))
         run.wait_ready(1)
-        cpu0 = cpu_of_broker() if cpu_of_broker else 0.0
-        run.start.set()
+        run.go()
         items = run.collect(2)
-        cpu1 = cpu_of_broker() if cpu_of_broker else 0.0
+        broker_cpu = run.broker_cpu_s()
     finally:
         run.finish()
     cons = next(i for i in items if i["role"] == "consumer")
     prod = next(i for i in items if i["role"] == "producer")
     lat = sorted(cons["latencies"])
-    errors = _error_of(items)
     return {
         "rate": rate,
         "p50_ms": _percentile(lat, 0.50) * 1000,
@@ -878,10 +951,8 @@ def latency(
         "messages": count,
         "received": cons["received"],
         "lost": count - cons["received"],
-        "ok": cons["received"] == count and not errors,
-        "broker_cpu_s": cpu1 - cpu0,
-        "gen_cpu_s": sum(i.get("cpu", 0.0) for i in items),
-        "error": errors,
+        "ok": cons["received"] == count and not _error_of(items),
+        **_costs(items, broker_cpu),
     }
 
 
@@ -891,28 +962,27 @@ def connections(
     count: int,
     workers: int = 8,
     timeout: float = 300.0,
-    rss_of_broker=None,
+    rss_of_broker: Callable[[], int] | None = None,
     settle: float = 1.0,
 ) -> dict:
     """M idle sessions (each CONNECTed and SUBSCRIBEd with a receipt), spread over workers."""
     raise_fd_limit()
     destination = f"/topic/idle-{uuid.uuid4().hex[:12]}"
     run = Run(timeout)
-    release = _CTX.Event()
     workers = max(1, min(workers, count))
     shares = [count // workers + (1 if i < count % workers else 0) for i in range(workers)]
     rss0 = rss_of_broker() if rss_of_broker else 0
     start = time.monotonic()
     try:
         for n in shares:
-            run.spawn(_idle_holder, target, destination, n, run.results, release, run.deadline)
+            run.spawn(_idle_holder, HolderSpec(target, destination, n))
         items = run.collect(workers, "holder")
         end = max(i["done_at"] for i in items)
         # Let the broker finish its bookkeeping before sampling memory (bounded).
         time.sleep(settle)
         rss1 = rss_of_broker() if rss_of_broker else 0
     finally:
-        release.set()
+        run.shared.release.set()
         run.finish()
     opened = sum(i["opened"] for i in items)
     failures = sum(i["failures"] for i in items)
