@@ -6,8 +6,9 @@ versus persistent SENDs, per message store and ack mode.
 Standard library only. Every run starts a fresh broker as a subprocess
 (``twistd -n stomptw`` from the Python environment running this script, with
 the repository root first on PYTHONPATH so that the repository's code runs),
-listening on an ephemeral loopback port, with one raw-socket producer that
-pipelines SENDs and one raw-socket consumer on the same queue.
+listening on an ephemeral loopback port (``harness.Stomptw``), with one
+raw-socket producer that pipelines SENDs and one raw-socket consumer on the
+same queue, both ``loadgen`` connections, in threads of this process.
 
 Scenario names are ``STORE/SEND/ACK``:
 
@@ -37,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -49,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Stomptw  # noqa: E402
-from loadgen import FrameParser, connect_socket, encode, header  # noqa: E402
+from loadgen import Conn, Sends, Tally, open_session, receipts_in  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -79,63 +79,55 @@ DEFAULT_SCENARIOS = [
 ]
 
 
-def start_broker(twistd: str, workdir: Path, store: list[str]) -> Stomptw:
-    """A fresh broker, STOMP over TCP only, with ``store``'s options."""
-    return Stomptw(workdir, twistd, store, ws=False)
+@dataclass(frozen=True)
+class Settings:
+    """What every run of one invocation shares (from the command line)."""
+
+    twistd: str
+    workroot: Path  # each run's broker gets a data directory of its own below it
+    messages: int
+    stall_mb: int
+    timeout: float
+
+    def broker(self, name: str, store: list[str]) -> Stomptw:
+        """A fresh broker, STOMP over TCP only, with ``store``'s options."""
+        return Stomptw(self.workroot / name, self.twistd, store, ws=False)
 
 
-# -- STOMP on raw sockets ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Scenario:
+    """A throughput scenario, ``STORE/SEND/ACK`` (see the module's docstring)."""
 
+    store: str
+    send: str
+    ack: str
 
-class Client:
-    """A STOMP 1.2 session on a TCP socket (TCP_NODELAY, no heart-beats)."""
+    @classmethod
+    def parse(cls, name: str) -> Scenario:
+        """The scenario called ``name``; ValueError if there is none."""
+        parts = name.split("/")
+        if (
+            len(parts) != 3
+            or parts[0] not in STORES
+            or parts[1] not in SEND_MODES
+            or parts[2] not in ACK_MODES
+        ):
+            raise ValueError(f"unknown scenario {name!r}")
+        return cls(*parts)
 
-    def __init__(self, port: int, timeout: float, rcvbuf: int = 0, sndbuf: int = 0) -> None:
-        self.sock = connect_socket(port, timeout, rcvbuf, sndbuf)
-        self.parser = FrameParser()
-        self.pending: list[tuple[bytes, bytes, int]] = []
-        self.sock.sendall(
-            encode("CONNECT", {"accept-version": "1.2", "host": "localhost", "heart-beat": "0,0"})
+    @property
+    def name(self) -> str:
+        return f"{self.store}/{self.send}/{self.ack}"
+
+    def sends(self, destination: str, count: int, size: int) -> Sends:
+        """The producer's SENDs: persistent or not, a receipt on each or on the last."""
+        return Sends(
+            destination,
+            count,
+            size,
+            persistent=self.send.startswith("p-"),
+            receipts="each" if self.send.endswith("-each") else "last",
         )
-        command, head, _ = self.next_frame(time.monotonic() + timeout)
-        if command != b"CONNECTED":
-            raise RuntimeError(f"CONNECT refused: {command} {head}")
-
-    def read_frames(self, deadline: float) -> list[tuple[bytes, bytes, int]]:
-        """The frames that arrive in the next read (perhaps none); raise at EOF."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("deadline passed")
-        self.sock.settimeout(min(remaining, 1.0))
-        try:
-            data = self.sock.recv(1024 * 1024)
-        except TimeoutError:
-            return []
-        if not data:
-            raise ConnectionError("the broker closed the connection")
-        return self.parser.feed(data)
-
-    def next_frame(self, deadline: float) -> tuple[bytes, bytes, int]:
-        while not self.pending:
-            self.pending.extend(self.read_frames(deadline))
-        return self.pending.pop(0)
-
-    def subscribe(self, destination: str, ack: str, deadline: float) -> None:
-        self.sock.sendall(
-            encode(
-                "SUBSCRIBE",
-                {"destination": destination, "id": "bench", "ack": ack, "receipt": "subscribed"},
-            )
-        )
-        command, head, _ = self.next_frame(deadline)
-        if command != b"RECEIPT" or header(head, b"receipt-id") != b"subscribed":
-            raise RuntimeError(f"SUBSCRIBE failed: {command} {head}")
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 # -- one throughput run -------------------------------------------------------------------
@@ -165,49 +157,32 @@ class Result:
 class Consumer(threading.Thread):
     """Reads MESSAGEs until ``count`` distinct sequence numbers arrived."""
 
-    def __init__(self, client: Client, count: int, ack_each: bool, deadline: float) -> None:
+    def __init__(self, conn: Conn, count: int, ack: str, deadline: float) -> None:
         super().__init__(daemon=True)
-        self.client = client
+        self.conn = conn
         self.count = count
-        self.ack_each = ack_each
+        self.ack_each = ack != "auto"
         self.deadline = deadline
-        self.seen = bytearray(count)
-        self.distinct = 0
-        self.duplicates = 0
+        self.tally = Tally(count)
         self.finished_at = 0.0
         self.error = ""
 
     def run(self) -> None:
-        client = self.client
+        tally = self.tally
         try:
-            while self.distinct < self.count:
-                frames = client.pending or client.read_frames(self.deadline)
-                client.pending = []
-                acks = []
-                for command, head, _ in frames:
-                    if command != b"MESSAGE":
-                        raise RuntimeError(f"consumer got {command}: {head}")
-                    seq = int(header(head, b"seq"))
-                    if self.seen[seq]:
-                        self.duplicates += 1
-                    else:
-                        self.seen[seq] = 1
-                        self.distinct += 1
-                    if self.ack_each:
-                        acks.append(encode("ACK", {"id": header(head, b"ack").decode()}))
-                if acks:
-                    send_all(client.sock, b"".join(acks), self.deadline)
+            while tally.distinct < self.count:
+                tally.count(self.conn, self.conn.read_before(self.deadline), self.ack_each)
             self.finished_at = time.perf_counter()
         except Exception as e:
             self.error = f"consumer: {e!r}"
 
 
 class ReceiptReader(threading.Thread):
-    """Counts the producer's RECEIPTs; notes when the last expected one came."""
+    """Counts the producer's RECEIPTs, while it writes; notes when the last expected one came."""
 
-    def __init__(self, client: Client, expected: int, deadline: float) -> None:
+    def __init__(self, conn: Conn, expected: int, deadline: float) -> None:
         super().__init__(daemon=True)
-        self.client = client
+        self.conn = conn
         self.expected = expected
         self.deadline = deadline
         self.count = 0
@@ -217,82 +192,40 @@ class ReceiptReader(threading.Thread):
     def run(self) -> None:
         try:
             while self.count < self.expected:
-                for command, head, _ in self.client.read_frames(self.deadline):
-                    if command != b"RECEIPT":
-                        raise RuntimeError(f"producer got {command}: {head}")
-                    self.count += 1
+                self.count += receipts_in(self.conn.read_before(self.deadline))
             self.last_at = time.perf_counter()
         except Exception as e:
             self.error = f"producer: {e!r}"
 
 
-def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
-    """
-    ``sock.sendall`` that waits as long as the broker is not reading (overflow
-    ``block`` pauses a producer) but no longer than ``deadline``. The socket's
-    own timeout is short: another thread reads RECEIPTs from it.
-    """
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view) :]
-        except TimeoutError:
-            if time.monotonic() >= deadline:
-                raise TimeoutError("the broker stopped reading until the deadline") from None
-
-
-def produce(
-    sock: socket.socket, count: int, size: int, mode: str, destination: str, deadline: float
-) -> None:
-    """Pipeline ``count`` SENDs, written in batches of about 256 KiB."""
-    body = b"x" * size
-    persistent = mode.startswith("p-")
-    each = mode.endswith("-each")
-    tail = f"content-length:{size}\n"
-    if persistent:
-        tail += "persistent:true\n"
-    prefix = f"SEND\ndestination:{destination}\n"
-    batch: list[bytes] = []
-    batched = 0
-    for seq in range(count):
-        head = f"{prefix}{tail}seq:{seq}\n"
-        if each or seq == count - 1:
-            head += f"receipt:r{seq}\n"
-        frame = (head + "\n").encode() + body + b"\x00"
-        batch.append(frame)
-        batched += len(frame)
-        if batched >= 256 * 1024:
-            send_all(sock, b"".join(batch), deadline)
-            batch.clear()
-            batched = 0
-    if batch:
-        send_all(sock, b"".join(batch), deadline)
-
-
-def run_throughput(
-    twistd: str, workroot: Path, scenario: str, size: int, rnd: int, count: int, timeout: float
-) -> Result:
-    store, mode, ack = scenario.split("/")
-    workdir = workroot / f"{scenario.replace('/', '_')}-{size}-{rnd}"
-    broker = start_broker(twistd, workdir, STORES[store])
+def run_throughput(settings: Settings, name: str, size: int, rnd: int) -> Result:
+    """One run of scenario ``name`` with ``size``-byte bodies, on a broker of its own."""
+    scenario = Scenario.parse(name)
+    count = settings.messages
+    broker = settings.broker(f"{name.replace('/', '_')}-{size}-{rnd}", STORES[scenario.store])
+    target = broker.target("tcp")
     destination = "/queue/bench"
+    sends = scenario.sends(destination, count, size)
     error = ""
     consumer = receipts = None
     producer = subscriber = None
     start = sent = 0.0
     cpu0 = cpu1 = 0.0
     try:
-        deadline = time.monotonic() + timeout
-        subscriber = Client(broker.ports["stomp"], timeout)
-        subscriber.subscribe(destination, ACK_MODES[ack], deadline)
-        producer = Client(broker.ports["stomp"], timeout)
-        consumer = Consumer(subscriber, count, ack == "individual", deadline)
-        receipts = ReceiptReader(producer, count if mode.endswith("-each") else 1, deadline)
+        deadline = time.monotonic() + settings.timeout
+        subscriber = open_session(target, deadline)
+        subscriber.subscribe(destination, ACK_MODES[scenario.ack], deadline)
+        producer = open_session(target, deadline)
+        consumer = Consumer(subscriber, count, ACK_MODES[scenario.ack], deadline)
+        receipts = ReceiptReader(producer, count if sends.receipts == "each" else 1, deadline)
         cpu0 = broker.cpu()
         consumer.start()
         receipts.start()
         start = time.perf_counter()
-        produce(producer.sock, count, size, mode, destination, deadline)
+        for batch in sends.batches():
+            producer.send(batch)
+            if time.monotonic() > deadline:
+                raise TimeoutError("the broker stopped reading until the deadline")
         sent = time.perf_counter()
         consumer.join(max(0.0, deadline - time.monotonic()) + 2)
         receipts.join(max(0.0, deadline - time.monotonic()) + 2)
@@ -304,29 +237,28 @@ def run_throughput(
         error = repr(e)
     finally:
         end = broker.sample() if broker.proc.poll() is None else None
-        rss, peak = (end.rss, end.peak_rss) if end else (0, 0)
-        for client in (producer, subscriber):
-            if client is not None:
-                client.close()
+        for conn in (producer, subscriber):
+            if conn is not None:
+                conn.close()
         broker.stop()
-    received = consumer.distinct if consumer else 0
+    tally = consumer.tally if consumer else Tally(0)
     ok = bool(
         not error
         and consumer is not None
-        and received == count
-        and consumer.duplicates == 0
-        and all(consumer.seen)
+        and tally.distinct == count
+        and tally.duplicates == 0
+        and all(tally.seen)
     )
-    if consumer is not None and consumer.duplicates:
-        error = error or f"{consumer.duplicates} duplicate deliveries"
+    if tally.duplicates:
+        error = error or f"{tally.duplicates} duplicate deliveries"
     elapsed = (consumer.finished_at - start) if ok else 0.0
     cpu = cpu1 - cpu0 if cpu1 else 0.0
     return Result(
-        scenario=scenario,
+        scenario=name,
         size=size,
         round=rnd,
         messages=count,
-        received=received,
+        received=tally.distinct,
         ok=ok,
         seconds=round(elapsed, 4),
         msgs_per_s=round(count / elapsed, 1) if elapsed else 0.0,
@@ -336,8 +268,8 @@ def run_throughput(
         receipts=receipts.count if receipts else 0,
         broker_cpu_s=round(cpu, 3),
         cpu_us_per_msg=round(cpu / count * 1e6, 1) if count else 0.0,
-        rss_mib=round(rss / MiB, 1),
-        peak_rss_mib=round(peak / MiB, 1),
+        rss_mib=round(end.rss / MiB, 1) if end else 0.0,
+        peak_rss_mib=round(end.peak_rss / MiB, 1) if end else 0.0,
         error=error,
     )
 
@@ -345,50 +277,47 @@ def run_throughput(
 # -- the stalled consumer ------------------------------------------------------------------
 
 
-def run_stalled(
-    twistd: str, workroot: Path, name: str, offered_mb: int, timeout: float, rnd: int
-) -> dict:
+def run_stalled(settings: Settings, name: str, rnd: int) -> dict:
     """
-    Offer ``offered_mb`` MB of 64 KiB messages to a queue whose subscriber never
-    reads; return the broker's peak RSS and how much it accepted. ``stalled``:
-    non-persistent SENDs, memory store; ``stalled-persistent``: ``persistent:true``
-    SENDs, SQLite store with sync full.
+    Offer ``--stall-mb`` MB of 64 KiB messages to a queue whose subscriber
+    never reads; return the broker's peak RSS and how much it accepted.
+    ``stalled``: non-persistent SENDs, memory store; ``stalled-persistent``:
+    ``persistent:true`` SENDs, SQLite store with sync full.
     """
     body_size = 64 * 1024
     stall = 2.0
     persistent = name == "stalled-persistent"
     store = STORES["sqlite-full"] if persistent else STORES["memory"]
-    broker = start_broker(twistd, workroot / f"{name}-{rnd}", store)
-    clients: list[Client] = []
+    offered_mb = settings.stall_mb
+    broker = settings.broker(f"{name}-{rnd}", store)
+    target = broker.target("tcp")
+    clients: list[Conn] = []
     try:
-        idle = Client(broker.ports["stomp"], timeout)
-        clients.append(idle)
+        deadline = time.monotonic() + settings.timeout
+        clients.append(open_session(target, deadline))  # idle, part of the baseline
         baseline = min(broker.rss() for _ in range(3))
-        deadline = time.monotonic() + timeout
-        stalled = Client(broker.ports["stomp"], timeout, rcvbuf=4096)
+        stalled = open_session(target, deadline, rcvbuf=4096)
         clients.append(stalled)
         stalled.subscribe("/queue/stalled", "auto", deadline)
-        producer = Client(broker.ports["stomp"], timeout, sndbuf=256 * 1024)
+        producer = open_session(target, deadline, sndbuf=256 * 1024)
         clients.append(producer)
 
-        body = b"x" * body_size
         offered = offered_mb * 1_000_000
+        frames = Sends(
+            "/queue/stalled", offered // body_size + 1, body_size, persistent=persistent
+        ).frames()
         sent = 0
         seq = 0
         peak_sampled = 0
         throttled = False
+        # Short writes, so that a broker that stops reading is noticed within ``stall``.
         producer.sock.settimeout(0.02)
         last_progress = time.monotonic()
         start = time.perf_counter()
         frame = b""
         while sent < offered and time.monotonic() < deadline:
             if not frame:
-                frame = (
-                    f"SEND\ndestination:/queue/stalled\ncontent-length:{body_size}\n"
-                    f"seq:{seq}\n{'persistent:true' + chr(10) if persistent else ''}\n".encode()
-                    + body
-                    + b"\x00"
-                )
+                frame = next(frames)
                 seq += 1
             try:
                 n = producer.sock.send(frame)
@@ -405,12 +334,12 @@ def run_stalled(
                 peak_sampled = max(peak_sampled, broker.rss())
         push_seconds = time.perf_counter() - start
         end = broker.sample()
-        rss, peak = end.rss, end.peak_rss
         blocked = "blocked: /queue/stalled is full" in broker.log(None)
     finally:
         for client in clients:
             client.close()
         broker.stop()
+    peak = max(end.peak_rss, peak_sampled)
     return {
         "scenario": name,
         "store": " ".join(store),
@@ -420,9 +349,9 @@ def run_stalled(
         "producer_blocked_logged": blocked,
         "push_seconds": round(push_seconds, 2),
         "baseline_rss_mib": round(baseline / MiB, 1),
-        "peak_rss_mib": round(max(peak, peak_sampled) / MiB, 1),
-        "peak_growth_mib": round((max(peak, peak_sampled) - baseline) / MiB, 1),
-        "rss_after_mib": round(rss / MiB, 1),
+        "peak_rss_mib": round(peak / MiB, 1),
+        "peak_growth_mib": round((peak - baseline) / MiB, 1),
+        "rss_after_mib": round(end.rss / MiB, 1),
         "limits": "max-queue-bytes 64 MiB, write-high-water 256 KiB (defaults)",
     }
 
@@ -494,16 +423,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names = DEFAULT_SCENARIOS if args.scenarios == "all" else args.scenarios.split(",")
     args.scenario_list = [n.strip() for n in names if n.strip()]
     for name in args.scenario_list:
-        if name in STALLED:
-            continue
-        parts = name.split("/")
-        if (
-            len(parts) != 3
-            or parts[0] not in STORES
-            or parts[1] not in SEND_MODES
-            or parts[2] not in ACK_MODES
-        ):
-            parser.error(f"unknown scenario {name!r}")
+        if name not in STALLED:
+            try:
+                Scenario.parse(name)
+            except ValueError as e:
+                parser.error(str(e))
     if args.messages < 1 or args.rounds < 1 or not args.size_list:
         parser.error("--messages, --rounds and --sizes must be positive")
     if any(size < 1 for size in args.size_list):
@@ -573,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so that no broker subprocess is left behind.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     workroot = Path(tempfile.mkdtemp(prefix="stomptw-bench-", dir=args.workdir))
+    settings = Settings(args.twistd, workroot, args.messages, args.stall_mb, args.timeout)
     results: list[Result] = []
     stalled: list[dict] = []
     try:
@@ -581,17 +506,13 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(1, args.rounds + 1):
             for name in args.scenario_list:
                 if name in STALLED:
-                    outcome = run_stalled(
-                        args.twistd, workroot, name, args.stall_mb, args.timeout, rnd
-                    )
+                    outcome = run_stalled(settings, name, rnd)
                     outcome["round"] = rnd
                     stalled.append(outcome)
                     print("JSON " + json.dumps(outcome), flush=True)
                     continue
                 for size in args.size_list:
-                    result = run_throughput(
-                        args.twistd, workroot, name, size, rnd, args.messages, args.timeout
-                    )
+                    result = run_throughput(settings, name, size, rnd)
                     results.append(result)
                     print("JSON " + json.dumps(asdict(result)), flush=True)
     finally:
