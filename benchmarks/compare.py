@@ -277,8 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--activemq-connector",
         default="stomp",
         choices=("stomp", "stomp+nio"),
-        help="ActiveMQ's STOMP transport: a thread per connection (faster with few "
-        "connections, 2-4x at 4 KiB), or NIO selector threads",
+        help="ActiveMQ's STOMP transport: a thread per connection, or NIO selector threads",
     )
     p.add_argument(
         "--stomptw-args",
