@@ -71,6 +71,8 @@ def test_compare_runs_every_scenario_against_stomptw():
     # + 2 latency + 1 connections)
     assert len(runs) == 30
     assert all(r["ok"] and r["broker"] == "stomptw" for r in runs), runs
+    # The workers' CPU is summed to the microsecond: not lost to 10 ms ticks in runs this short.
+    assert all(r["gen_cpu_s"] > 0 for r in runs), runs
     by_case = {r["case"]: r for r in runs}
     assert by_case["queue 4->4 ws 4096B"]["lost"] == 0
     assert by_case["topic 1->3 tcp 100B"]["received"] == 900
@@ -127,3 +129,20 @@ def test_persistence_benchmark_runs(scenario):
     )
     (run,) = [r for r in records if "scenario" in r]
     assert run["ok"] and run["messages"] == 300, run
+
+
+def test_persistence_stalled_consumer_runs():
+    out, records = run_script(
+        "benchmarks/persistence.py",
+        "--twistd",
+        TWISTD,
+        "--scenarios",
+        "stalled",
+        "--stall-mb",
+        "20",
+    )
+    (run,) = [r for r in records if r.get("scenario") == "stalled"]
+    # 20 MB is under the default 64 MiB queue limit: all of it is accepted.
+    assert run["accepted_mb"] == 20.0 and not run["throttled"], run
+    assert run["peak_rss_mib"] >= run["baseline_rss_mib"] > 0, run
+    assert "stalled (round 1, --store memory): offered 20 MB" in out
