@@ -6,9 +6,14 @@ application's own code publishing through the broker.
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import pytest
 
 from stomptw.testing import BrokerOnClock
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "testing_example.py"
 
 
 def test_clients_exchange_messages_through_a_queue_and_a_topic():
@@ -60,3 +65,8 @@ def test_config_overrides_and_a_failed_connect_are_reported():
     with pytest.raises(AssertionError, match="expected CONNECTED"):
         client.connect("2.0")
     assert env.config.server_name == "test-broker"
+
+
+def test_the_example_in_the_embedding_docs_passes():
+    namespace = runpy.run_path(str(EXAMPLE))
+    namespace["test_orders_reach_the_dashboard"]()
