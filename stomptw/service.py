@@ -15,12 +15,13 @@ from __future__ import annotations
 import gc
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from stomptw import __version__
 from stomptw.admin import admin_site, load_token
@@ -55,11 +56,27 @@ def freeze_heap() -> int:
     return gc.get_freeze_count()
 
 
+@implementer(IStreamServerEndpoint)
+class _Reporting:
+    """
+    A listener's endpoint, whose ``listen`` result reaches the listener
+    before :class:`StreamServerEndpointService`'s own error handling.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, listener: _Listener) -> None:
+        self._endpoint = endpoint
+        self._listener = listener
+
+    def listen(self, factory) -> defer.Deferred:
+        d = self._endpoint.listen(factory)
+        return d.addCallbacks(self._listener._listening, self._listener._failed)
+
+
 class _Listener(StreamServerEndpointService):
     """An endpoint service that logs where it listens and reports its port."""
 
     def __init__(self, endpoint, factory, description: str, kind: str) -> None:
-        super().__init__(endpoint, factory)
+        super().__init__(_Reporting(endpoint, self), factory)
         self.description = description
         self.kind = kind
         self._waiters: list[defer.Deferred] = []
@@ -69,24 +86,21 @@ class _Listener(StreamServerEndpointService):
         self.connection_limit: ConnectionLimit | None = None
 
     def privilegedStartService(self) -> None:
-        Service.privilegedStartService(self)
-        failures: list[Failure] = []
+        # Bound synchronously and failed (port in use, bad address): the base
+        # class raises, so the service refuses to start rather than run
+        # without the listener.
+        self._raiseSynchronously = True
+        super().privilegedStartService()
 
-        def failed(failure: Failure) -> None:
-            log.failure("cannot listen on {endpoint}", failure, endpoint=self.description)
-            failures.append(failure)
-            self._failure = failure
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.errback(failure)
-
-        d = self.endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, failed)
-        self._waitingForPort = d
-        if failures:
-            # Bound synchronously and failed (port in use, bad address):
-            # refuse to start rather than run without the listener.
-            failures[0].raiseException()
+    def _failed(self, failure: Failure) -> Failure | None:
+        log.failure("cannot listen on {endpoint}", failure, endpoint=self.description)
+        self._failure = failure
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(failure)
+        # Still in privilegedStartService: for the base class to raise. Later
+        # (a listen that failed asynchronously) it would only log it again.
+        return failure if self._raiseSynchronously else None
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.port = port

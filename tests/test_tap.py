@@ -244,3 +244,50 @@ def test_listen_failure_refuses_to_start():
         )
         with pytest.raises(Exception, match="[Aa]ddress already in use|CannotListen"):
             service.privilegedStartService()
+
+
+class _Endpoint:
+    """An endpoint whose listen() returns the given Deferred."""
+
+    def __init__(self, d):
+        self.d = d
+
+    def listen(self, factory):
+        return self.d
+
+
+def test_listen_failure_is_logged_once_and_reported():
+    """
+    At once (the service refuses to start) or later: one log entry, and
+    whenListening fails with it, asked before or after.
+    """
+    from twisted.internet import defer
+    from twisted.internet.error import CannotListenError
+    from twisted.logger import globalLogPublisher
+
+    from stomptw.service import _Listener
+
+    def failure() -> CannotListenError:
+        return CannotListenError("127.0.0.1", 1, OSError("in use"))
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        now = _Listener(_Endpoint(defer.fail(failure())), None, "now:", "stomp")
+        with pytest.raises(CannotListenError):
+            now.privilegedStartService()
+        pending: defer.Deferred = defer.Deferred()
+        later = _Listener(_Endpoint(pending), None, "later:", "stomp")
+        later.privilegedStartService()
+        before: list = []
+        later.whenListening().addErrback(before.append)
+        pending.errback(failure())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logged = [e for e in events if "log_failure" in e or e.get("isError")]
+    assert [e.get("endpoint") for e in logged] == ["now:", "later:"]
+    for listener in (now, later):
+        after: list = []
+        listener.whenListening().addErrback(after.append)
+        assert after and after[0].check(CannotListenError)
+    assert before and before[0].check(CannotListenError)
