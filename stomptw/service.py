@@ -266,7 +266,9 @@ def make_store(config: BrokerConfig, reactor) -> IMessageStore:
     return SQLiteStore(config.data_dir, reactor, config.store_sync)
 
 
-def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerService:
+def makeService(
+    config: BrokerConfig | None = None, reactor=None, admin_token: str | None = None
+) -> BrokerService:
     """
     Build the broker's service: one :class:`~stomptw.broker.Broker` with a
     STOMP-over-TCP listener per ``config.tcp_endpoints`` entry and an
@@ -283,11 +285,16 @@ def makeService(config: BrokerConfig | None = None, reactor=None) -> BrokerServi
     :param config: the configuration; defaults to :class:`BrokerConfig`'s.
     :param reactor: the reactor to listen and schedule with; the global one
         by default.
+    :param admin_token: the admin API's bearer token if it has been read from
+        ``config.admin_token_file`` already (``twistd stomptw`` does, while
+        checking its options); None: it is read here.
     """
     if reactor is None:
         from twisted.internet import reactor
     config = config or BrokerConfig()
-    token = load_token(config.admin_token_file) if config.admin_token_file else None
+    token = admin_token
+    if token is None and config.admin_token_file:
+        token = load_token(config.admin_token_file)
     broker = Broker(config, make_store(config, reactor), reactor)
     service = BrokerService(broker, config, reactor)
 

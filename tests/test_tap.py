@@ -246,6 +246,14 @@ def test_listen_failure_refuses_to_start():
             service.privilegedStartService()
 
 
+def test_make_service_uses_the_reactor_it_is_given():
+    from twisted.internet.testing import MemoryReactorClock
+
+    clock = MemoryReactorClock()
+    service = makeService(parse("--store", "memory"), reactor=clock)
+    assert service.broker.clock is clock
+
+
 class _Endpoint:
     """An endpoint whose listen() returns the given Deferred."""
 

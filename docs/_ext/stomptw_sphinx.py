@@ -4,7 +4,10 @@ Sphinx helpers for the stomptw documentation.
 - ``twistd-options``: a directive that renders every option of a
   ``twisted.python.usage.Options`` subclass (parameters, flags and ``opt_*``
   handlers) as a table, straight from the class, so the configuration
-  reference cannot drift from ``twistd stomptw --help``::
+  reference cannot drift from ``twistd stomptw --help``. A class with a
+  ``configFileLines`` mapping (option name to a line of its configuration
+  file) gets a column with them; an ``opt_*`` handler's ``metavar``
+  attribute names its value::
 
       ```{twistd-options} stomptw.tap.Options
       ```
@@ -16,6 +19,7 @@ Sphinx helpers for the stomptw documentation.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ class OptionDoc:
     metavar: str | None  # what the value is called, None for flags
     default: str  # rendered default, "" when there is none
     help: str
+    config_line: str = ""  # the option's line in a configuration file, if it has one
 
 
 def _text(value: object) -> str:
@@ -93,13 +98,17 @@ def gather_options(cls: type[usage.Options]) -> list[OptionDoc]:
                 name=long,
                 short=None,
                 kind="handler",
-                metavar=arguments[0].name.upper() if arguments else None,
+                metavar=getattr(method, "metavar", None)
+                or (arguments[0].name.upper() if arguments else None),
                 default="",
                 help=_text(inspect.getdoc(method)),
             ),
         )
 
-    return [found[name] for name in sorted(found)]
+    lines = getattr(cls, "configFileLines", {})
+    return [
+        dataclasses.replace(found[name], config_line=lines.get(name, "")) for name in sorted(found)
+    ]
 
 
 def _import(dotted: str) -> type[usage.Options]:
@@ -135,21 +144,27 @@ class TwistdOptionsDirective(SphinxDirective):
         if getattr(cls, "longdesc", ""):
             result.append(nodes.paragraph("", _text(cls.longdesc)))
 
+        options = gather_options(cls)
+        titles = ["Option", "Default", "Description"]
+        widths = [30, 20, 50]
+        if any(option.config_line for option in options):
+            titles.append("Configuration file")
+            widths = [24, 14, 38, 24]
         table = nodes.table(classes=["twistd-options"])
-        group = nodes.tgroup(cols=3)
+        group = nodes.tgroup(cols=len(titles))
         table += group
-        for width in (30, 20, 50):
+        for width in widths:
             group += nodes.colspec(colwidth=width)
         head = nodes.thead()
         group += head
         row = nodes.row()
-        for title in ("Option", "Default", "Description"):
+        for title in titles:
             row += _cell(nodes.Text(title))
         head += row
         body = nodes.tbody()
         group += body
 
-        for option in gather_options(cls):
+        for option in options:
             spelled = f"--{option.name}"
             if option.metavar:
                 spelled += f" {option.metavar}"
@@ -162,6 +177,9 @@ class TwistdOptionsDirective(SphinxDirective):
                 _cell(nodes.literal(option.default, option.default)) if option.default else _cell()
             )
             row += _cell(nodes.Text(option.help))
+            if len(titles) > 3:
+                line = option.config_line
+                row += _cell(nodes.literal(line, line)) if line else _cell()
             body += row
 
         result.append(table)
