@@ -355,6 +355,19 @@ def test_every_reference_line_is_valid_in_a_file(tmp_path):
         assert parse("--config", write(tmp_path, line + "\n")).config is not None
 
 
+def test_the_systemd_example_file(tmp_path):
+    """contrib/systemd/stomptw.toml is what the unit's ExecStart reads, and it loads."""
+    unit = (REPO / "contrib" / "systemd" / "stomptw.service").read_text(encoding="utf-8")
+    exec_start = re.search(r"^ExecStart=(.*?)(?<!\\)$", unit, re.M | re.S).group(1)
+    assert exec_start.split()[-2:] == ["--config", "/etc/stomptw/stomptw.toml"]
+    config = parse("--config", str(REPO / "contrib" / "systemd" / "stomptw.toml")).config
+    assert config.tcp_endpoints == ["systemd:domain=INET:name=stomp"]
+    assert config.ws_endpoints == ["systemd:domain=INET:name=ws"]
+    assert config.data_dir == "/var/lib/stomptw"
+    operations = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert "contrib/systemd/stomptw.toml /etc/stomptw/stomptw.toml" in operations
+
+
 def test_config_errors_are_value_errors():
     """Code that caught ValueError around the configuration still does."""
     assert issubclass(ConfigError, ValueError) and issubclass(InvalidSetting, ValueError)

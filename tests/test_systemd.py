@@ -252,10 +252,9 @@ def _start_activated(tmp_path, listener, launcher, *options: str):
         "--nodaemon",
         "--pidfile=",
         "stomptw",
-        "--tcp",
-        "systemd:domain=INET:name=stomp",
-        "--ws",
-        "systemd:domain=INET:name=ws",
+        # What stomptw.service reads: the listeners on the inherited sockets.
+        "--config",
+        str(REPO / "contrib" / "systemd" / "stomptw.toml"),
         *options,
     ]
     log_path = tmp_path / "broker.log"
