@@ -7,30 +7,40 @@ name, without the dashes, is also its key in a ``--config`` TOML file), its
 help text, how its value is read from text, and how it is validated. The
 ``twistd stomptw`` options (:mod:`stomptw.tap`), the configuration file
 (:func:`load_config_file`), the errors about bad values and the generated
-configuration reference all come from these declarations (:func:`settings`).
+configuration reference all come from these declarations (:func:`settings`;
+the declaring helpers are in :mod:`stomptw.settings`, reading a file and
+the command line in :mod:`stomptw.configfile`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import functools
-import json
-import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from stomptw.frame import Limits
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from stomptw.settings import (
+    LIST,
+    SWITCH,
+    VALUE,
+    InvalidSetting,
+    Setting,
+    at_least,
+    nested,
+    non_negative,
+    one_of,
+    part_of,
+    positive,
+    repeatable,
+    setting,
+    switch,
+    toml_value,
+)
+from stomptw.settings import (
+    declared as _declared,
+)
 
 __all__ = [
     "BrokerConfig",
-    "ConfigError",
     "DEFAULT_TCP",
     "DEFAULT_WS",
     "InvalidSetting",
@@ -38,10 +48,6 @@ __all__ = [
     "SWITCH",
     "VALUE",
     "Setting",
-    "SettingValues",
-    "config_from_values",
-    "load_config_file",
-    "origin_of",
     "settings",
     "toml_value",
 ]
@@ -53,50 +59,7 @@ DEFAULT_WS = "tcp:15674:interface=127.0.0.1"
 
 SUPPORTED_VERSIONS = ("1.2", "1.1", "1.0")
 
-#: The key of a field's declaration in its :func:`dataclasses.field` metadata.
-_KEY = "stomptw.setting"
-
-#: :attr:`Setting.kind` values.
-VALUE, SWITCH, LIST = "value", "switch", "list"
-
-#: A validation: returns if the value is acceptable, raises :class:`ValueError`
-#: with the reason ("must be positive, got -1") if not.
-Check = Callable[[Any], None]
-
-
-# -- validations ----------------------------------------------------------------------
-
-
-def positive(value: float) -> None:
-    """Refuse zero and negative numbers."""
-    if value <= 0:
-        raise ValueError(f"must be positive, got {value!r}")
-
-
-def non_negative(value: float) -> None:
-    """Refuse negative numbers."""
-    if value < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-
-
-def at_least(minimum: float, reason: str = "") -> Check:
-    """A check refusing numbers below ``minimum`` (with ``reason`` as the message)."""
-
-    def check(value: float) -> None:
-        if value < minimum:
-            raise ValueError(f"{reason or f'must be at least {minimum}'}, got {value!r}")
-
-    return check
-
-
-def one_of(*choices: str) -> Check:
-    """A check refusing anything but ``choices``."""
-
-    def check(value: str) -> None:
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
-
-    return check
+# -- checks of the broker's own settings ------------------------------------------
 
 
 def _dead_letter_queue(value: str) -> None:
@@ -116,258 +79,6 @@ def _non_negative_pair(value: tuple[int, int]) -> None:
         raise ValueError(f"must not be negative, got {','.join(map(str, value))}")
 
 
-# -- declarations ---------------------------------------------------------------------
-
-
-def toml_value(value: Any) -> str:
-    """``value`` as it is written in TOML (for examples and error messages)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)  # TOML's basic strings escape as JSON does
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    return repr(value)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """
-    One setting as the command line and the configuration file know it.
-
-    Declared on a :class:`BrokerConfig` field with :func:`setting`,
-    :func:`switch`, :func:`repeatable`, :func:`nested` (and :func:`part_of`);
-    :func:`settings` returns the declarations bound to their fields.
-
-    :ivar flag: the command-line flag, such as ``"--max-connections"``; None
-        for a field only code sets.
-    :ivar help: what the setting does, for ``--help`` and the reference.
-    :ivar kind: ``"value"`` (a value for one or more fields), ``"switch"``
-        (a flag that turns the field's default around) or ``"list"`` (a
-        repeatable option; each occurrence adds to the list).
-    :ivar parse: reads the command-line text of a value that is not a plain
-        ``int``, ``float`` or ``str`` (which the default's type reads).
-    :ivar checks: validations of the value (see :data:`Check`).
-    :ivar off: for a list, the flag that empties it (``"--no-tcp"``).
-    :ivar off_help: what ``off`` does.
-    :ivar split: for a list, the separator of several items in one occurrence.
-    :ivar metavar: what the value is called in the reference.
-    :ivar fields: the fields it sets, dotted for fields of a nested object
-        (``"limits.max_frame_size"``); bound by :func:`settings`.
-    :ivar default: the field's default (a tuple for several fields); bound by
-        :func:`settings`.
-    """
-
-    flag: str | None
-    help: str
-    kind: str = VALUE
-    parse: Callable[[str], Any] | None = None
-    checks: tuple[Check, ...] = ()
-    off: str | None = None
-    off_help: str = ""
-    split: str | None = None
-    metavar: str = "VALUE"
-    fields: tuple[str, ...] = ()
-    default: Any = None
-
-    @property
-    def key(self) -> str | None:
-        """The long option name without dashes: its name in ``Options`` and its TOML key."""
-        return self.flag[2:] if self.flag else None
-
-    @property
-    def off_key(self) -> str | None:
-        """``off`` without dashes, if there is one."""
-        return self.off[2:] if self.off else None
-
-    @property
-    def expected(self) -> str:
-        """What a value in the configuration file has to be, for errors."""
-        if self.kind == SWITCH:
-            return "true or false"
-        if self.kind == LIST:
-            return "an array of strings"
-        if self.parse is not None or isinstance(self.default, str):
-            return "a string"
-        return "an integer" if isinstance(self.default, int) else "a number"
-
-    def text(self, value: Any) -> str:
-        """``value`` spelled as on the command line (``1000,1000`` for a pair)."""
-        if isinstance(value, tuple):
-            return ",".join(str(part) for part in value)
-        return str(value)
-
-    def from_text(self, text: str) -> Any:
-        """
-        The value of one command-line occurrence (for a list, the items it
-        adds). Raises :class:`ValueError` saying what was expected.
-        """
-        if self.kind == LIST:
-            if self.split is None:
-                return [text]
-            return [item.strip() for item in text.split(self.split) if item.strip()]
-        if self.parse is not None:
-            return self.parse(text)
-        if isinstance(self.default, str):
-            return text
-        wanted = int if isinstance(self.default, int) else float
-        try:
-            return wanted(text)
-        except ValueError:
-            raise ValueError(f"expected {self.expected}, got {text!r}") from None
-
-    def from_toml(self, raw: Any) -> Any:
-        """
-        The value of this setting's key in a configuration file. Raises
-        :class:`ValueError` if it has the wrong type.
-        """
-        if self.kind == SWITCH:
-            if isinstance(raw, bool):
-                return raw
-        elif self.kind == LIST:
-            if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
-                return [item for text in raw for item in self.from_text(text)]
-        elif self.parse is not None or isinstance(self.default, str):
-            if isinstance(raw, str):
-                return self.from_text(raw)
-        elif isinstance(raw, bool):
-            pass  # TOML's booleans are no numbers, though Python's are ints
-        elif isinstance(self.default, float):
-            if isinstance(raw, int | float):
-                return float(raw)
-        elif isinstance(raw, int):
-            return raw
-        raise ValueError(f"expected {self.expected}, got {toml_value(raw)}")
-
-    def toml_lines(self) -> dict[str, str]:
-        """Keys to an example line for the configuration file (the defaults)."""
-        if not self.key:
-            return {}
-        if self.kind == SWITCH:
-            lines = {self.key: f"{self.key} = true"}
-        elif self.parse is not None:
-            lines = {self.key: f"{self.key} = {toml_value(self.text(self.default))}"}
-        else:
-            lines = {self.key: f"{self.key} = {toml_value(self.default)}"}
-        if self.off_key:
-            lines[self.off_key] = f"{self.off_key} = true"
-        return lines
-
-    def check(self, value: Any) -> None:
-        """Run the validations; raises :class:`ValueError` with the reason."""
-        for check in self.checks:
-            check(value)
-
-    def get(self, config: Any) -> Any:
-        """This setting's value in ``config`` (for a switch: whether it is on)."""
-        values = []
-        for path in self.fields:
-            target = config
-            for name in path.split("."):
-                target = getattr(target, name)
-            values.append(target)
-        value = tuple(values) if len(values) > 1 else values[0]
-        return value != self.default if self.kind == SWITCH else value
-
-    def assign(self, arguments: dict[str, Any], value: Any) -> None:
-        """
-        Put ``value`` into ``arguments``, keyword arguments of
-        :class:`BrokerConfig` (a nested object's arguments as a dict).
-        """
-        if self.kind == SWITCH:
-            value = not self.default if value else self.default
-        parts = value if len(self.fields) > 1 else (value,)
-        for path, part in zip(self.fields, parts, strict=True):
-            *outer, name = path.split(".")
-            target = arguments
-            for step in outer:
-                target = target.setdefault(step, {})
-            target[name] = part
-
-
-@dataclass(frozen=True)
-class _Nested:
-    """The declaration of a field holding an object whose fields are settings."""
-
-    cls: type
-    settings: dict[str, Setting]
-
-
-@dataclass(frozen=True)
-class _PartOf:
-    """The declaration of a field set by another field's setting."""
-
-    flag: str
-
-
-#: How the file reads an ``off`` key (such as ``no-tcp``): like a switch.
-_SWITCH = Setting(None, "", kind=SWITCH)
-
-
-def _field(default: Any, declaration: object) -> Any:
-    metadata = {_KEY: declaration}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def setting(
-    default: Any,
-    flag: str | None,
-    help: str,
-    *,
-    parse: Callable[[str], Any] | None = None,
-    checks: Iterable[Check] = (),
-) -> Any:
-    """
-    A :class:`BrokerConfig` field with a value set by ``flag`` (None: a field
-    only code sets, explicitly not on the command line or in the file).
-    """
-    return _field(default, Setting(flag, help, parse=parse, checks=tuple(checks)))
-
-
-def switch(default: bool, flag: str, help: str) -> Any:
-    """A boolean field whose ``flag`` turns its default around."""
-    return _field(default, Setting(flag, help, kind=SWITCH))
-
-
-def repeatable(
-    default: list[str],
-    flag: str,
-    help: str,
-    *,
-    off: str | None = None,
-    off_help: str = "",
-    split: str | None = None,
-    metavar: str = "VALUE",
-) -> Any:
-    """
-    A list field: each ``flag`` adds to it (``split`` separates several items
-    in one), replacing the default; ``off`` empties it. ``--help`` adds
-    "(repeatable; default ...)" to ``help``.
-    """
-    declaration = Setting(
-        flag, help, kind=LIST, off=off, off_help=off_help, split=split, metavar=metavar
-    )
-    return _field(default, declaration)
-
-
-def nested(cls: type, **declarations: Setting) -> Any:
-    """A field holding a ``cls`` whose fields are set by ``declarations`` (by name)."""
-    return field(default_factory=cls, metadata={_KEY: _Nested(cls, declarations)})
-
-
-def part_of(flag: str, default: Any) -> Any:
-    """A field set, together with the one that declares ``flag``, by that setting."""
-    return _field(default, _PartOf(flag))
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
-
-
 @functools.cache
 def settings() -> tuple[Setting, ...]:
     """
@@ -375,52 +86,7 @@ def settings() -> tuple[Setting, ...]:
     fields and defaults bound. Fields with no declaration are left out (the
     tests insist there are none).
     """
-    fields = dataclasses.fields(BrokerConfig)
-    parts: dict[str, list[dataclasses.Field]] = {}
-    for f in fields:
-        declaration = f.metadata.get(_KEY)
-        if isinstance(declaration, _PartOf):
-            parts.setdefault(declaration.flag, []).append(f)
-    found: list[Setting] = []
-    for f in fields:
-        declaration = f.metadata.get(_KEY)
-        if isinstance(declaration, Setting):
-            group = [f, *parts.pop(declaration.flag, [])]
-            defaults = tuple(_default(member) for member in group)
-            found.append(
-                dataclasses.replace(
-                    declaration,
-                    fields=tuple(member.name for member in group),
-                    default=defaults if len(group) > 1 else defaults[0],
-                )
-            )
-        elif isinstance(declaration, _Nested):
-            for inner in dataclasses.fields(declaration.cls):
-                if inner.name in declaration.settings:
-                    found.append(
-                        dataclasses.replace(
-                            declaration.settings[inner.name],
-                            fields=(f"{f.name}.{inner.name}",),
-                            default=_default(inner),
-                        )
-                    )
-    if parts:
-        raise TypeError(f"part_of() names flags that no field declares: {sorted(parts)}")
-    return tuple(found)
-
-
-class InvalidSetting(ValueError):
-    """
-    :class:`BrokerConfig` refuses a value.
-
-    :ivar setting: the :class:`Setting` of the field.
-    :ivar reason: what is wrong (``"must be positive, got 0"``).
-    """
-
-    def __init__(self, setting: Setting, reason: str) -> None:
-        super().__init__(f"{' and '.join(setting.fields)} {reason}")
-        self.setting = setting
-        self.reason = reason
+    return _declared(BrokerConfig)
 
 
 def _setting_of(name: str) -> Setting:
@@ -536,15 +202,13 @@ class BrokerConfig:
     ws_close_handshake_timeout: float = setting(
         5.0,
         "--ws-close-handshake-timeout",
-        "Seconds allowed for the WebSocket closing handshake before the TCP "
-        "connection is dropped.",
+        "Seconds allowed for the WebSocket closing handshake before the TCP connection is dropped.",
         checks=[positive],
     )
     ws_ping_interval: float = setting(
         30.0,
         "--ws-ping-interval",
-        "Seconds between WebSocket pings on a connection, sent whatever the traffic "
-        "(0 = off).",
+        "Seconds between WebSocket pings on a connection, sent whatever the traffic (0 = off).",
         checks=[non_negative],
     )
     ws_ping_timeout: float = setting(
@@ -628,8 +292,7 @@ class BrokerConfig:
     expiry_interval: float = setting(
         1.0,
         None,
-        "Seconds between sweeps that take expired messages out of queues nobody "
-        "consumes from.",
+        "Seconds between sweeps that take expired messages out of queues nobody consumes from.",
         checks=[non_negative],
     )
     max_queue_length: int = setting(
@@ -641,8 +304,7 @@ class BrokerConfig:
     max_queue_bytes: int = setting(
         64 * 1024 * 1024,
         "--max-queue-bytes",
-        "Most bytes a queue holds: bodies and headers plus 512 bytes per "
-        "message (0 = no limit).",
+        "Most bytes a queue holds: bodies and headers plus 512 bytes per message (0 = no limit).",
         checks=[non_negative],
     )
     overflow: str = setting(
@@ -737,114 +399,3 @@ class BrokerConfig:
         if self.ws_max_message_size:
             return self.ws_max_message_size
         return max(64 * 1024 * 1024, 4 * self.limits.max_frame_size)
-
-
-# -- building a configuration from the command line and a file -------------------------
-
-
-class ConfigError(ValueError):
-    """A setting given on the command line or in a file is unusable; the message says where."""
-
-
-@dataclass
-class SettingValues:
-    """
-    Settings given in one place: values (as :meth:`Setting.from_text` or
-    :meth:`Setting.from_toml` return them) by :attr:`Setting.key`.
-
-    :ivar origin: the configuration file they come from; None for the
-        command line.
-    """
-
-    values: dict[str, Any]
-    origin: str | None = None
-
-    def where(self, key: str) -> str:
-        """How errors name ``key`` from here: ``--key``, or ``FILE: key``."""
-        return f"{self.origin}: {key}" if self.origin else f"--{key}"
-
-
-def origin_of(key: str | None, *sources: SettingValues) -> str:
-    """How errors name setting ``key``: from the last of ``sources`` that gives it."""
-    for source in reversed(sources):
-        if key in source.values:
-            return source.where(key)
-    return f"--{key}"
-
-
-def config_from_values(*sources: SettingValues) -> BrokerConfig:
-    """
-    A :class:`BrokerConfig` from settings given in several places, each
-    overriding the ones before it (a configuration file, then the command
-    line); fields given nowhere keep their defaults. Raises
-    :class:`ConfigError` naming the option (or file and key) of a bad value.
-    """
-    by_key = {s.key: s for s in settings() if s.key}
-    chosen: dict[str, Any] = {}
-    for source in sources:
-        for key, value in source.values.items():
-            if key not in by_key:
-                raise ConfigError(f"{source.where(key)}: no such setting")
-            chosen[key] = value
-    arguments: dict[str, Any] = {}
-    for key, value in chosen.items():
-        try:
-            by_key[key].check(value)
-        except ValueError as e:
-            raise ConfigError(f"{origin_of(key, *sources)}: {e}") from None
-        by_key[key].assign(arguments, value)
-    for f in dataclasses.fields(BrokerConfig):
-        declaration = f.metadata.get(_KEY)
-        if isinstance(declaration, _Nested) and f.name in arguments:
-            arguments[f.name] = declaration.cls(**arguments[f.name])
-    try:
-        return BrokerConfig(**arguments)
-    except InvalidSetting as e:
-        raise ConfigError(f"{origin_of(e.setting.key, *sources)}: {e.reason}") from None
-
-
-def _suggestion(key: str, known: Iterable[str]) -> str:
-    """`` (did you mean 'max-connections'?)`` for a field name or a near miss."""
-    by_field = {path.rsplit(".", 1)[-1]: s.key for s in settings() if s.key for path in s.fields}
-    guess = by_field.get(key.lstrip("-").replace("-", "_"))
-    if guess is None:
-        close = difflib.get_close_matches(key.lstrip("-"), list(known), n=1)
-        guess = close[0] if close else None
-    return f" (did you mean {guess!r}?)" if guess else ""
-
-
-def load_config_file(path: str) -> SettingValues:
-    """
-    Read a TOML configuration file: its keys are the long option names of
-    ``twistd stomptw`` without the dashes (``max-connections = 100``,
-    ``tcp = ["tcp:61613"]``, ``no-examples = true``). Raises
-    :class:`ConfigError` naming the file (and the key) if it cannot be read,
-    is not TOML, has an unknown key, or a value of the wrong type.
-    """
-    try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read the configuration file {path}: {e.strerror or e}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not a valid TOML file: {e}") from None
-    keys: dict[str, Setting] = {}
-    for s in settings():
-        for key in filter(None, (s.key, s.off_key)):
-            keys[key] = s
-    values: dict[str, Any] = {}
-    for key, raw in document.items():
-        s = keys.get(key)
-        if s is None:
-            raise ConfigError(f"{path}: unknown key {key!r}{_suggestion(key, keys)}")
-        try:
-            value = s.from_toml(raw) if key == s.key else _SWITCH.from_toml(raw)
-        except ValueError as e:
-            raise ConfigError(f"{path}: {key}: {e}") from None
-        if key == s.key:
-            values[key] = value
-        elif value and s.key in document:
-            raise ConfigError(f"{path}: {key} and {s.key} contradict each other")
-        elif value:
-            values[s.key] = []
-    return SettingValues(values, path)

@@ -22,13 +22,15 @@ from stomptw.config import (
     SWITCH,
     VALUE,
     BrokerConfig,
-    ConfigError,
     Setting,
+    settings,
+)
+from stomptw.configfile import (
+    ConfigError,
     SettingValues,
     config_from_values,
     load_config_file,
     origin_of,
-    settings,
 )
 
 __all__ = ["Options", "makeService", "config_from_options"]
@@ -110,7 +112,7 @@ class Options(usage.Options):
             None,
             None,
             "Read settings from this TOML file: the keys are the long option names "
-            "without the dashes (max-connections = 100, tcp = [\"tcp:61613\"], "
+            'without the dashes (max-connections = 100, tcp = ["tcp:61613"], '
             "no-examples = true); options given on the command line override it.",
         ],
     ]
@@ -186,7 +188,7 @@ def config_from_options(options: usage.Options) -> BrokerConfig:
     Build a :class:`BrokerConfig` from parsed :class:`Options`: the defaults,
     overridden by the ``--config`` file's settings (read by
     :meth:`Options.postOptions`), overridden by the command line's. Raises
-    :class:`~stomptw.config.ConfigError` naming the option (or file and key)
+    :class:`~stomptw.configfile.ConfigError` naming the option (or file and key)
     of a bad value.
     """
     return config_from_values(*_sources(options))

@@ -14,16 +14,8 @@ from pathlib import Path
 import pytest
 from twisted.python import reflect, usage
 
-from stomptw.config import (
-    LIST,
-    SWITCH,
-    VALUE,
-    BrokerConfig,
-    ConfigError,
-    InvalidSetting,
-    load_config_file,
-    settings,
-)
+from stomptw.config import LIST, SWITCH, VALUE, BrokerConfig, InvalidSetting, settings
+from stomptw.configfile import ConfigError, load_config_file
 from stomptw.frame import Limits
 from stomptw.tap import Options, makeService
 
@@ -235,8 +227,7 @@ def test_switches_set_false_in_the_file_keep_the_default(tmp_path):
 def test_command_line_overrides_the_file(tmp_path):
     path = write(
         tmp_path,
-        'max-connections = 7\nstore = "memory"\ntcp = ["tcp:1"]\nno-ws = true\n'
-        'admin = ["tcp:2"]\n',
+        'max-connections = 7\nstore = "memory"\ntcp = ["tcp:1"]\nno-ws = true\nadmin = ["tcp:2"]\n',
     )
     config = parse("--config", path, "--max-connections", "10000", "--tcp", "tcp:3").config
     assert config.max_connections == 10000  # the default, given explicitly, still wins
