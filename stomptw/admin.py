@@ -46,7 +46,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from stomptw.destinations import Queue
 from stomptw.metrics import MAX_DESTINATION_SERIES, METRICS_CONTENT_TYPE, render_metrics
-from stomptw.model import NOT_FORWARDED, DestinationError, DestinationFull
+from stomptw.model import NOT_FORWARDED, DestinationError, DestinationFull, format_peer
 
 if TYPE_CHECKING:
     from stomptw.broker import Broker
@@ -262,7 +262,7 @@ class AdminResource(Resource):
                         "admin API: refused {method} {path} from {peer}: {reason}",
                         method=method,
                         path=request.path.decode("latin-1"),
-                        peer=f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}",
+                        peer=format_peer(peer),
                         status=e.code,
                         reason=e.message,
                     )

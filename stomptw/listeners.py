@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
 from stomptw.frame import encode_frame
+from stomptw.model import format_peer
 from stomptw.protocol import StompFactory, StompProtocol, close_lingering
 
 __all__ = ["LOG_INTERVAL", "ConnectionLimit", "LimitedStompFactory"]
@@ -107,7 +108,7 @@ class ConnectionLimit:
             refused=self._unlogged,
             endpoint=self.description,
             limit=self.limit,
-            peer=f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}",
+            peer=format_peer(peer),
         )
         self._unlogged = 0
         self._last_log = now
@@ -186,7 +187,9 @@ class LimitedStompFactory(StompFactory):
         if limit.full:
             limit.refuse(addr)
             return _RefusedStompProtocol(limit.limit, self.clock, self.config.close_linger)
-        proto = _CountedStompProtocol(self.broker, self.config, self.clock, self.transport_name)
+        proto = _CountedStompProtocol(
+            self.broker, self.config, self.clock, self.transport_name, self.sweep
+        )
         proto.factory = self
         limit.acquire()
         proto.limit = limit

@@ -29,6 +29,7 @@ from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
 from stomptw.interfaces import IMessageStore
 from stomptw.listeners import ConnectionLimit, LimitedStompFactory
+from stomptw.model import format_peer
 from stomptw.store import MemoryStore, SQLiteStore
 from stomptw.systemd import SystemdNotifications
 from stomptw.websocket import websocket_site
@@ -46,10 +47,8 @@ def freeze_heap() -> int:
     Called once the broker is ready, this takes the modules, the service
     tree and the restored messages (tens of thousands of objects) out of
     every later full collection, which otherwise walks them all each time
-    (about 35 ms here, every few seconds under load; the throughput
-    benchmark's broker CPU per message became about a third lower and
-    steady from run to run). Reference counting still frees frozen objects
-    as usual; only cycles among them are never collected.
+    (docs/performance.md has what that cost). Reference counting still frees
+    frozen objects as usual; only cycles among them are never collected.
     """
     gc.collect()
     gc.freeze()
@@ -109,7 +108,7 @@ class _Listener(StreamServerEndpointService):
             "{kind} listening on {endpoint} ({address})",
             kind=self.kind,
             endpoint=self.description,
-            address=f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}",
+            address=format_peer(address),
         )
         waiters, self._waiters = self._waiters, []
         for d in waiters:
