@@ -284,6 +284,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="extra twistd stomptw options, e.g. '--slow-topic-limit 1000000'",
     )
+    p.add_argument(
+        "--stomptw-code",
+        type=Path,
+        default=harness.REPO_ROOT,
+        help="the checkout whose stomptw runs (default: this one), e.g. a git worktree "
+        "of an earlier commit, to compare two versions with the same generator",
+    )
     a = p.parse_args(argv)
     a.scenario_list = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     a.size_list = [int(s) for s in a.sizes.split(",") if s.strip()]
@@ -353,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         factories = {}
         extra = args.stomptw_args.split()
         if "stomptw" in args.broker_list:
-            factories["stomptw"] = lambda d: harness.Stomptw(d, args.twistd, extra)
+            factories["stomptw"] = lambda d: harness.Stomptw(
+                d, args.twistd, extra, code=args.stomptw_code.resolve()
+            )
         if "rabbitmq" in args.broker_list:
             server = args.rabbitmq_server or harness.find_rabbitmq_server()
             if not server:

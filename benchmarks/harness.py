@@ -231,19 +231,25 @@ class Stomptw(BrokerProcess):
     """
     ``twistd -n stomptw`` on ephemeral loopback ports, read from its log, with
     its data in ``workdir/data`` and heart-beats off. ``ws=False`` runs it
-    without a WebSocket listener; ``args`` are more ``twistd stomptw`` options.
+    without a WebSocket listener; ``args`` are more ``twistd stomptw`` options
+    (a later ``--heartbeat`` overrides the default). ``code`` is the checkout
+    whose stomptw runs (this one by default; another, to compare versions).
     """
 
     name = "stomptw"
     _LISTENING = re.compile(r"(stomp|ws) listening on \S+ \(127\.0\.0\.1:(\d+)\)")
 
     def __init__(
-        self, workdir: Path, twistd: str, args: Sequence[str] = (), *, ws: bool = True
+        self,
+        workdir: Path,
+        twistd: str,
+        args: Sequence[str] = (),
+        *,
+        ws: bool = True,
+        code: Path = REPO_ROOT,
     ) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), env.get("PYTHONPATH", "")) if p)
         listen = f"tcp:0:interface={LOCALHOST}"
         command = [twistd, "-n", "--pidfile=", "stomptw", "--tcp", listen]
         command += ["--ws", listen] if ws else ["--no-ws"]

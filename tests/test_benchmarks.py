@@ -146,3 +146,30 @@ def test_persistence_stalled_consumer_runs():
     assert run["accepted_mb"] == 20.0 and not run["throttled"], run
     assert run["peak_rss_mib"] >= run["baseline_rss_mib"] > 0, run
     assert "stalled (round 1, --store memory): offered 20 MB" in out
+
+
+def test_heartbeats_holds_beating_sessions_and_reports_each_checkout():
+    out, _ = run_script(
+        "benchmarks/heartbeats.py",
+        "--twistd",
+        TWISTD,
+        "--connections",
+        "40",
+        "--workers",
+        "2",
+        "--interval-ms",
+        "200",
+        "--connect-seconds",
+        "3",
+        "--seconds",
+        "2",
+        "--code",
+        str(REPO),
+    )
+    header, row = out.splitlines()[-2:]
+    assert header.split()[:3] == ["code", "conns", "cpu"]
+    fields = row.split()
+    assert fields[1] == "40"  # every session opened
+    beats_in, beats_out, gap, closed = (float(x) for x in fields[5:9])
+    assert beats_in > 0 and beats_out > 0  # beats flowed both ways
+    assert closed == 0  # the broker timed nobody out
