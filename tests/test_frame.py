@@ -969,16 +969,27 @@ def test_round_trip_split_at_every_point(version, frame):
 
 
 HAND_WRITTEN = [
-    b"SEND\r\ndestination:/q\r\nx:\\c\\n\\r\\\\\r\n\r\nbody\x00",
-    b"\n\r\nMESSAGE\ncontent-length:3\r\nid:1\n\r\n\x00\x00\x00\x00\r\n\r\n",
-    b"SEND\n\n\x00\nSEND\r\n\r\n\x00",
+    (
+        b"SEND\r\ndestination:/q\r\nx:\\c\\n\\r\\\\\r\n\r\nbody\x00",
+        [Frame("SEND", {"destination": "/q", "x": ":\n\r\\"}, b"body")],
+    ),
+    (
+        b"\n\r\nMESSAGE\ncontent-length:3\r\nid:1\n\r\n\x00\x00\x00\x00\r\n\r\n",
+        [Frame("MESSAGE", {"content-length": "3", "id": "1"}, b"\x00\x00\x00")],
+    ),
+    (b"SEND\n\n\x00\nSEND\r\n\r\n\x00", [Frame("SEND", {}, b""), Frame("SEND", {}, b"")]),
 ]
 
 
-@pytest.mark.parametrize("encoded", HAND_WRITTEN)
-def test_hand_written_split_at_every_point(encoded):
-    expected = parse(encoded)
-    assert expected
+@pytest.mark.parametrize(("encoded", "expected"), HAND_WRITTEN)
+def test_hand_written_split_at_every_point(encoded, expected):
+    """
+    Hand-written 1.2 byte streams (CRLF and LF mixed, escapes, NULs in a
+    content-length body, heart-beat EOLs around frames) parse to the frames
+    written out by hand beside them: whole, split in two at every point, and
+    fed a byte at a time.
+    """
+    assert parse(encoded) == expected
     for point in range(len(encoded) + 1):
         assert parse_chunks([encoded[:point], encoded[point:]]) == expected, point
     assert parse_chunks(bytewise(encoded)) == expected
