@@ -9,6 +9,9 @@ thread (``await deferToThread(fn)``) so the reactor keeps serving them.
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
+import venv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from stomptw.config import BrokerConfig
 from stomptw.service import BrokerService, makeService
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -75,6 +79,35 @@ def make_broker():
 async def broker(make_broker):
     """A broker with the default configuration on ephemeral ports."""
     return await make_broker()
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory) -> Path:
+    """
+    A fresh virtualenv with the project installed by a plain ``pip install``:
+    only what setup.cfg declares, unlike the test virtualenv (where the test
+    extras, treq for one, bring in more, e.g. pyOpenSSL).
+    """
+    tmp = tmp_path_factory.mktemp("pkg")
+    source = tmp / "src"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis"
+        ),
+    )
+    env_dir = tmp / "venv"
+    venv.create(env_dir, with_pip=True)
+    pip = env_dir / "bin" / "pip"
+    result = subprocess.run(
+        [str(pip), "install", "--quiet", "--disable-pip-version-check", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return env_dir
 
 
 @pytest.fixture(scope="session")
