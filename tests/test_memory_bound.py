@@ -43,6 +43,8 @@ import pytest
 import websocket
 from clients import FrameReader, RawFrame, encode_frame
 
+from stomptw.config import BrokerConfig
+
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads the broker's RSS from /proc"
 )
@@ -550,9 +552,18 @@ def test_transaction_that_is_never_committed(start_broker):
 
     producer = Producer(client, "/queue/mem.tx", make_frame=make_frame, offered=160 * MiB)
     producer.start()
-    # The broker may refuse an oversized transaction by closing the connection.
+    # The broker refuses the oversized transaction and closes the connection.
     samples = watch_rss(broker, producer, closed_ok=True)
     growth = report("open transaction", base, samples, producer)
+
+    # It says so: an ERROR, the first frame after BEGIN's receipt, once the
+    # transaction would hold more than --max-transaction-bytes (the default).
+    limit = BrokerConfig().max_transaction_bytes
+    assert producer.sent_bytes > limit
+    error = client.read_frame()
+    assert (error.command, error.headers.get("message")) == ("ERROR", "transaction too large")
+    assert f"more than {limit} bytes".encode() in error.body, error.body
+    assert "protocol error" in broker.log() and "transaction too large" in broker.log()
     client.close()
 
     assert growth < RSS_BOUND, f"RSS grew by {growth / MiB:.1f} MiB"

@@ -642,6 +642,29 @@ def test_duplicate_begin(env):
     assert_error(client, "already open")
 
 
+def test_transaction_too_large(env):
+    """
+    A SEND that would take a connection's open transactions past
+    max_transaction_bytes gets ERROR "transaction too large", whose body
+    names the limit and the option that raises it; the connection closes
+    and nothing of the transaction is delivered.
+    """
+    consumer = _consumer(env, "auto")
+    producer = env.client(max_transaction_bytes=10_000)
+    producer.connect()
+    producer.send("BEGIN", transaction="t")
+    # Each counts for its body, headers and some overhead: 4 KiB and a bit.
+    for _ in range(2):
+        producer.send("SEND", b"x" * 4000, destination="/queue/q", transaction="t")
+    assert producer.frames() == []
+    producer.send("SEND", b"x" * 4000, destination="/queue/q", transaction="t")
+    error = assert_error(producer, "transaction too large")
+    assert error.headers["message"] == "transaction too large"
+    assert b"more than 10000 bytes" in error.body and b"--max-transaction-bytes" in error.body
+    producer.lose()
+    assert consumer.frames() == []
+
+
 def test_transaction_aborted_when_connection_ends(env):
     consumer = _consumer(env, "auto")
     producer = env.client()
