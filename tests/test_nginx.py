@@ -1,6 +1,6 @@
 """
 contrib/nginx/stomptw.conf against a real nginx: STOMP over WebSocket through
-the proxy (subprotocol, heart-beats, messages), the broker's origin check
+the proxy (subprotocol, heart-beats both ways, messages), the broker's origin check
 still working behind it, and read timeouts longer than the heart-beats.
 
 The committed file itself is included by a minimal nginx.conf; only its
@@ -200,7 +200,8 @@ async def test_stomp_over_websocket_through_nginx(make_broker, proxy):
             assert command == "CONNECTED" and headers["version"] == "1.2", headers
             send_ms, receive_ms = (int(v) for v in headers["heart-beat"].split(","))
             assert (send_ms, receive_ms) == (10000, 10000)
-            # Beats in either direction come well before nginx's timeout.
+            # Beats in either direction come well before nginx's timeout (that
+            # they pass nginx at all: test_heart_beats_flow_through_nginx_both_ways).
             assert max(send_ms, receive_ms) / 1000 < read_timeout
             ws.send("SUBSCRIBE\nid:s1\ndestination:/queue/nginx\nreceipt:sub\n\n\x00")
             assert _frame(ws)[:2] == ("RECEIPT", {"receipt-id": "sub"})
@@ -218,6 +219,84 @@ async def test_stomp_over_websocket_through_nginx(make_broker, proxy):
 
     await deferToThread(scenario)
     assert running.broker.stats["delivered"] >= 1
+
+
+#: The heart-beat interval of the broker in the beat-flow test, in ms.
+BEAT_MS = 500
+
+
+def _beats(ws: websocket.WebSocket) -> int:
+    """The next message, which must be heart-beats only: how many EOLs."""
+    data = ws.recv()
+    if isinstance(data, bytes):
+        data = data.decode("utf-8")
+    if not data or data.strip("\r\n"):
+        pytest.fail(f"not a heart-beat: {data[:200]!r}")
+    return data.count("\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_heart_beats_flow_through_nginx_both_ways(make_broker, proxy):
+    """
+    Heart-beats really pass the proxy, not just the numbers in CONNECTED: a
+    client that sends nothing receives the broker's beats through nginx, on
+    average at least one per promised interval; a client whose only traffic
+    is beats (one sent back for each received) is not timed out by the
+    broker over twice its receive timeout, and once it stops, the broker's
+    "heart-beat timeout" ERROR arrives through nginx after that timeout.
+    """
+    running = await make_broker(heartbeat_send_ms=BEAT_MS, heartbeat_receive_ms=BEAT_MS)
+    port = await deferToThread(proxy, running.ws_port)
+    url = f"ws://127.0.0.1:{port}{running.ws_path}"
+    interval = BEAT_MS / 1000
+    receive_timeout = interval * BrokerConfig().heartbeat_grace
+
+    def connect(heart_beat: str) -> websocket.WebSocket:
+        ws = websocket.create_connection(url, subprotocols=["v12.stomp"], timeout=10)
+        assert ws.getheaders()["server"].startswith("nginx")
+        ws.send(f"CONNECT\naccept-version:1.2\nhost:/\nheart-beat:{heart_beat}\n\n\x00")
+        return ws
+
+    def broker_to_client() -> None:
+        ws = connect(f"0,{BEAT_MS}")
+        try:
+            command, headers, _ = _frame(ws)
+            assert (command, headers["heart-beat"]) == ("CONNECTED", f"{BEAT_MS},0"), headers
+            start = time.monotonic()
+            # A generous bound on each gap; the average is checked below.
+            ws.settimeout(2 * interval)
+            beats = 0
+            while beats < 6:
+                beats += _beats(ws)
+            elapsed = time.monotonic() - start
+            assert elapsed <= beats * interval, f"{beats} beats took {elapsed:.2f}s"
+        finally:
+            ws.close()
+
+    def client_to_broker() -> None:
+        ws = connect(f"{BEAT_MS},{BEAT_MS}")
+        try:
+            command, headers, _ = _frame(ws)
+            assert (command, headers["heart-beat"]) == ("CONNECTED", f"{BEAT_MS},{BEAT_MS}")
+            ws.settimeout(2 * interval)
+            start = time.monotonic()
+            # Paced by the broker's beats: nothing but beats goes either way.
+            while time.monotonic() - start < 2 * receive_timeout:
+                _beats(ws)
+                ws.send("\n")
+            ws.settimeout(10)
+            ws.send("SEND\ndestination:/queue/nginx.beats\nreceipt:alive\n\nstill here\x00")
+            assert _frame(ws)[:2] == ("RECEIPT", {"receipt-id": "alive"})
+            silent_since = time.monotonic()
+            command, headers, _ = _frame(ws)
+            waited = time.monotonic() - silent_since
+            assert (command, headers["message"]) == ("ERROR", "heart-beat timeout"), headers
+            assert waited >= receive_timeout - 0.01, waited
+        finally:
+            ws.close()
+
+    await deferToThread(broker_to_client)
+    await deferToThread(client_to_broker)
 
 
 @pytest_twisted.ensureDeferred
