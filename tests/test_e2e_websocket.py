@@ -481,15 +481,20 @@ async def test_message_at_the_limit_reaches_a_websocket_consumer(make_broker, ac
     A SEND of exactly max_frame_size bytes is accepted; the MESSAGE the
     broker builds from it carries more headers (message-id, subscription,
     ack) and is larger than max_frame_size. The producer did nothing wrong:
-    it gets its RECEIPT and keeps its session. The message is not lost: the
-    WebSocket consumer gets it or, if its connection cannot carry it, the
-    message stays in the queue for the next consumer.
+    it gets its RECEIPT and keeps its session. The WebSocket consumer gets
+    the MESSAGE, within the WebSocket message limit in force, even at the
+    smallest limit the configuration allows: one too small to carry every
+    MESSAGE the broker can build is refused when the broker is configured.
     """
+    limits = Limits(max_frame_size=LIMIT)
+    smallest = BrokerConfig(limits=limits).min_ws_message_size
+    with pytest.raises(ValueError, match="ws_max_message_size must be at least"):
+        BrokerConfig(limits=limits, ws_max_message_size=smallest - 1)
     overrides = {}
     if ws_limit != "default":
-        smallest = BrokerConfig(limits=Limits(max_frame_size=LIMIT)).min_ws_message_size
         overrides["ws_max_message_size"] = smallest
-    running = await make_broker(limits=Limits(max_frame_size=LIMIT), **overrides)
+    running = await make_broker(limits=limits, **overrides)
+    ws_message_limit = BrokerConfig(limits=limits, **overrides).ws_message_limit
     dest = queue_name("at-limit")
     send = send_frame_of_size(LIMIT, dest, "r")
     body = send[send.index(b"\n\n") + 2 : -1]
@@ -504,24 +509,12 @@ async def test_message_at_the_limit_reaches_a_websocket_consumer(make_broker, ac
         reply = producer.read_frame()
         assert (reply.command, reply.headers.get("receipt-id")) == ("RECEIPT", "r"), reply
 
-        try:
-            opcode, data = ws.recv_message()
-        except (websocket.WebSocketConnectionClosedException, ConnectionError):
-            opcode, data = CLOSE, b""
-        message = parse_single_frame(data) if opcode != CLOSE else None
-        if message is not None and message.command == "MESSAGE":
-            assert message.body == body
-            assert len(data) > LIMIT
-        else:
-            # The consumer's connection cannot carry the frame: it is told so
-            # and closed, and the message stays with the broker.
-            if message is not None:
-                assert message.command == "ERROR"
-                assert "too large" in message.headers["message"]
-            ws.close()
-            later = pool.tcp(running.tcp_port, auto_decode=False)
-            later.subscribe(dest)
-            assert later.next_message().body == body
+        opcode, data = ws.recv_message()
+        assert opcode != CLOSE, f"the consumer was closed instead: {data!r}"
+        message = parse_single_frame(data)
+        assert message.command == "MESSAGE", message
+        assert (message.headers["destination"], message.body) == (dest, body)
+        assert LIMIT < len(data) <= ws_message_limit
 
         producer.send("SEND", {"destination": dest + ".2", "receipt": "r2"}, b"still here")
         reply = producer.read_frame()
