@@ -572,7 +572,7 @@ async def test_cross_origin_websocket_handshake_is_refused_by_default(broker):
     that machine can connect to ws://127.0.0.1:15674/ws (cross-site
     WebSocket hijacking), because the factory sets allowedOrigins=["*"] and
     allowNullOrigin=True. Default to same-origin (or an --ws-allowed-origin
-    option) and document it.
+    option) and document it. The refusal is HTTP 403, as documented.
     """
 
     def run() -> None:
@@ -583,7 +583,9 @@ async def test_cross_origin_websocket_handshake_is_refused_by_default(broker):
                 origin="https://attacker.example",
                 timeout=TIMEOUT,
             )
-        except websocket.WebSocketBadStatusException:
+        except websocket.WebSocketBadStatusException as refused:
+            # The documented refusal (browsers.md), not just any failure.
+            assert refused.status_code == 403, refused
             return
         try:
             ws.send("CONNECT\naccept-version:1.2\n\n\x00")
