@@ -879,3 +879,29 @@ async def test_raw_socket_sees_error_then_end_of_stream(broker):
             raw.read_frame()
 
     await run_clients(scenario)
+
+
+@pytest.mark.parametrize("command", ["CONNECT", "STOMP"])
+@pytest_twisted.ensureDeferred
+async def test_second_connect_on_a_raw_socket_gets_error_then_end_of_stream(broker, command):
+    """
+    A second CONNECT (or STOMP) on an established TCP session is refused on
+    the wire: ERROR "already connected" (with the frame's receipt-id, its
+    body naming the command) is the next and last frame, then the broker
+    closes the connection.
+    """
+
+    def scenario(pool: ClientPool):
+        raw = pool.raw(broker.tcp_port)
+        raw.connect("1.2")
+        raw.send(command, {"accept-version": "1.2", "host": "localhost", "receipt": "again"})
+        error = raw.read_frame()
+        assert error.command == "ERROR", error
+        assert error.headers["message"] == "already connected", error
+        assert error.headers["receipt-id"] == "again"
+        assert f"a second {command} is not allowed".encode() in error.body, error.body
+        raw.wait_eof()
+        with pytest.raises(ConnectionClosed):
+            raw.read_frame()
+
+    await run_clients(scenario)

@@ -521,3 +521,29 @@ async def test_message_at_the_limit_reaches_a_websocket_consumer(make_broker, ac
         assert (reply.command, reply.headers.get("receipt-id")) == ("RECEIPT", "r2"), reply
 
     await run_clients(scenario)
+
+
+@pytest.mark.parametrize("command", ["CONNECT", "STOMP"])
+@pytest_twisted.ensureDeferred
+async def test_second_connect_over_websocket_gets_error_then_close(broker, command):
+    """
+    A second CONNECT (or STOMP) on an established WebSocket session is
+    refused: the next message is ERROR "already connected" (with the
+    frame's receipt-id, its body naming the command), and the one after it
+    the broker's normal Close (1000), with nothing in between.
+    """
+
+    def scenario(pool: ClientPool):
+        ws = pool.websocket(broker.ws_url, ["v12.stomp"])
+        ws.connect("1.2")
+        ws.send_frame(command, {"accept-version": "1.2", "host": "localhost", "receipt": "again"})
+        opcode, error = ws.recv_frame()
+        assert (opcode, error.command) == (TEXT, "ERROR"), error
+        assert error.headers["message"] == "already connected", error
+        assert error.headers["receipt-id"] == "again"
+        assert f"a second {command} is not allowed".encode() in error.body, error.body
+        opcode, data = ws.recv_message()
+        assert opcode == CLOSE, (opcode, data)
+        assert int.from_bytes(data[:2], "big") == 1000, data
+
+    await run_clients(scenario)
