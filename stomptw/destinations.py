@@ -12,16 +12,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from stomptw.interfaces import IDestination
-from stomptw.model import DestinationFull
+from stomptw.model import DestinationContext, DestinationFull
 from stomptw.store import StoredMessage
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from twisted.internet.interfaces import IDelayedCall
 
-    from twisted.internet.interfaces import IDelayedCall, IReactorTime
-
-    from stomptw.config import BrokerConfig
-    from stomptw.interfaces import IMessageConsumer, IMessageStore
+    from stomptw.interfaces import IMessageConsumer
     from stomptw.model import DurableSubscription, Message, Subscription
 
 __all__ = ["DestinationContext", "DestinationFull", "Queue", "Topic"]
@@ -32,59 +29,6 @@ log = Logger()
 #: of its topic) is back under this share of its limits, so that it does not
 #: flap at the edge.
 RESUME_BELOW = 0.9
-
-
-class DestinationContext:
-    """
-    What a destination may use of the broker that holds it, and nothing
-    more: the delivery policy, the counters, the message store, the clock,
-    whether the broker is stopping, and the broker's few services to
-    destinations (store keys, the time, expiry and dead letters).
-
-    :ivar config: the delivery policy (limits, overflow, slow topics).
-    :ivar stats: the broker's message counters, by name.
-    :ivar store: where persistent messages are kept.
-    :ivar clock: the reactor's time, for slow-subscriber timers; may be None.
-    :ivar stopping: True once the broker is stopping: nothing more is
-        delivered, and returned messages stay as they are.
-    :ivar new_key: ``() -> int``, a fresh message store key.
-    :ivar now_ms: ``() -> int``, the time in milliseconds since the epoch.
-    :ivar expire: ``(queue, message)``: ``message`` (out of ``queue``) expired.
-    :ivar dead_letter: ``(queue, message, reason)``: ``message`` died.
-    """
-
-    __slots__ = (
-        "config",
-        "stats",
-        "store",
-        "clock",
-        "stopping",
-        "new_key",
-        "now_ms",
-        "expire",
-        "dead_letter",
-    )
-
-    def __init__(
-        self,
-        config: BrokerConfig,
-        stats: dict[str, int],
-        store: IMessageStore,
-        clock: IReactorTime | None,
-        new_key: Callable[[], int],
-        now_ms: Callable[[], int],
-        expire: Callable[[Queue | None, Message], None],
-        dead_letter: Callable[[Queue | None, Message, str], None],
-    ) -> None:
-        self.config = config
-        self.stats = stats
-        self.store = store
-        self.clock = clock
-        self.stopping = False
-        self.new_key = new_key
-        self.now_ms = now_ms
-        self.expire = expire
-        self.dead_letter = dead_letter
 
 
 @implementer(IDestination)

@@ -9,6 +9,8 @@ no module of the broker is imported, so every other module can use it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from stomptw.frame import (
     CLIENT_COMMANDS,
@@ -19,10 +21,17 @@ from stomptw.frame import (
 )
 from stomptw.interfaces import IDestination, IMessageConsumer
 
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from stomptw.config import BrokerConfig
+    from stomptw.interfaces import IMessageStore
+
 __all__ = [
     "ACK_MODES",
     "COUNTED_COMMANDS",
     "Counters",
+    "DestinationContext",
     "DURABLE_NAME_HEADERS",
     "DestinationError",
     "DestinationFull",
@@ -416,3 +425,56 @@ def encode_delivery(
     headers["x-delivery-count"] = str(count - 1) if count else "0"
     headers.update(message.headers)
     return encode_frame("MESSAGE", headers, message.body, version)
+
+
+class DestinationContext:
+    """
+    What a destination may use of the broker that holds it, and nothing
+    more: the delivery policy, the counters, the message store, the clock,
+    whether the broker is stopping, and the broker's few services to
+    destinations (store keys, the time, expiry and dead letters).
+
+    :ivar config: the delivery policy (limits, overflow, slow topics).
+    :ivar stats: the broker's message counters, by name.
+    :ivar store: where persistent messages are kept.
+    :ivar clock: the reactor's time, for slow-subscriber timers; may be None.
+    :ivar stopping: True once the broker is stopping: nothing more is
+        delivered, and returned messages stay as they are.
+    :ivar new_key: ``() -> int``, a fresh message store key.
+    :ivar now_ms: ``() -> int``, the time in milliseconds since the epoch.
+    :ivar expire: ``(queue, message)``: ``message`` (out of ``queue``) expired.
+    :ivar dead_letter: ``(queue, message, reason)``: ``message`` died.
+    """
+
+    __slots__ = (
+        "config",
+        "stats",
+        "store",
+        "clock",
+        "stopping",
+        "new_key",
+        "now_ms",
+        "expire",
+        "dead_letter",
+    )
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        stats: dict[str, int],
+        store: IMessageStore,
+        clock: IReactorTime | None,
+        new_key: Callable[[], int],
+        now_ms: Callable[[], int],
+        expire: Callable[[IDestination | None, Message], None],
+        dead_letter: Callable[[IDestination | None, Message, str], None],
+    ) -> None:
+        self.config = config
+        self.stats = stats
+        self.store = store
+        self.clock = clock
+        self.stopping = False
+        self.new_key = new_key
+        self.now_ms = now_ms
+        self.expire = expire
+        self.dead_letter = dead_letter
