@@ -8,6 +8,9 @@ a machine without them the tests skip with :data:`INSTALL_HINT`.
 Selenium calls block, so a test runs its whole browser part in a thread
 (``await deferToThread(scenario, driver)``) while the reactor serves the
 broker.
+
+Tests open their pages with :func:`load_page`, not ``driver.get`` alone, so
+that what they script is the document they asked for, with its scripts run.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from clients import wait_until
 
 INSTALL_HINT = (
     "install Debian's chromium and chromium-driver "
@@ -111,6 +116,36 @@ def reset(driver: Any) -> None:
         driver.close()
     driver.switch_to.window(handles[0])
     driver.get("about:blank")
+
+
+def load_page(driver: Any, url: str, ready: str = "true") -> None:
+    """
+    Open ``url`` in the current tab and return once the tab's document is
+    that page (``location.href == url``), fully loaded, and the JavaScript
+    expression ``ready`` is true in it: the page's own scripts have defined
+    what the test is about to use (``"typeof openClient === 'function'"``).
+
+    Otherwise it fails within :data:`PAGE_TIMEOUT` saying what the tab holds
+    instead (address, ready state, title, the start of the HTML), so that a
+    wrong or half-loaded page is named as such rather than showing up later
+    as a ``ReferenceError`` in :func:`run_js`. ``ready`` must not throw
+    (use ``typeof``).
+    """
+    driver.get(url)
+    probe = (
+        "return {href: location.href, state: document.readyState, title: document.title,"
+        f" ready: Boolean({ready}), html: document.documentElement.outerHTML.slice(0, 300)}};"
+    )
+    seen: dict[str, Any] = {}
+
+    def arrived() -> bool:
+        seen.update(driver.execute_script(probe))
+        return seen["href"] == url and seen["state"] == "complete" and seen["ready"]
+
+    try:
+        wait_until(arrived, f"{url} loaded with {ready}", PAGE_TIMEOUT)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the tab holds {seen}") from None
 
 
 def run_js(driver: Any, body: str, *args: Any) -> Any:

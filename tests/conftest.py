@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
+from twisted.protocols.policies import WrappingFactory
+from twisted.web.server import Site
+from twisted.web.static import File
 
 from stomptw.config import BrokerConfig
 from stomptw.service import BrokerService, makeService
@@ -153,32 +156,76 @@ def stompjs(tmp_path_factory) -> Path:
     return bundle
 
 
+class _NoStoreFile(File):
+    """A directory of test pages, each sent with ``Cache-Control: no-store``."""
+
+    def render_GET(self, request):
+        request.setHeader(b"cache-control", b"no-store")
+        return super().render_GET(request)
+
+
+class _PageServer(WrappingFactory):
+    """
+    One ``page_server`` site on a loopback port, keeping track of the
+    connections it accepted so that :meth:`stop` can close them.
+
+    A later test's server may get the same ephemeral port, and so serve a
+    different page at the same URL. Closing this server's connections (not
+    only its listening port, which is all ``stopListening`` closes) leaves
+    the browser no keep-alive connection on which this server would answer
+    for that later page, and ``no-store`` leaves it no stored copy of this
+    page to show instead (``twisted.web.static.File`` answers a revalidation
+    with 304 when the new file's mtime is in the same second).
+    """
+
+    def __init__(self, root: Path) -> None:
+        site = Site(_NoStoreFile(str(root)))
+        site.noisy = False
+        super().__init__(site)
+        self._all_closed: list[defer.Deferred] = []
+        self.port = reactor.listenTCP(0, self, interface="127.0.0.1")
+
+    def unregisterProtocol(self, p) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._all_closed = self._all_closed, []
+            for d in waiters:
+                d.callback(None)
+
+    async def stop(self) -> None:
+        """Stop listening, then close every connection and wait until all are gone."""
+        await self.port.stopListening()
+        if self.protocols:
+            closed: defer.Deferred = defer.Deferred()
+            self._all_closed.append(closed)
+            for protocol in list(self.protocols):
+                protocol.transport.loseConnection()
+            await closed
+
+
 @pytest.fixture
 def page_server(tmp_path):
     """
     ``serve(files) -> port``: serve ``{name: bytes or Path}`` over HTTP on
-    loopback (a page from another origin than the broker's listener).
+    loopback (a page from another origin than the broker's listener). Each
+    server's pages are never cached and its connections end with the test
+    (see :class:`_PageServer`).
     """
-    from twisted.web.server import Site
-    from twisted.web.static import File
-
-    ports = []
+    servers: list[_PageServer] = []
 
     def serve(files: dict) -> int:
-        root = tmp_path / f"site{len(ports)}"
+        root = tmp_path / f"site{len(servers)}"
         root.mkdir()
         for name, content in files.items():
             data = content.read_bytes() if isinstance(content, Path) else content
             (root / name).write_bytes(data)
-        site = Site(File(str(root)))
-        site.noisy = False
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        ports.append(port)
-        return port.getHost().port
+        server = _PageServer(root)
+        servers.append(server)
+        return server.port.getHost().port
 
     yield serve
-    for port in ports:
-        pytest_twisted.blockon(port.stopListening())
+    for server in servers:
+        pytest_twisted.blockon(defer.ensureDeferred(server.stop()))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import time
 
 import pytest_twisted
 import stomp
-from browser import PAGE_TIMEOUT, run_js
+from browser import PAGE_TIMEOUT, load_page, run_js
 from clients import wait_until
 from twisted.internet import reactor
 from twisted.internet.threads import blockingCallFromThread, deferToThread
@@ -61,6 +61,10 @@ window.openClient = function (name, url, options) {
 """
 
 
+#: True in :data:`PAGE` once its scripts have run.
+PAGE_READY = "typeof openClient === 'function'"
+
+
 async def _page(page_server, stompjs, host: str = "127.0.0.1") -> str:
     port = page_server({"index.html": PAGE, "stomp.umd.js": stompjs})
     return f"http://{host}:{port}/"
@@ -79,7 +83,7 @@ async def test_stompjs_negotiates_and_exchanges_text_and_binary(
     url = await _page(page_server, stompjs)
 
     def scenario():
-        chrome.get(url)
+        load_page(chrome, url, PAGE_READY)
         run_js(chrome, "await openClient('a', args[0]);", running.ws_url)
         info = run_js(
             chrome,
@@ -156,7 +160,7 @@ async def test_stompjs_receipts(make_broker, chrome, stompjs, page_server):
     url = await _page(page_server, stompjs)
 
     def scenario():
-        chrome.get(url)
+        load_page(chrome, url, PAGE_READY)
         run_js(chrome, "await openClient('a', args[0]);", running.ws_url)
         receipts = run_js(
             chrome,
@@ -186,7 +190,7 @@ async def test_stompjs_heartbeats_in_both_directions(make_broker, chrome, stompj
     url = await _page(page_server, stompjs)
 
     def scenario():
-        chrome.get(url)
+        load_page(chrome, url, PAGE_READY)
         run_js(
             chrome,
             "await openClient('a', args[0], {config: "
@@ -221,7 +225,7 @@ async def test_stompjs_graceful_disconnect_with_receipt(make_broker, chrome, sto
     url = await _page(page_server, stompjs)
 
     def scenario():
-        chrome.get(url)
+        load_page(chrome, url, PAGE_READY)
         run_js(chrome, "await openClient('a', args[0]);", running.ws_url)
         assert len(running.broker.sessions) == 1
         record = run_js(
@@ -254,7 +258,7 @@ async def test_stompjs_reconnects_after_the_broker_closes(
     url = await _page(page_server, stompjs)
 
     def scenario():
-        chrome.get(url)
+        load_page(chrome, url, PAGE_READY)
         run_js(
             chrome,
             "await openClient('a', args[0], {subscribe: '/topic/again', "
@@ -308,6 +312,9 @@ window.tryConnect = (url) => new Promise((resolve) => {
 </script>
 """
 
+#: True in :data:`ORIGIN_PAGE` once its script has run.
+ORIGIN_READY = "typeof tryConnect === 'function'"
+
 
 @pytest_twisted.ensureDeferred
 async def test_page_from_a_disallowed_origin_cannot_connect(make_broker, chrome, page_server):
@@ -320,18 +327,25 @@ async def test_page_from_a_disallowed_origin_cannot_connect(make_broker, chrome,
     port = page_server({"index.html": ORIGIN_PAGE})
 
     def scenario():
-        chrome.get(f"http://evil.test:{port}/")
+        load_page(chrome, f"http://evil.test:{port}/", ORIGIN_READY)
         assert run_js(chrome, "return location.origin;") == f"http://evil.test:{port}"
         refused = run_js(chrome, "return await tryConnect(args[0]);", running.ws_url)
         assert refused == {"opened": False, "code": 1006}, refused
         console = " ".join(entry["message"] for entry in chrome.get_log("browser"))
         assert "Unexpected response code: 403" in console, console
-        chrome.get(f"http://127.0.0.1:{port}/")
+        load_page(chrome, f"http://127.0.0.1:{port}/", ORIGIN_READY)
         allowed = run_js(chrome, "return await tryConnect(args[0]);", running.ws_url)
         assert allowed["opened"] and allowed["data"].startswith("CONNECTED\n"), allowed
 
     await deferToThread(scenario)
-    assert not running.broker.sessions or all(s.transport is None for s in running.broker.sessions)
+
+    def closed():
+        sessions = running.broker.sessions
+        return not sessions or all(s.transport is None for s in sessions)
+
+    # The page closes its WebSocket once CONNECTED arrives; the close
+    # handshake is still under way when the scenario returns.
+    await deferToThread(wait_until, closed, "the page's session to end", PAGE_TIMEOUT)
 
 
 @pytest_twisted.ensureDeferred
@@ -341,7 +355,7 @@ async def test_allowed_origins_pattern_lets_the_page_in(make_broker, chrome, pag
     port = page_server({"index.html": ORIGIN_PAGE})
 
     def scenario():
-        chrome.get(f"http://app.evil.test:{port}/")
+        load_page(chrome, f"http://app.evil.test:{port}/", ORIGIN_READY)
         allowed = run_js(chrome, "return await tryConnect(args[0]);", running.ws_url)
         assert allowed["opened"] and allowed["data"].startswith("CONNECTED\n"), allowed
 

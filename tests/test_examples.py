@@ -12,7 +12,7 @@ import re
 
 import pytest_twisted
 import treq
-from browser import PAGE_TIMEOUT, run_js
+from browser import PAGE_TIMEOUT, load_page, run_js
 from clients import wait_until
 from selenium.webdriver.common.by import By
 from twisted.internet.threads import deferToThread
@@ -103,7 +103,7 @@ def _texts(driver, css: str) -> list[str]:
 def _open(driver, url: str, new_tab: bool) -> str:
     if new_tab:
         driver.switch_to.new_window("tab")
-    driver.get(url)
+    load_page(driver, url)
     wait_until(lambda: _text(driver, "#status") == "connected", f"{url} to connect", PAGE_TIMEOUT)
     return driver.current_window_handle
 
@@ -192,7 +192,7 @@ async def test_feed_shows_the_session_from_connect_to_disconnect(make_broker, ch
     url = f"http://127.0.0.1:{running.ws_port}/feed.html?connect=0"
 
     def scenario():
-        chrome.get(url)
+        load_page(chrome, url)
         assert _text(chrome, "#state") == "closed"
         chrome.find_element(By.ID, "connect").click()
         wait_until(lambda: _text(chrome, "#state") == "connected", "connected", PAGE_TIMEOUT)
@@ -234,7 +234,7 @@ async def test_index_page_links_every_example(make_broker, chrome):
     url = f"http://127.0.0.1:{running.ws_port}/"
 
     def scenario():
-        chrome.get(url)
+        load_page(chrome, url)
         anchors = wait_until(
             lambda: chrome.find_elements(By.CSS_SELECTOR, "a[href]"), "the links", PAGE_TIMEOUT
         )
@@ -260,7 +260,7 @@ async def test_stomp_js_parser_and_encoder(make_broker, chrome):
     url = f"http://127.0.0.1:{running.ws_port}/feed.html?connect=0"
 
     def scenario():
-        chrome.get(url)
+        load_page(chrome, url)
         result = run_js(
             chrome,
             """const m = await import('/stomp.js');
