@@ -1,8 +1,10 @@
 """
-Client-side helpers for the end-to-end tests.
+Client-side helpers for the end-to-end tests (and a few small ones for what
+they start or read: :func:`load_example`, :func:`twisted_test_pem`,
+:func:`metric_samples`).
 
-Everything here runs in a worker thread (``await deferToThread(fn)``), never
-on the reactor thread. Waiting is done on queues and conditions with a
+Every client here runs in a worker thread (``await deferToThread(fn)``),
+never on the reactor thread. Waiting is done on queues and conditions with a
 timeout that is only a failure bound; absence of a frame is checked after a
 receipt round trip (:meth:`StompPyClient.barrier`), never after a sleep.
 
@@ -16,13 +18,16 @@ receipt round trip (:meth:`StompPyClient.barrier`), never after a sleep.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
 import queue
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import stomp
 import websocket
@@ -47,6 +52,38 @@ def wait_until(predicate, what: str, timeout: float = TIMEOUT, interval: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         time.sleep(interval)
+
+
+def load_example(name: str):
+    """The module ``docs/examples/<name>.py``, loaded from its file."""
+    path = Path(__file__).resolve().parent.parent / "docs" / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def metric_samples(text: str) -> dict[str, dict[tuple, float]]:
+    """
+    Prometheus text parsed: sample name -> {sorted label items: value};
+    checks that every family has its HELP and is a counter or a gauge.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.documentation, family.name
+        assert family.type in ("counter", "gauge"), family.name
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def twisted_test_pem() -> str:
+    """A key and certificate in one PEM file: the one Twisted ships for its own tests."""
+    import twisted.test
+
+    return os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
 
 
 def unique(prefix: str) -> str:

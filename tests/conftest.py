@@ -84,6 +84,17 @@ async def broker(make_broker):
     return await make_broker()
 
 
+@pytest.fixture
+def env():
+    """
+    A broker on a Clock whose clients are the real StompProtocol on a
+    StringTransport (:class:`inprocess.Env`).
+    """
+    from inprocess import Env
+
+    return Env()
+
+
 @pytest.fixture(scope="session")
 def installed(tmp_path_factory) -> Path:
     """

@@ -13,8 +13,7 @@ from urllib.parse import quote
 import pytest
 import pytest_twisted
 import treq
-from clients import ClientPool, unique
-from prometheus_client.parser import text_string_to_metric_families
+from clients import ClientPool, metric_samples, unique
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.python import usage
@@ -67,12 +66,7 @@ async def scrape(running) -> dict[str, dict[tuple, float]]:
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type") == [METRICS_CONTENT_TYPE]
     text = await response.text()
-    samples: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        assert family.documentation, family.name
-        assert family.type in ("counter", "gauge"), family.name
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    samples = metric_samples(text)
     # HELP and TYPE precede every family, in the text itself too.
     for line in text.splitlines():
         if line and not line.startswith("#"):

@@ -1,10 +1,19 @@
 """
 The dead-letter policy (:mod:`stomptw.deadletters`) on a broker: where a
-dead message goes, with which headers, and when it is dropped instead.
+dead message goes, with which headers, and when it is dropped instead; what
+makes a message dead (expiry when asked, the delivery limit, returns by
+unsubscribing) and that a dead-letter queue's messages never die again; and
+templates that put the name first (``/queue/{name}.DLQ``).
 """
 
 from __future__ import annotations
 
+from fakes import FakeConsumer, make_broker, settle, subscribe
+from inprocess import Client, messages
+from twisted.internet.task import Clock
+
+from stomptw.broker import Broker
+from stomptw.config import BrokerConfig
 from stomptw.testing import BrokerOnClock
 
 
@@ -64,3 +73,133 @@ def test_expired_messages_are_dead_letters_only_when_asked():
     env.broker.dead_letters.expire(None, message)
     (copy,) = env.broker.destinations["/queue/DLQ.e"].pending
     assert copy.headers["x-death-reason"] == "expired"
+
+
+# -- through the broker's queues -----------------------------------------------------------
+
+
+def test_expired_message_dead_lettered_when_configured():
+    broker, clock = make_broker(dead_letter_expired=True, expiry_interval=1.0)
+    original = broker.send(
+        "/queue/a", {"expires": "500", "x-user": "u", "persistent": "true"}, b"x"
+    )
+    clock.advance(1)
+    dlq = broker.destinations["/queue/DLQ.a"]
+    (dead,) = dlq.pending
+    assert dead.body == b"x"
+    assert dead.destination == "/queue/DLQ.a"
+    assert dead.persistent
+    assert dead.expires == 0
+    assert "expires" not in dead.headers
+    assert dead.headers["x-user"] == "u"
+    assert dead.headers["x-first-death-reason"] == "expired"
+    assert dead.headers["x-first-death-queue"] == "/queue/a"
+    assert dead.headers["x-original-message-id"] == original.message_id
+    assert broker.stats["expired"] == 1
+    assert broker.stats["dead_lettered"] == 1
+    # Stored under the DLQ now, and only there.
+    assert [m.owner for m in broker.store.messages.values()] == ["/queue/DLQ.a"]
+
+
+def test_delivery_limit_moves_message_to_dead_letter_queue():
+    broker, _ = make_broker(max_redeliveries=2)
+    consumer = FakeConsumer()
+    sub = subscribe(broker, consumer, "/queue/a")
+    sent = broker.send("/queue/a", {"persistent": "true", "x-user": "u"}, b"m")
+    for _ in range(3):
+        settle(broker, sub, ack=False)
+    assert [(count, redelivered) for _, _, count, redelivered in consumer.delivered] == [
+        (1, False),
+        (2, True),
+        (3, True),
+    ]
+    assert sub.unacked == {}
+    queue = broker.destinations["/queue/a"]
+    assert (queue.count, queue.bytes, len(queue.pending)) == (0, 0, 0)
+    (dead,) = broker.destinations["/queue/DLQ.a"].pending
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"
+    assert dead.headers["x-death-reason"] == "delivery_limit"
+    assert dead.headers["x-original-message-id"] == sent.message_id
+    assert dead.message_id != sent.message_id
+    assert dead.persistent and dead.delivery_count == 0
+    stats = broker.stats
+    assert (stats["nacked"], stats["redelivered"], stats["dead_lettered"]) == (3, 2, 1)
+    assert [m.owner for m in broker.store.messages.values()] == ["/queue/DLQ.a"]
+
+
+def test_unsubscribe_return_counts_towards_the_limit():
+    broker, _ = make_broker(max_redeliveries=1)
+    broker.send("/queue/a", {}, b"m")
+    for n in range(2):
+        consumer = FakeConsumer()
+        sub = subscribe(broker, consumer, "/queue/a", sub_id=f"s{n}")
+        assert consumer.delivered[0][2] == n + 1
+        broker.unsubscribe(sub)
+    assert "/queue/a" not in broker.destinations
+    assert len(broker.destinations["/queue/DLQ.a"].pending) == 1
+    assert broker.stats["dead_lettered"] == 1
+
+
+def test_dead_letter_queue_messages_never_die_again():
+    broker, _ = make_broker(max_redeliveries=0)
+    consumer = FakeConsumer()
+    sub = subscribe(broker, consumer, "/queue/a")
+    broker.send("/queue/a", {}, b"m")
+    settle(broker, sub, ack=False)
+    broker.unsubscribe(sub)
+    dead_consumer = FakeConsumer()
+    dead_sub = subscribe(broker, dead_consumer, "/queue/DLQ.a", sub_id="d")
+    for _ in range(5):
+        settle(broker, dead_sub, ack=False)
+    assert [c for _, _, c, _ in dead_consumer.delivered] == [1, 2, 3, 4, 5, 6]
+    assert broker.stats["dead_lettered"] == 1
+    assert broker.stats["dropped"] == 0
+
+
+def test_no_dead_letter_queue_drops():
+    broker, _ = make_broker(max_redeliveries=0, dead_letter_queue="")
+    consumer = FakeConsumer()
+    sub = subscribe(broker, consumer, "/queue/a")
+    broker.send("/queue/a", {}, b"m")
+    settle(broker, sub, ack=False)
+    assert broker.stats["dropped"] == 1
+    assert broker.stats["dead_lettered"] == 0
+    assert list(broker.destinations) == ["/queue/a"]
+    assert broker.destinations["/queue/a"].count == 0
+
+
+# -- templates with a suffix ---------------------------------------------------------------
+
+
+def test_suffix_dead_letter_template_still_dead_letters():
+    config = BrokerConfig(dead_letter_queue="/queue/{name}.DLQ", max_redeliveries=0)
+    clock = Clock()
+    broker = Broker(config, clock=clock)
+    consumer = Client(broker, clock, config)
+    consumer.connect()
+    consumer.send("SUBSCRIBE", id="s", destination="/queue/orders", ack="client-individual")
+    consumer.send("SEND", b"hello", destination="/queue/orders")
+    (first,) = messages(consumer.frames())
+    # max_redeliveries=0: the first NACK sends it to /queue/orders.DLQ.
+    consumer.send("NACK", id=first.headers["ack"])
+    redelivered = messages(consumer.frames())
+    assert redelivered == [], "a message past max-redeliveries was delivered again"
+    assert broker.stats["dead_lettered"] == 1
+    assert broker.destinations["/queue/orders.DLQ"].count == 1
+
+
+def test_suffix_dead_letter_template_still_expires():
+    config = BrokerConfig(dead_letter_queue="/queue/{name}.DLQ")
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    broker = Broker(config, clock=clock)
+    producer = Client(broker, clock, config)
+    producer.connect()
+    expires = str(int(clock.seconds() * 1000) + 1000)
+    producer.send("SEND", b"stale soon", destination="/queue/orders", expires=expires)
+    clock.advance(5)
+    consumer = Client(broker, clock, config)
+    consumer.connect()
+    consumer.send("SUBSCRIBE", id="s", destination="/queue/orders")
+    assert messages(consumer.frames()) == [], "an expired message was delivered"
+    assert broker.stats["expired"] == 1

@@ -900,6 +900,244 @@ async def test_stalled_topic_subscriber_disconnected(make_broker, transport, tot
     assert running.broker.stats["slow_consumer_disconnected"] == 1
 
 
+# -- slow topic subscribers under --slow-topic-policy block (the default) ----------------------
+
+# A publisher whose message takes a subscriber's backlog to --slow-topic-limit is
+# blocked (the broker stops reading from it) until every backlog is back under
+# 90% of the limit; a subscriber that holds it blocked for --slow-topic-timeout
+# seconds is disconnected. The stalled subscriber is a raw socket whose broker
+# side has a small, fixed send buffer (pin_broker_send_buffer).
+
+BODY = 64 * KIB
+
+
+LIMIT = 10
+
+
+def _body(seq: int) -> bytes:
+    return f"{seq:06d}".encode() + b"x" * (BODY - 6)
+
+
+def _raw_producer(pool: ClientPool, port: int, dest: str, total: int, done: threading.Event):
+    """
+    A raw-socket producer that sends ``total`` messages (the last with a
+    receipt) from its own thread, as fast as the broker reads them; ``done``
+    is set once the receipt arrives.
+    """
+    raw = pool.raw(port)
+    raw.connect()
+    raw.sock.settimeout(4 * TIMEOUT)
+
+    def push():
+        for seq in range(total):
+            headers = {"destination": dest, "seq": str(seq)}
+            if seq == total - 1:
+                headers["receipt"] = "last"
+            raw.send("SEND", headers, _body(seq))
+        frame = raw.read_frame()
+        assert frame.command == "RECEIPT", frame
+        done.set()
+
+    thread = threading.Thread(target=push, daemon=True)
+    thread.start()
+    return raw, thread
+
+
+def _read_messages(raw, count: int) -> list[int]:
+    seqs = []
+    while len(seqs) < count:
+        frame = raw.read_frame()
+        assert frame.command == "MESSAGE", frame
+        seqs.append(int(frame.headers["seq"]))
+    return seqs
+
+
+def _published_settles(running, below: int) -> int:
+    """Wait until the broker stops taking messages (under ``below``); return the count."""
+    last = -1
+    while True:
+        now = stats(running)["published"]
+        if now == last:
+            assert now < below, now
+            return now
+        last = now
+        time.sleep(0.3)
+
+
+def _publisher_blocked_by_stalled_subscriber(pool: ClientPool, running, dest: str, total: int):
+    """
+    A subscriber that never reads, one that does (stomp.py), and a raw
+    producer of ``total`` messages, started and blocked by the first;
+    returns (stalled, reader, done, producer thread).
+    """
+    stalled = _stalled_raw_subscriber(pool, running, dest)
+    reader = pool.tcp(running.tcp_port)
+    reader.subscribe(dest)
+    done = threading.Event()
+    _, thread = _raw_producer(pool, running.tcp_port, dest, total, done)
+    wait_until(lambda: stats(running)["producers_blocked"] > 0, "producer blocked")
+    return stalled, reader, done, thread
+
+
+@pytest_twisted.ensureDeferred
+async def test_fast_publisher_is_paused_and_nothing_is_lost(make_broker):
+    running = await make_broker(write_high_water=16 * KIB, slow_topic_limit=LIMIT)
+    dest = topic_name("block")
+    total = 80
+
+    def scenario(pool: ClientPool):
+        stalled, reader, done, thread = _publisher_blocked_by_stalled_subscriber(
+            pool, running, dest, total
+        )
+        # The broker stopped reading from the producer: its SENDs wait.
+        published = _published_settles(running, total)
+        assert published <= 2 * LIMIT + 8, published
+        assert not done.is_set()
+        # The reader got what was published, no more.
+        got = [int(m.headers["seq"]) for m in reader.next_messages(published)]
+        assert got == list(range(published))
+        # The stalled subscriber reads: everything flows, nothing dropped.
+        assert _read_messages(stalled, total) == list(range(total))
+        assert done.wait(TIMEOUT), "the producer's receipt"
+        thread.join(TIMEOUT)
+        got += [int(m.headers["seq"]) for m in reader.next_messages(total - published)]
+        assert got == list(range(total))
+        s = stats(running)
+        assert s["published"] == total
+        assert s["slow_consumer_dropped"] == s["dropped"] == 0
+        assert s["slow_consumer_disconnected"] == 0
+
+    await run_clients(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_publisher_that_subscribes_to_its_topic_does_not_deadlock(make_broker):
+    running = await make_broker(write_high_water=16 * KIB, slow_topic_limit=LIMIT)
+    dest = topic_name("self")
+    total = 2 * LIMIT - 4
+
+    def scenario(pool: ClientPool):
+        # It subscribes, then publishes without reading: what it sends piles
+        # up for itself only; the broker must keep reading from it.
+        raw = _stalled_raw_subscriber(pool, running, dest)
+        for seq in range(total):
+            headers = {"destination": dest, "seq": str(seq)}
+            if seq == total - 1:
+                headers["receipt"] = "last"
+            raw.send("SEND", headers, _body(seq))
+        seqs = []
+        while True:
+            frame = raw.read_frame()
+            if frame.command == "RECEIPT":
+                break
+            assert frame.command == "MESSAGE", frame
+            seqs.append(int(frame.headers["seq"]))
+        seqs += _read_messages(raw, total - len(seqs))
+        assert seqs == list(range(total))
+        s = stats(running)
+        assert s["producers_blocked"] == 0
+        assert s["slow_consumer_dropped"] == 0
+
+    await run_clients(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribing_publisher_blocked_by_another_reads_its_own(make_broker):
+    running = await make_broker(write_high_water=16 * KIB, slow_topic_limit=LIMIT)
+    dest = topic_name("selfother")
+    total = 60
+
+    def scenario(pool: ClientPool):
+        stalled = _stalled_raw_subscriber(pool, running, dest)
+        # A stomp.py client reads in its own thread while it publishes.
+        producer = pool.tcp(running.tcp_port)
+        producer.subscribe(dest)
+        sender = threading.Thread(
+            target=lambda: [
+                producer.send(dest, _body(seq), headers={"seq": str(seq)}) for seq in range(total)
+            ],
+            daemon=True,
+        )
+        sender.start()
+        wait_until(lambda: stats(running)["producers_blocked"] > 0, "producer blocked")
+        assert _read_messages(stalled, total) == list(range(total))
+        sender.join(TIMEOUT)
+        got = [int(m.headers["seq"]) for m in producer.next_messages(total)]
+        assert got == list(range(total))
+        assert stats(running)["slow_consumer_dropped"] == 0
+
+    await run_clients(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeout_disconnects_stuck_subscriber_and_publisher_resumes(make_broker):
+    running = await make_broker(
+        write_high_water=16 * KIB, slow_topic_limit=LIMIT, slow_topic_timeout=0.5
+    )
+    dest = topic_name("timeout")
+    total = 80
+
+    def scenario(pool: ClientPool):
+        stalled, reader, done, thread = _publisher_blocked_by_stalled_subscriber(
+            pool, running, dest, total
+        )
+        # Nobody reads the stalled subscriber: after 0.5 s it is disconnected
+        # and the producer goes on to the end.
+        assert done.wait(2 * TIMEOUT), "the producer's receipt"
+        thread.join(TIMEOUT)
+        got = [int(m.headers["seq"]) for m in reader.next_messages(total)]
+        assert got == list(range(total))
+        s = stats(running)
+        assert s["slow_consumer_disconnected"] >= 1
+        frames = _raw_frames_until_closed(stalled)
+        assert frames[-1].command == "ERROR"
+        assert frames[-1].headers["message"] == "slow consumer"
+        assert "holding its publishers blocked" in frames[-1].body.decode()
+        assert all(f.command == "MESSAGE" for f in frames[:-1])
+
+    await run_clients(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_commit_to_a_topic_is_accepted_then_blocks(make_broker):
+    running = await make_broker(write_high_water=16 * KIB, slow_topic_limit=LIMIT)
+    dest = topic_name("tx")
+    count = 2 * LIMIT - 2
+
+    def scenario(pool: ClientPool):
+        stalled = _stalled_raw_subscriber(pool, running, dest)
+        producer = pool.raw(running.tcp_port)
+        producer.connect()
+        producer.send("BEGIN", {"transaction": "tx"})
+        for seq in range(count):
+            producer.send(
+                "SEND", {"destination": dest, "seq": str(seq), "transaction": "tx"}, _body(seq)
+            )
+        producer.send("COMMIT", {"transaction": "tx", "receipt": "commit"})
+        frame = producer.read_frame()
+        assert frame.command == "RECEIPT" and frame.headers["receipt-id"] == "commit", frame
+        assert stats(running)["producers_blocked"] == 1
+        # Blocked: the next frame waits until the subscriber catches up.
+        producer.send(
+            "SEND", {"destination": dest, "seq": str(count), "receipt": "after"}, _body(count)
+        )
+        time.sleep(0.3)
+        assert stats(running)["published"] == count
+        assert _read_messages(stalled, count + 1) == list(range(count + 1))
+        frame = producer.read_frame()
+        assert frame.headers["receipt-id"] == "after", frame
+        assert stats(running)["slow_consumer_dropped"] == 0
+
+    await run_clients(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_default_broker_blocks_topic_publishers(make_broker):
+    running = await make_broker()
+    assert running.broker.config.slow_topic_policy == "block"
+    assert running.broker.config.slow_topic_timeout == 30.0
+
+
 # -- durable subscriptions ----------------------------------------------------------------
 
 

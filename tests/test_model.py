@@ -107,3 +107,8 @@ def test_encode_delivery_shares_parts_only_when_the_destination_says_so(version)
 
 def test_format_peer():
     assert format_peer(IPv4Address("TCP", "127.0.0.1", 4000)) == "127.0.0.1:4000"
+
+
+def test_subscription_rejects_unknown_ack_mode():
+    with pytest.raises(ValueError):
+        Subscription(None, "1", "/queue/a", "never")

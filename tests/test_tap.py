@@ -1,32 +1,23 @@
 """
-The twistd options, the service tree and the embedding helpers.
+The ``twistd stomptw`` plugin (:mod:`stomptw.tap`): its options, generated
+from the settings' declarations, their defaults and errors, and the service
+it builds from them. The service tree itself is in test_service.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-import pytest_twisted
-import treq
-import websocket
+from options import PROCESS_OPTIONS, flagged, parse, write
 from twisted.application.service import IService
-from twisted.internet import reactor
-from twisted.internet.threads import deferToThread
-from twisted.python import usage
+from twisted.python import reflect, usage
 
-from stomptw.config import DEFAULT_TCP, DEFAULT_WS, BrokerConfig
+from stomptw.config import DEFAULT_TCP, DEFAULT_WS, LIST, SWITCH, VALUE, BrokerConfig
+from stomptw.configfile import load_config_file
+from stomptw.frame import Limits
 from stomptw.service import BrokerService
 from stomptw.tap import Options, makeService
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
-
-
-def parse(*args: str) -> Options:
-    options = Options()
-    options.parseOptions(list(args))
-    return options
 
 
 def test_defaults():
@@ -116,84 +107,6 @@ def test_make_service_is_an_iservice():
     assert kinds == ["stomp", "ws"]
 
 
-def _load_example(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest_twisted.ensureDeferred
-async def test_embedded_resource_example():
-    """docs/examples/embed_resource.py mounts the endpoint beside other pages."""
-    site = _load_example("embed_resource").make_site(reactor)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    try:
-        number = port.getHost().port
-
-        def client():
-            ws = websocket.create_connection(
-                f"ws://127.0.0.1:{number}/live/stomp", subprotocols=["v12.stomp"], timeout=10
-            )
-            try:
-                ws.send("CONNECT\naccept-version:1.2\nhost:x\n\n\x00")
-                connected = ws.recv()
-                ws.send("SUBSCRIBE\nid:1\ndestination:/topic/e\n\n\x00")
-                ws.send("SEND\ndestination:/topic/e\nreceipt:r\n\nembedded\x00")
-                frames = [ws.recv(), ws.recv()]
-                return ws.subprotocol, connected, frames
-            finally:
-                ws.close()
-
-        subprotocol, connected, frames = await deferToThread(client)
-        assert subprotocol == "v12.stomp"
-        assert connected.startswith("CONNECTED\n")
-        assert any(f.startswith("MESSAGE\n") and f.endswith("embedded\x00") for f in frames)
-        # The example pages, mounted beside it, point at the mounted endpoint.
-        config_js = await treq.get(f"http://127.0.0.1:{number}/live/examples/config.js")
-        assert (await config_js.text()) == 'window.STOMPTW_WS_PATH = "/live/stomp";\n'
-        page = await treq.get(f"http://127.0.0.1:{number}/live/examples/chat.html")
-        assert page.code == 200 and "chat.js" in await page.text()
-    finally:
-        await port.stopListening()
-
-
-def test_embedded_service_example():
-    module = _load_example("embed_service")
-    services = list(IService(module.application))
-    assert len(services) == 1 and isinstance(services[0], BrokerService)
-    assert services[0].config.heartbeat_send_ms == 5000
-
-
-@pytest_twisted.ensureDeferred
-async def test_startup_logs_listeners_and_acceleration():
-    from twisted.logger import globalLogPublisher
-
-    from stomptw.service import makeService as make
-
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    service = make(
-        BrokerConfig(
-            tcp_endpoints=["tcp:0:interface=127.0.0.1"],
-            ws_endpoints=["tcp:0:interface=127.0.0.1"],
-            store="memory",
-        ),
-        reactor,
-    )
-    try:
-        service.privilegedStartService()
-        service.startService()
-        await service.whenListening()
-    finally:
-        await service.stopService()
-        globalLogPublisher.removeObserver(events.append)
-    formats = [e.get("log_format", "") for e in events]
-    assert sum("starting" in f and "stomptw" in f for f in formats) == 1
-    assert any("NVX" in f for f in formats)
-    assert sum("listening on" in f for f in formats) == 2
-
-
 def test_twistd_freezes_the_heap_once_ready_unless_told_not_to():
     assert makeService(parse()).freeze_heap_when_ready is True
     assert makeService(parse("--no-gc-freeze")).freeze_heap_when_ready is False
@@ -201,49 +114,6 @@ def test_twistd_freezes_the_heap_once_ready_unless_told_not_to():
     from stomptw.service import makeService as make
 
     assert make(BrokerConfig(store="memory")).freeze_heap_when_ready is False
-
-
-@pytest_twisted.ensureDeferred
-async def test_frozen_heap_once_ready():
-    """The objects alive when the listeners are bound leave the collector's view."""
-    import gc
-
-    from stomptw.service import makeService as make
-
-    service = make(BrokerConfig(tcp_endpoints=["tcp:0:interface=127.0.0.1"], ws_endpoints=[],
-                                store="memory"), reactor)  # fmt: skip
-    service.freeze_heap_when_ready = True
-    gc.unfreeze()
-    try:
-        service.privilegedStartService()
-        service.startService()
-        await service.whenListening()
-        frozen = gc.get_freeze_count()
-        assert frozen > 10000  # the modules and the service tree, at least
-        assert all(o is not service.broker for o in gc.get_objects())
-    finally:
-        gc.unfreeze()
-        await service.stopService()
-
-
-def test_listen_failure_refuses_to_start():
-    """A port already taken stops twistd from starting rather than running deaf."""
-    import socket
-
-    from stomptw.service import makeService as make
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        service = make(
-            BrokerConfig(
-                tcp_endpoints=[f"tcp:{port}:interface=127.0.0.1"], ws_endpoints=[], store="memory"
-            ),
-            reactor,
-        )
-        with pytest.raises(Exception, match="[Aa]ddress already in use|CannotListen"):
-            service.privilegedStartService()
 
 
 def test_make_service_uses_the_reactor_it_is_given():
@@ -254,48 +124,83 @@ def test_make_service_uses_the_reactor_it_is_given():
     assert service.broker.clock is clock
 
 
-class _Endpoint:
-    """An endpoint whose listen() returns the given Deferred."""
-
-    def __init__(self, d):
-        self.d = d
-
-    def listen(self, factory):
-        return self.d
+# -- options generated from the declarations -----------------------------------------------
 
 
-def test_listen_failure_is_logged_once_and_reported():
-    """
-    At once (the service refuses to start) or later: one log entry, and
-    whenListening fails with it, asked before or after.
-    """
-    from twisted.internet import defer
-    from twisted.internet.error import CannotListenError
-    from twisted.logger import globalLogPublisher
+def test_every_option_comes_from_a_declaration():
+    """optParameters, optFlags, opt_* handlers: generated, but --config and --no-gc-freeze."""
+    expected = {s.key: s.kind for s in flagged()}
+    expected |= {s.off_key: "off" for s in flagged() if s.off_key}
+    parameters: list = []
+    reflect.accumulateClassList(Options, "optParameters", parameters)
+    flags: list = []
+    reflect.accumulateClassList(Options, "optFlags", flags)
+    handlers = {
+        name[len("opt_") :].replace("_", "-")
+        for name in vars(Options)
+        if name.startswith("opt_") and callable(getattr(Options, name))
+    }
+    found = {p[0]: VALUE for p in parameters}
+    found |= {f[0]: SWITCH if expected.get(f[0]) == SWITCH else "off" for f in flags}
+    found |= {h: LIST for h in handlers}
+    for name in PROCESS_OPTIONS:
+        assert name in found
+        del found[name]
+    assert found == expected
+    # --help lists each with its declared help.
+    text = " ".join(Options().getUsage(width=10_000).split())
+    for s in flagged():
+        assert f"--{s.key}" in text
+        assert " ".join(s.help.split()) in text, s.key
 
-    from stomptw.service import _Listener
 
-    def failure() -> CannotListenError:
-        return CannotListenError("127.0.0.1", 1, OSError("in use"))
+def test_parameters_hold_the_values_in_force_after_parsing():
+    options = parse("--max-connections", "5", "--heartbeat", "0,20")
+    assert options["max-connections"] == 5
+    assert options["heartbeat"] == (0, 20)
+    assert options["store"] == "sqlite"
+    assert options["max-frame-size"] == Limits().max_frame_size
 
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        now = _Listener(_Endpoint(defer.fail(failure())), None, "now:", "stomp")
-        with pytest.raises(CannotListenError):
-            now.privilegedStartService()
-        pending: defer.Deferred = defer.Deferred()
-        later = _Listener(_Endpoint(pending), None, "later:", "stomp")
-        later.privilegedStartService()
-        before: list = []
-        later.whenListening().addErrback(before.append)
-        pending.errback(failure())
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    logged = [e for e in events if "log_failure" in e or e.get("isError")]
-    assert [e.get("endpoint") for e in logged] == ["now:", "later:"]
-    for listener in (now, later):
-        after: list = []
-        listener.whenListening().addErrback(after.append)
-        assert after and after[0].check(CannotListenError)
-    assert before and before[0].check(CannotListenError)
+
+def test_file_is_read_once(tmp_path, monkeypatch):
+    import stomptw.tap
+
+    path = write(tmp_path, "max-connections = 3\n")
+    reads = []
+
+    def counting(name):
+        reads.append(name)
+        return load_config_file(name)
+
+    monkeypatch.setattr(stomptw.tap, "load_config_file", counting)
+    options = parse("--config", path)
+    Path(path).unlink()
+    assert options.config.max_connections == 3
+    assert reads == [path]
+    assert stomptw.tap.config_from_options(options).max_connections == 3
+
+
+def test_admin_token_is_read_once(tmp_path):
+    """postOptions reads it; makeService uses what it read, not the file again."""
+    token = tmp_path / "token"
+    token.write_text(" s3cret \n")
+    options = parse("--store", "memory", "--admin", "tcp:0", "--admin-token-file", str(token))
+    assert options.admin_token == "s3cret"
+    token.unlink()
+    service = makeService(options)
+    assert [listener.kind for listener in service.listeners("admin")] == ["admin"]
+
+
+def test_options():
+    options = Options()
+    options.parseOptions(["--slow-topic-timeout", "2.5"])
+    assert options.config.slow_topic_timeout == 2.5
+    assert options.config.slow_topic_policy == "block"
+    options = Options()
+    options.parseOptions(["--slow-topic-policy", "drop-oldest", "--slow-topic-timeout", "0"])
+    assert options.config.slow_topic_policy == "drop-oldest"
+    assert options.config.slow_topic_timeout == 0
+    with pytest.raises(usage.UsageError, match="--slow-topic-policy"):
+        Options().parseOptions(["--slow-topic-policy", "wait"])
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--slow-topic-timeout", "-1"])
