@@ -265,7 +265,6 @@ class _PartOf:
     flag: str
 
 
-#: How the file reads an ``off`` key (such as ``no-tcp``): like a switch.
 #: How an ``off`` key (``no-tcp = true``) is read from a file.
 SWITCH_SETTING = Setting(None, "", kind=SWITCH)
 
