@@ -89,6 +89,9 @@ class StompProtocol(Protocol):
             self._producer_registered = True
             set_high_water(transport, self.config.write_high_water)
         self.peer = format_peer(transport.getPeer())
+        # Writes go straight to the socket: no call through this adapter on
+        # the hot path (write() below is what the interface promises).
+        self.write = transport.write
         self.session = StompSession(self.broker, self.config, self, self._sweep, self.clock.seconds)
         self.session.connection_made()
 
@@ -120,7 +123,7 @@ class StompProtocol(Protocol):
     @property
     def disconnecting(self) -> bool:
         """True once the transport is closing."""
-        return bool(self.transport.disconnecting)
+        return self.transport.disconnecting
 
     def write(self, data: bytes) -> None:
         """Write one frame or heart-beat to the socket."""

@@ -76,6 +76,9 @@ class StompSession:
         self.broker = broker
         self.config = config
         self.transport = transport
+        self._transport_write = transport.write
+        # Fixed for the connection's life (a WebSocket message limit, or 0).
+        self._max_write = transport.max_message_size
         self.sweep = sweep
         self.now = now
         self.transport_name: str = transport.name
@@ -299,7 +302,7 @@ class StompSession:
 
     def _write(self, data: bytes) -> None:
         """Write one frame (or heart-beat) and note when, for heart-beats."""
-        self.transport.write(data)
+        self._transport_write(data)
         self._counters.bytes_sent += len(data)
         self.liveness.last_sent = self.now()
         if not self.writable:
@@ -322,7 +325,7 @@ class StompSession:
             return False
         ack_id = None if subscription.ack_mode == "auto" else str(next(self.ack_ids))
         data = encode_delivery(subscription, message, self.version or "1.0", ack_id)
-        limit = self.transport.max_message_size
+        limit = self._max_write
         if limit and len(data) > limit:
             self.fail(errors.message_too_large(len(data), subscription.id, limit))
             return False
