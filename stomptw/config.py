@@ -41,6 +41,9 @@ from stomptw.settings import (
 
 __all__ = [
     "BrokerConfig",
+    "DeliverySettings",
+    "ListenerSettings",
+    "SessionSettings",
     "DEFAULT_TCP",
     "DEFAULT_WS",
     "InvalidSetting",
@@ -94,15 +97,11 @@ def _setting_of(name: str) -> Setting:
 
 
 @dataclass
-class BrokerConfig:
+class ListenerSettings:
     """
-    Everything that can be set on a broker.
-
-    Durations are in seconds unless the name says milliseconds. Each field's
-    declaration says what it does (its ``help``), its ``twistd stomptw`` flag
-    and how it is validated; :func:`settings` lists them, and the
-    configuration reference (docs/configuration.md) shows them. Invalid values
-    raise :class:`InvalidSetting`.
+    Where the broker listens and what it lets in: STOMP over TCP and
+    WebSocket listeners, connection caps, browser origins, the WebSocket
+    handshake, pings and message limit, the example pages, the admin API.
     """
 
     tcp_endpoints: list[str] = repeatable(
@@ -133,6 +132,80 @@ class BrokerConfig:
         "LimitNOFILE) to match.",
         checks=[non_negative],
     )
+    examples: bool = switch(
+        True,
+        "--no-examples",
+        "Do not serve the example pages (chat, work queue, frame inspector) at / of "
+        "the WebSocket listener; / is then a one-line text page.",
+    )
+    allowed_origins: list[str] = repeatable(
+        [],
+        "--allowed-origins",
+        "Browser origins allowed to open WebSocket sessions besides the same host and "
+        "loopback pages: comma-separated shell-style patterns such as "
+        "https://*.example.com; * allows every origin",
+        split=",",
+        metavar="PATTERNS",
+    )
+    ws_open_handshake_timeout: float = setting(
+        10.0,
+        "--ws-handshake-timeout",
+        "Seconds allowed for the WebSocket opening handshake (and for an HTTP "
+        "request on that listener to stall before it is dropped).",
+        checks=[positive],
+    )
+    ws_close_handshake_timeout: float = setting(
+        5.0,
+        "--ws-close-handshake-timeout",
+        "Seconds allowed for the WebSocket closing handshake before the TCP connection is dropped.",
+        checks=[positive],
+    )
+    ws_ping_interval: float = setting(
+        30.0,
+        "--ws-ping-interval",
+        "Seconds between WebSocket pings on a connection, sent whatever the traffic (0 = off).",
+        checks=[non_negative],
+    )
+    ws_ping_timeout: float = setting(
+        30.0,
+        "--ws-ping-timeout",
+        "Seconds to wait for a WebSocket pong before dropping the connection.",
+        checks=[non_negative],
+    )
+    ws_max_message_size: int = setting(
+        0,
+        "--ws-max-message-size",
+        "Largest WebSocket message or frame, in bytes, before the connection is "
+        "closed with code 1009 (0 = the larger of 64 MiB and 4 x --max-frame-size); "
+        "also the largest the broker sends. Incoming data streams into the STOMP "
+        "parser, whose limits apply first; this is the outer bound. It must leave "
+        "room for the largest MESSAGE the broker builds from an accepted SEND (twice "
+        "--max-frame-size plus twice --max-header-line plus 4096).",
+        checks=[non_negative],
+    )
+    admin_endpoints: list[str] = repeatable(
+        [],
+        "--admin",
+        "Serve the admin HTTP API and Prometheus metrics on this endpoint string, "
+        "e.g. tcp:15670:interface=127.0.0.1; off by default; keep it on loopback "
+        "unless something in front of it restricts access",
+        metavar="ENDPOINT",
+    )
+    admin_token_file: str = setting(
+        "",
+        "--admin-token-file",
+        "A file holding the bearer token that the admin API's POST and DELETE "
+        "endpoints require (without it they are refused).",
+    )
+
+
+@dataclass
+class SessionSettings:
+    """
+    How each client session behaves: frame limits, heart-beats and timeouts,
+    the close, prefetch, output buffering and transactions.
+    """
+
     limits: Limits = nested(
         Limits,
         max_frame_size=Setting(
@@ -192,57 +265,29 @@ class BrokerConfig:
     server_name: str = setting(
         "", None, "Sent in CONNECTED's server header; empty: stomptw/VERSION."
     )
-    ws_open_handshake_timeout: float = setting(
-        10.0,
-        "--ws-handshake-timeout",
-        "Seconds allowed for the WebSocket opening handshake (and for an HTTP "
-        "request on that listener to stall before it is dropped).",
+    write_high_water: int = setting(
+        256 * 1024,
+        "--write-high-water",
+        "Bytes of unsent output per connection above which it is handed no "
+        "more messages until the buffer drains.",
         checks=[positive],
     )
-    ws_close_handshake_timeout: float = setting(
-        5.0,
-        "--ws-close-handshake-timeout",
-        "Seconds allowed for the WebSocket closing handshake before the TCP connection is dropped.",
-        checks=[positive],
-    )
-    ws_ping_interval: float = setting(
-        30.0,
-        "--ws-ping-interval",
-        "Seconds between WebSocket pings on a connection, sent whatever the traffic (0 = off).",
+    max_transaction_bytes: int = setting(
+        16 * 1024 * 1024,
+        "--max-transaction-bytes",
+        "Most bytes of messages a connection's open transactions hold (counted as "
+        "for queues) before the SEND is refused with an ERROR (0 = no limit).",
         checks=[non_negative],
     )
-    ws_ping_timeout: float = setting(
-        30.0,
-        "--ws-ping-timeout",
-        "Seconds to wait for a WebSocket pong before dropping the connection.",
-        checks=[non_negative],
-    )
-    ws_max_message_size: int = setting(
-        0,
-        "--ws-max-message-size",
-        "Largest WebSocket message or frame, in bytes, before the connection is "
-        "closed with code 1009 (0 = the larger of 64 MiB and 4 x --max-frame-size); "
-        "also the largest the broker sends. Incoming data streams into the STOMP "
-        "parser, whose limits apply first; this is the outer bound. It must leave "
-        "room for the largest MESSAGE the broker builds from an accepted SEND (twice "
-        "--max-frame-size plus twice --max-header-line plus 4096).",
-        checks=[non_negative],
-    )
-    examples: bool = switch(
-        True,
-        "--no-examples",
-        "Do not serve the example pages (chat, work queue, frame inspector) at / of "
-        "the WebSocket listener; / is then a one-line text page.",
-    )
-    allowed_origins: list[str] = repeatable(
-        [],
-        "--allowed-origins",
-        "Browser origins allowed to open WebSocket sessions besides the same host and "
-        "loopback pages: comma-separated shell-style patterns such as "
-        "https://*.example.com; * allows every origin",
-        split=",",
-        metavar="PATTERNS",
-    )
+
+
+@dataclass
+class DeliverySettings:
+    """
+    What happens to messages: the store, redelivery and dead letters,
+    expiry, queue limits and overflow, slow topic subscribers.
+    """
+
     store: str = setting(
         "sqlite",
         "--store",
@@ -314,13 +359,6 @@ class BrokerConfig:
         "there is room, 'reject' answers their SEND with an ERROR.",
         checks=[one_of("block", "reject")],
     )
-    write_high_water: int = setting(
-        256 * 1024,
-        "--write-high-water",
-        "Bytes of unsent output per connection above which it is handed no "
-        "more messages until the buffer drains.",
-        checks=[positive],
-    )
     slow_topic_limit: int = setting(
         1000,
         "--slow-topic-limit",
@@ -345,27 +383,21 @@ class BrokerConfig:
         "disconnected as a slow consumer; 0 means never.",
         checks=[non_negative],
     )
-    max_transaction_bytes: int = setting(
-        16 * 1024 * 1024,
-        "--max-transaction-bytes",
-        "Most bytes of messages a connection's open transactions hold (counted as "
-        "for queues) before the SEND is refused with an ERROR (0 = no limit).",
-        checks=[non_negative],
-    )
-    admin_endpoints: list[str] = repeatable(
-        [],
-        "--admin",
-        "Serve the admin HTTP API and Prometheus metrics on this endpoint string, "
-        "e.g. tcp:15670:interface=127.0.0.1; off by default; keep it on loopback "
-        "unless something in front of it restricts access",
-        metavar="ENDPOINT",
-    )
-    admin_token_file: str = setting(
-        "",
-        "--admin-token-file",
-        "A file holding the bearer token that the admin API's POST and DELETE "
-        "endpoints require (without it they are refused).",
-    )
+
+
+@dataclass
+class BrokerConfig(DeliverySettings, SessionSettings, ListenerSettings):
+    """
+    Everything that can be set on a broker: the listener, session and
+    delivery settings together (each group is a base class, so that related
+    settings read together; the fields are this class's all the same).
+
+    Durations are in seconds unless the name says milliseconds. Each field's
+    declaration says what it does (its ``help``), its ``twistd stomptw`` flag
+    and how it is validated; :func:`settings` lists them, and the
+    configuration reference (docs/configuration.md) shows them. Invalid values
+    raise :class:`InvalidSetting`.
+    """
 
     def __post_init__(self) -> None:
         if not self.server_name:
