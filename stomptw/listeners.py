@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
-from stomptw.frame import encode_frame
+from stomptw.encoding import encode_frame
 from stomptw.model import format_peer
 from stomptw.protocol import StompFactory, StompProtocol, close_lingering
 

@@ -12,13 +12,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from stomptw.frame import (
-    CLIENT_COMMANDS,
-    SERVER_COMMANDS,
-    encode_frame,
-    encode_message,
-    message_parts,
-)
+from stomptw.encoding import encode_frame, encode_message, message_parts
+from stomptw.frame import CLIENT_COMMANDS, SERVER_COMMANDS
 from stomptw.interfaces import IDestination, IMessageConsumer
 
 if TYPE_CHECKING:
@@ -101,7 +96,7 @@ class Message:
     :ivar size: what it counts for against a queue's byte limit.
     :ivar encoded: ``(version, parts)``: the MESSAGE frame parts that
         every delivery in that protocol version shares (see
-        :func:`stomptw.frame.message_parts`), set by the first delivery of
+        :func:`stomptw.encoding.message_parts`), set by the first delivery of
         a topic message; ``None`` until then (and for queue messages). The
         headers and body must not change once it is set.
     """

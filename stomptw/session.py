@@ -27,9 +27,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stomptw import commands, errors
+from stomptw.encoding import encode_frame
 from stomptw.errors import ProtocolError, limit_details
 from stomptw.flow import InputGate
-from stomptw.frame import FrameError, FrameParser, FrameTooLarge, encode_frame
+from stomptw.frame import FrameError, FrameParser, FrameTooLarge
 from stomptw.interfaces import IDeadlineTarget, IMessageConsumer, IStompTransport
 from stomptw.liveness import Liveness
 from stomptw.model import Message, Subscription, encode_delivery

@@ -35,7 +35,8 @@ from zope.interface import implementer
 
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
-from stomptw.frame import Frame, FrameParser, encode_frame
+from stomptw.encoding import encode_frame
+from stomptw.frame import Frame, FrameParser
 from stomptw.interfaces import IStompTransport
 from stomptw.protocol import shared_sweep
 from stomptw.session import StompSession

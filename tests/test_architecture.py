@@ -84,6 +84,7 @@ def test_no_import_cycle_among_stomptw_modules():
 #: Modules that must stay sans-IO: no reactor, no Twisted transport or protocol.
 SANS_IO = (
     "stomptw.frame",
+    "stomptw.encoding",
     "stomptw.wsframes",
     "stomptw.session",
     "stomptw.commands",

@@ -9,19 +9,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stomptw.frame as frame_module
+from stomptw.encoding import (
+    MESSAGE_DELIVERY_HEADERS,
+    encode_frame,
+    encode_message,
+    escape_header,
+    message_parts,
+)
 from stomptw.frame import (
     CLIENT_COMMANDS,
-    MESSAGE_DELIVERY_HEADERS,
     SERVER_COMMANDS,
     Frame,
     FrameError,
     FrameParser,
     FrameTooLarge,
     Limits,
-    encode_frame,
-    encode_message,
-    escape_header,
-    message_parts,
     unescape_header,
 )
 

@@ -14,7 +14,8 @@ from twisted.internet.testing import StringTransport
 
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
-from stomptw.frame import FrameParser, Limits, encode_frame
+from stomptw.encoding import encode_frame
+from stomptw.frame import FrameParser, Limits
 from stomptw.protocol import StompFactory
 
 COMMANDS = [

@@ -20,7 +20,8 @@ from zope.interface.verify import verifyObject
 
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
-from stomptw.frame import Limits, encode_frame
+from stomptw.encoding import encode_frame
+from stomptw.frame import Limits
 from stomptw.interfaces import IDeadlineTarget, IMessageConsumer, IStompTransport
 from stomptw.store import SQLiteStore
 from stomptw.testing import BrokerOnClock, RecordingTransport
