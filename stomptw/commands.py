@@ -17,7 +17,9 @@ from stomptw.config import SUPPORTED_VERSIONS
 from stomptw.errors import (
     DESTINATION_HELP,
     ProtocolError,
+    body_not_allowed,
     destination_full,
+    internal_error,
     parse_heartbeat,
     require,
 )
@@ -34,9 +36,48 @@ from stomptw.model import (
 if TYPE_CHECKING:
     from stomptw.session import StompSession
 
-__all__ = ["dispatch"]
+__all__ = ["dispatch", "handle"]
+
+#: Client frames that may carry a body.
+_BODY_ALLOWED = frozenset({"SEND"})
 
 Headers = dict[str, str]
+
+
+def handle(session: StompSession, command: str, headers: Headers, body: bytes) -> None:
+    """
+    One frame from the client, with the rules every frame shares: it is
+    counted, only SEND may carry a body, a broken rule ends the session with
+    an ERROR (a broker bug too, in words, with the traceback in the log
+    only), and a RECEIPT asked for is owed once the frame took effect.
+    """
+    received = session.counters.frames_received
+    received[command if command in received else "OTHER"] += 1
+    try:
+        if body and command not in _BODY_ALLOWED:
+            raise body_not_allowed(command)
+        dispatch(session, command, headers, body)
+    except ProtocolError as e:
+        session.fail(e, receipt=headers.get("receipt"))
+        return
+    except Exception:
+        # A broker bug must not leave the session in an unknown state:
+        # log it in full, tell the client in words, and close.
+        session.log.failure(
+            "internal error handling {command} from {peer}",
+            command=command,
+            peer=session.peer,
+            transport=session.transport_name,
+            session=session.session_id or "-",
+        )
+        session.fail(internal_error(command), receipt=headers.get("receipt"))
+        return
+    needs_sync, session.needs_sync = session.needs_sync, False
+    receipt = headers.get("receipt")
+    if receipt is not None and command != "DISCONNECT" and not session.closing:
+        # Even when this frame made the session fail (an ERROR waiting for
+        # the store): it took effect, and its RECEIPT goes out first.
+        session.receipts.add(receipt, needs_sync)
 
 
 def dispatch(session: StompSession, command: str, headers: Headers, body: bytes) -> None:

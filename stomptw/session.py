@@ -21,13 +21,13 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stomptw import commands, errors
 from stomptw.encoding import encode_frame
+from stomptw.ending import SessionEnding
 from stomptw.errors import ProtocolError, limit_details
 from stomptw.flow import InputGate
 from stomptw.frame import FrameError, FrameParser, FrameTooLarge
@@ -44,12 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ProtocolError", "StompSession"]
 
-#: Client frames that may carry a body.
-_BODY_ALLOWED = frozenset({"SEND"})
-
 
 @implementer(IMessageConsumer, IDeadlineTarget)
-class StompSession:
+class StompSession(SessionEnding):
     """
     One STOMP client connection, on any transport.
 
@@ -111,7 +108,7 @@ class StompSession:
         self._closed_waiters: list[Deferred] = []
         self.opened = now()
         self.liveness = Liveness(self.opened, config.login_timeout, sweep.resolution)
-        self._counters = broker.counters
+        self.counters = broker.counters
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -146,7 +143,7 @@ class StompSession:
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the client, cut anywhere."""
-        self._counters.bytes_received += len(data)
+        self.counters.bytes_received += len(data)
         if self.closing or self.draining:
             return
         self.liveness.last_received = self.now()
@@ -170,36 +167,7 @@ class StompSession:
                 return
             if frame is None:
                 return
-            self._handle(frame.command, frame.headers, frame.body)
-
-    def _handle(self, command: str, headers: dict[str, str], body: bytes) -> None:
-        received = self._counters.frames_received
-        received[command if command in received else "OTHER"] += 1
-        try:
-            if body and command not in _BODY_ALLOWED:
-                raise errors.body_not_allowed(command)
-            commands.dispatch(self, command, headers, body)
-        except ProtocolError as e:
-            self.fail(e, receipt=headers.get("receipt"))
-            return
-        except Exception:
-            # A broker bug must not leave the session in an unknown state:
-            # log it in full, tell the client in words, and close.
-            self.log.failure(
-                "internal error handling {command} from {peer}",
-                command=command,
-                peer=self.peer,
-                transport=self.transport_name,
-                session=self.session_id or "-",
-            )
-            self.fail(errors.internal_error(command), receipt=headers.get("receipt"))
-            return
-        needs_sync, self.needs_sync = self.needs_sync, False
-        receipt = headers.get("receipt")
-        if receipt is not None and command != "DISCONNECT" and not self.closing:
-            # Even when this frame made the session fail (an ERROR waiting for
-            # the store): it took effect, and its RECEIPT goes out first.
-            self.receipts.add(receipt, needs_sync)
+            commands.handle(self, frame.command, frame.headers, frame.body)
 
     def connected(self, send_ms: int, receive_ms: int) -> None:
         """CONNECT succeeded: stop the login clock, start heart-beats both ways."""
@@ -234,7 +202,7 @@ class StompSession:
 
     def _receive_timed_out(self, now: float) -> None:
         silent = self.liveness.silent_for(now)
-        self._counters.heartbeat_timeouts += 1
+        self.counters.heartbeat_timeouts += 1
         self.log.info(
             "heart-beat timeout: nothing from {peer} (session {session}) for {seconds:.1f}s",
             peer=self.peer,
@@ -293,7 +261,7 @@ class StompSession:
 
     def send_frame(self, command: str, headers: dict[str, str], body: bytes = b"") -> None:
         """Encode and write one frame in the session's version."""
-        self._counters.frames_sent[command] += 1
+        self.counters.frames_sent[command] += 1
         self._write(
             encode_frame(command, headers, body, self.version or "1.0", content_length=bool(body))
         )
@@ -304,7 +272,7 @@ class StompSession:
     def _write(self, data: bytes) -> None:
         """Write one frame (or heart-beat) and note when, for heart-beats."""
         self._transport_write(data)
-        self._counters.bytes_sent += len(data)
+        self.counters.bytes_sent += len(data)
         self.liveness.last_sent = self.now()
         if not self.writable:
             # Not messages (they wait), but RECEIPTs and the like: a client
@@ -333,109 +301,9 @@ class StompSession:
         if ack_id is not None:
             subscription.unacked[ack_id] = message
             self.pending[ack_id] = subscription
-        self._counters.frames_sent["MESSAGE"] += 1
+        self.counters.frames_sent["MESSAGE"] += 1
         self._write(data)
         return True
-
-    # -- closing ------------------------------------------------------------------
-
-    def shutdown(self) -> Deferred:
-        """
-        End the session because the broker is stopping: an ERROR saying so,
-        then the same orderly close as after any ERROR (bounded by
-        ``close_linger``). The Deferred fires once the connection is gone.
-        """
-        return self._close_with(errors.SHUTTING_DOWN, "broker shutdown")
-
-    def close_by_operator(self, reason: str = "") -> Deferred:
-        """
-        End the session because an operator asked to (the admin API): an
-        ERROR "closed by the operator" (its body says ``reason`` when given),
-        then the usual orderly close. Fires once the connection is gone.
-        """
-        return self._close_with(
-            errors.closed_by_operator(reason),
-            "closed by the operator" + (f": {reason}" if reason else ""),
-        )
-
-    def _close_with(self, error: ProtocolError, reason: str) -> Deferred:
-        """End the session with ``error``; a Deferred that fires once it is gone."""
-        if self not in self.broker.sessions:
-            return succeed(None)
-        done: Deferred = Deferred()
-        self._closed_waiters.append(done)
-        if not self.closing:
-            self.fail(error, reason=reason)
-        return done
-
-    def _store_failed(self, receipt: str, failure: Failure) -> None:
-        self.fail(errors.not_stored(failure.getErrorMessage()), receipt=receipt)
-
-    def fail(self, error: ProtocolError, reason: str = "", receipt: str | None = None) -> None:
-        """
-        Send an ERROR frame for ``error`` (with ``receipt-id`` when the failing
-        frame asked for ``receipt``), then close the connection.
-
-        RECEIPTs still waiting for the store go out first: the client must
-        know which of its persistent messages were accepted.
-        """
-        if self.receipts:
-            # No frame is read meanwhile. Check again on the next turn, when
-            # every RECEIPT of this commit has gone out.
-            self.draining = True
-            self.broker.sync().addBoth(
-                lambda _: self.transport.call_soon(self.fail, error, reason, receipt)
-            )
-            return
-        if self.closing:
-            return
-        if not reason:
-            self.log.info(
-                "protocol error from {peer} (session {session}): {error}",
-                peer=self.peer,
-                transport=self.transport_name,
-                session=self.session_id or "-",
-                error=error.message,
-            )
-        self.send_frame("ERROR", *error.frame(receipt))
-        self.close_reason = reason or f"protocol error: {error.message}"
-        self.close_gracefully()
-
-    def close_gracefully(self) -> None:
-        """
-        Stop reading frames and close once everything written has gone out
-        (the transport's orderly close, bounded by ``close_linger``).
-        """
-        if self.closing:
-            return
-        self.closing = True
-        self.receipts.open = False
-        self._end_session()
-        # Read (and discard) again, so that the client's close is seen.
-        self.gate.reopen()
-        self.transport.close(self.config.close_linger)
-
-    def _end_session(self) -> None:
-        """
-        Release what the session holds, once: open transactions are aborted,
-        subscriptions end and their unacknowledged messages go back to their
-        queues. Done as soon as the broker decides to close, so that no
-        message is handed to a connection that is going away.
-        """
-        self.sweep.cancel(self)
-        self.liveness.stop()
-        self.transactions.clear()
-        for queue in self.gate.release():
-            queue.blocked.discard(self)
-        subs = list(self.subscriptions.values())
-        self.subscriptions.clear()
-        self.pending.clear()
-        # Detach every subscription before any message is requeued, so that
-        # what one returns is never handed to a sibling on this same session.
-        for sub in subs:
-            sub.active = False
-        for sub in subs:
-            self.broker.unsubscribe(sub)
 
     # -- facts ------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ SANS_IO = (
     "stomptw.encoding",
     "stomptw.wsframes",
     "stomptw.session",
+    "stomptw.ending",
     "stomptw.commands",
     "stomptw.model",
     "stomptw.errors",
