@@ -149,18 +149,6 @@ class StompProtocol(Protocol):
             self.transport.unregisterProducer()
         self._linger = close_lingering(self.transport, self.clock, linger)
 
-    # -- what tests and the admin API read -------------------------------------
-
-    @property
-    def subscriptions(self) -> dict:
-        """The session's subscriptions by id."""
-        return self.session.subscriptions
-
-    @property
-    def version(self) -> str | None:
-        """The negotiated STOMP version, ``None`` before CONNECT."""
-        return self.session.version
-
 
 def shared_sweep(broker: Broker, config: BrokerConfig, clock: IReactorTime) -> DeadlineSweep:
     """

@@ -212,7 +212,7 @@ def test_client_ack_is_cumulative(env):
     assert all("ack" in m.headers for m in messages)
     consumer.send("ACK", id=messages[2].headers["ack"], receipt="a")
     assert consumer.frame().command == "RECEIPT"
-    sub = consumer.proto.subscriptions["s"]
+    sub = consumer.session.subscriptions["s"]
     assert [m.body for m in sub.unacked.values()] == [b"3"]
     # Acking an already acknowledged message is an error.
     consumer.send("ACK", id=messages[0].headers["ack"])
@@ -224,7 +224,7 @@ def test_client_individual_ack(env):
     env.publish(3)
     messages = consumer.frames()
     consumer.send("ACK", id=messages[1].headers["ack"])
-    sub = consumer.proto.subscriptions["s"]
+    sub = consumer.session.subscriptions["s"]
     assert [m.body for m in sub.unacked.values()] == [b"0", b"2"]
 
 
@@ -249,7 +249,7 @@ def test_ack_11_by_message_id_and_subscription(env):
     messages = consumer.frames()
     assert "ack" not in messages[0].headers
     consumer.send("ACK", message_id=messages[0].headers["message-id"], subscription="s")
-    sub = consumer.proto.subscriptions["s"]
+    sub = consumer.session.subscriptions["s"]
     assert [m.body for m in sub.unacked.values()] == [b"1"]
     consumer.send("ACK", message_id=messages[1].headers["message-id"])
     assert_error(consumer, "'subscription'")
@@ -260,7 +260,7 @@ def test_ack_10_by_message_id(env):
     env.publish(2)
     messages = consumer.frames()
     consumer.send("ACK", message_id=messages[1].headers["message-id"])
-    assert consumer.proto.subscriptions["s"].unacked == {}
+    assert consumer.session.subscriptions["s"].unacked == {}
 
 
 def test_nack_redelivers_marked(env):
@@ -319,7 +319,7 @@ def test_transactional_ack(env):
     consumer = env.consumer("client-individual")
     env.publish(2)
     messages = consumer.frames()
-    sub = consumer.proto.subscriptions["s"]
+    sub = consumer.session.subscriptions["s"]
     consumer.send("BEGIN", transaction="t")
     consumer.send("ACK", id=messages[0].headers["ack"], transaction="t")
     assert len(sub.unacked) == 2
@@ -382,7 +382,7 @@ def test_cumulative_ack_in_transaction_covers_only_messages_before_it(env):
     assert [f.body for f in consumer.frames()] == [b"2"]
     consumer.send("COMMIT", transaction="t", receipt="c")
     assert consumer.frame().headers == {"receipt-id": "c"}
-    sub = consumer.proto.subscriptions["s"]
+    sub = consumer.session.subscriptions["s"]
     assert [m.body for m in sub.unacked.values()] == [b"2"]
 
 

@@ -122,7 +122,7 @@ def test_close_during_queue_dispatch_loses_and_duplicates_nothing(env):
     assert bodies == sorted([b"m0", b"B" * 1000])
     queue = env.broker.destinations["/queue/r"]
     assert not queue.pending and len(queue.subscriptions) == 1
-    assert len(big_consumer.proto.subscriptions["b"].unacked) == 3
+    assert len(big_consumer.session.subscriptions["b"].unacked) == 3
 
 
 def test_fake_consumer_provides_interface():

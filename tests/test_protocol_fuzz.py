@@ -100,7 +100,7 @@ def test_any_input_is_handled(pieces, cuts):
         clock.advance(0.5)
     clock.advance(60)
 
-    parser = FrameParser(version=proto.version or "1.0")
+    parser = FrameParser(version=proto.session.version or "1.0")
     parser.feed(transport.value())
     out = []
     while (frame := parser.next_frame()) is not None:
