@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from stomptw.deadletters import DeadLetters
 from stomptw.destinations import DestinationContext, Queue, Topic
 from stomptw.durables import Durables
+from stomptw.expiry import ExpirySweep
 from stomptw.interfaces import IDestination, IMessageConsumer, IMessageStore
 from stomptw.model import (
     ACK_MODES,
@@ -35,6 +36,7 @@ from stomptw.model import (
     durable_owner,
     message_size,
 )
+from stomptw.restore import restore
 
 if TYPE_CHECKING:
     from stomptw.config import BrokerConfig
@@ -127,53 +129,32 @@ class Broker:
         self._durables = Durables(
             self.context, store, self.destination, self.unsubscribe, self._forget_if_idle
         )
-        self._sweeper = None
+        self._expiry = ExpirySweep(
+            clock,
+            config.expiry_interval,
+            self.now_ms,
+            self.destinations,
+            self._durables.by_owner,
+            self._forget_if_idle,
+        )
         self._opened = False
 
     # -- lifetime ------------------------------------------------------------------
 
     def open(self) -> None:
         """
-        Load what the store holds (queues' messages, durable subscriptions)
-        and start expiring messages. Call once, before accepting clients.
+        Load what the store holds (queues' messages, durable subscriptions:
+        :func:`~stomptw.restore.restore`) and start expiring messages
+        (:class:`~stomptw.expiry.ExpirySweep`). Call once, before accepting
+        clients.
         """
         if self._opened:
             return
         self._opened = True
         state = self.store.load()
         self._keys = itertools.count(state.next_key)
-        for owner, (client_id, name, topic) in state.subscriptions.items():
-            self._durables.make(owner, client_id, name, topic, persist=False)
-        restored = 0
-        for stored in state.messages:
-            count = stored.delivery_count
-            if state.unclean and not count:
-                # After a crash nobody knows which deliveries had started
-                # (they are recorded lazily): say it may be a redelivery.
-                count = 1
-            message = Message(
-                stored.message_id,
-                stored.destination,
-                stored.headers,
-                stored.body,
-                persistent=True,
-                expires=stored.expires,
-                delivery_count=count,
-            )
-            message.key = stored.key
-            durable = self.durables.get(stored.owner)
-            if durable is not None:
-                queue = durable.queue
-            elif stored.owner.startswith("durable:"):
-                # Its subscription was removed; it was to be forgotten.
-                self.store.remove(stored.key)
-                continue
-            else:
-                queue = self.destination(stored.owner)
-            queue.restore(message)
-            restored += 1
-        if self.clock is not None and self.config.expiry_interval > 0:
-            self._sweeper = self.clock.callLater(self.config.expiry_interval, self._sweep)
+        restore(state, self._durables, self.destination, self.store)
+        self._expiry.start()
 
     @property
     def durables(self) -> dict[str, DurableSubscription]:
@@ -203,9 +184,7 @@ class Broker:
 
     def close(self):
         """Stop expiring messages and close the store; a Deferred."""
-        if self._sweeper is not None and self._sweeper.active():
-            self._sweeper.cancel()
-        self._sweeper = None
+        self._expiry.stop()
         return self.store.close()
 
     def sync(self):
@@ -394,19 +373,6 @@ class Broker:
     def expire(self, queue: Queue | None, message: Message) -> None:
         """``message`` (already out of ``queue``) has expired."""
         self.dead_letters.expire(queue, message)
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        now = self.now_ms()
-        queues = [d for d in self.destinations.values() if isinstance(d, Queue)]
-        queues.extend(d.queue for d in self.durables.values())
-        for queue in queues:
-            if queue.expiring:
-                queue.expire(now)
-        for queue in queues:
-            self._forget_if_idle(queue)
-        if self.clock is not None:
-            self._sweeper = self.clock.callLater(self.config.expiry_interval, self._sweep)
 
     def _forget_if_idle(self, dest: IDestination) -> None:
         if dest.is_idle() and self.destinations.get(dest.name) is dest:
