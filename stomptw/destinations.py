@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from stomptw.interfaces import IMessageConsumer
     from stomptw.model import DurableSubscription, Message, Subscription
 
-__all__ = ["DestinationContext", "DestinationFull", "Queue", "Topic"]
+__all__ = ["DestinationContext", "DestinationFull", "Queue", "QueueLimits", "Topic"]
 
 log = Logger()
 
@@ -31,61 +31,28 @@ log = Logger()
 RESUME_BELOW = 0.9
 
 
-@implementer(IDestination)
-class Queue:
+class QueueLimits:
     """
-    A point-to-point destination.
+    What a queue holds against its limits (``max_queue_length`` and
+    ``max_queue_bytes``, pending and unacknowledged messages together), and
+    the producers blocked until it has room again (under
+    :data:`RESUME_BELOW` of the limits, so that they do not flap at the
+    edge). A base class of :class:`Queue`: its methods run for every message,
+    so they are the queue's own methods, not a separate object's.
 
-    Each message goes to exactly one subscriber, chosen round robin among
-    those ready to take one (a subscription is not ready while its
-    connection's output is over the high-water mark, or while
-    ``prefetch-count`` messages are unacknowledged). Messages that arrive
-    while nobody can take them wait in the queue, in order.
-
-    Messages returned unacknowledged (the subscriber unsubscribed, went away,
-    or NACKed them) go back to the head of the queue and are delivered
-    again, marked redelivered, to another subscriber when one is ready;
-    after ``max_redeliveries`` returns they go to the dead-letter queue.
-    Persistent messages stay in the broker's store until acknowledged.
-
-    The queue holds at most ``max_queue_length`` messages and
-    ``max_queue_bytes`` bytes (pending and unacknowledged together). At the
-    limit its ``overflow`` policy applies: ``block`` stops reading from the
-    producers that send to it until there is room, ``reject`` refuses the
-    message (:class:`DestinationFull`), ``drop-head`` drops the oldest
-    pending messages (used for durable subscriptions).
+    :ivar count: messages held.
+    :ivar bytes: what they count for (:attr:`~stomptw.model.Message.size`).
+    :ivar expiring: how many held messages have an expiry time.
+    :ivar blocked: producers blocked until the queue has room.
     """
 
-    kind = "queue"
-    #: A queue message is delivered once as a rule: an encoded copy kept for
-    #: later deliveries would double the memory its body holds.
-    shares_encodings = False
-
-    def __init__(
-        self,
-        name: str,
-        context: DestinationContext,
-        overflow: str | None = None,
-        dead_letter: bool = False,
-    ) -> None:
+    def __init__(self, name: str, context: DestinationContext) -> None:
         self.name = name
         self.context = context
-        self.overflow = overflow or context.config.overflow
-        #: A dead-letter queue: its messages never die again.
-        self.dead_letter = dead_letter
-        self.pending: deque[Message] = deque()
-        self.subscriptions: list[Subscription] = []
-        #: Messages held (pending and unacknowledged) and their size.
         self.count = 0
         self.bytes = 0
-        #: How many held messages have an expiry time.
         self.expiring = 0
-        #: Producers blocked until the queue has room.
         self.blocked: set[IMessageConsumer] = set()
-        self._next = 0
-        self._dispatching = False
-
-    # -- accounting --------------------------------------------------------------------
 
     def _at(self, share: float = 1.0) -> bool:
         """Whether the queue holds ``share`` of its count or byte limit, or more."""
@@ -124,8 +91,6 @@ class Queue:
             for producer in blocked:
                 producer.unblock(self)
 
-    # -- IDestination ------------------------------------------------------------------
-
     def check_room(self, count: int = 0, size: int = 0) -> None:
         """
         Raise :class:`DestinationFull` if this queue refuses messages now
@@ -144,6 +109,63 @@ class Queue:
         if full:
             self.context.stats["rejected"] += 1
             raise DestinationFull(self.name, self._limit_reached(count, size))
+
+    def _limit_reached(self, count: int = 0, size: int = 0) -> str:
+        config = self.context.config
+        more = f" and {count} more" if count else ""
+        if config.max_queue_length and self.count + count > config.max_queue_length - (not count):
+            return f"{self.count} messages{more}, the limit is {config.max_queue_length}"
+        more = f" and {size} more" if count else ""
+        return f"{self.bytes} bytes held{more}, the limit is {config.max_queue_bytes}"
+
+
+@implementer(IDestination)
+class Queue(QueueLimits):
+    """
+    A point-to-point destination.
+
+    Each message goes to exactly one subscriber, chosen round robin among
+    those ready to take one (a subscription is not ready while its
+    connection's output is over the high-water mark, or while
+    ``prefetch-count`` messages are unacknowledged). Messages that arrive
+    while nobody can take them wait in the queue, in order.
+
+    Messages returned unacknowledged (the subscriber unsubscribed, went away,
+    or NACKed them) go back to the head of the queue and are delivered
+    again, marked redelivered, to another subscriber when one is ready;
+    after ``max_redeliveries`` returns they go to the dead-letter queue.
+    Persistent messages stay in the broker's store until acknowledged.
+
+    The queue holds at most ``max_queue_length`` messages and
+    ``max_queue_bytes`` bytes (pending and unacknowledged together). At the
+    limit its ``overflow`` policy applies: ``block`` stops reading from the
+    producers that send to it until there is room, ``reject`` refuses the
+    message (:class:`DestinationFull`), ``drop-head`` drops the oldest
+    pending messages (used for durable subscriptions).
+    """
+
+    kind = "queue"
+    #: A queue message is delivered once as a rule: an encoded copy kept for
+    #: later deliveries would double the memory its body holds.
+    shares_encodings = False
+
+    def __init__(
+        self,
+        name: str,
+        context: DestinationContext,
+        overflow: str | None = None,
+        dead_letter: bool = False,
+    ) -> None:
+        super().__init__(name, context)
+        self.overflow = overflow or context.config.overflow
+        #: A dead-letter queue: its messages never die again.
+        self.dead_letter = dead_letter
+        self.pending: deque[Message] = deque()
+        self.subscriptions: list[Subscription] = []
+        self._next = 0
+        self._dispatching = False
+
+    # -- IDestination ------------------------------------------------------------------
 
     def publish(
         self, message: Message, producer: IMessageConsumer | None = None, reject: bool = True
@@ -254,14 +276,6 @@ class Queue:
             self._release(message)
         self._check_room()
         return len(dropped)
-
-    def _limit_reached(self, count: int = 0, size: int = 0) -> str:
-        config = self.context.config
-        more = f" and {count} more" if count else ""
-        if config.max_queue_length and self.count + count > config.max_queue_length - (not count):
-            return f"{self.count} messages{more}, the limit is {config.max_queue_length}"
-        more = f" and {size} more" if count else ""
-        return f"{self.bytes} bytes held{more}, the limit is {config.max_queue_bytes}"
 
     def _return(self, messages: list[Message]) -> None:
         limit = self.context.config.max_redeliveries
