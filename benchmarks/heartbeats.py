@@ -34,32 +34,34 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import LOCALHOST, REPO_ROOT, Stomptw, raise_fd_limit, sample  # noqa: E402
+from harness import REPO_ROOT, Stomptw, Target, raise_fd_limit, sample  # noqa: E402
+from loadgen import open_session  # noqa: E402
 
 _CTX = multiprocessing.get_context("spawn")
 
 
 @dataclass(frozen=True)
 class HolderSpec:
-    """One worker's share: ``count`` sessions on ``port``, held until ``hold_until``."""
+    """
+    One worker's share: ``count`` sessions on ``port``, opened by
+    ``hold_from`` and held until ``hold_until``.
+    """
 
     port: int
     count: int
     interval_ms: int
-    connect_by: float
     hold_from: float
     hold_until: float
 
 
 def _connect_all(spec: HolderSpec) -> list[socket.socket]:
-    frame = (
-        f"CONNECT\naccept-version:1.2\nhost:/\nheart-beat:{spec.interval_ms},{spec.interval_ms}"
-        "\n\n\x00"
-    ).encode()
+    """Open the sessions (loadgen's client), keeping the first ones beating meanwhile."""
+    ms = spec.interval_ms
+    target = Target("stomptw", "tcp", spec.port, connect_headers={"heart-beat": f"{ms},{ms}"})
     socks = []
-    beat_at = time.monotonic() + spec.interval_ms / 2000.0
+    beat_at = time.monotonic() + ms / 2000.0
     for _ in range(spec.count):
-        if time.monotonic() > spec.connect_by:
+        if time.monotonic() > spec.hold_from:
             break
         if time.monotonic() >= beat_at:
             # Sessions opened first keep beating while the rest connect.
@@ -68,18 +70,8 @@ def _connect_all(spec: HolderSpec) -> list[socket.socket]:
                     early.send(b"\n")
                 except OSError:
                     pass  # closed by the broker: the hold counts it
-            beat_at = time.monotonic() + spec.interval_ms / 2000.0
-        s = socket.create_connection((LOCALHOST, spec.port), timeout=10)
-        s.sendall(frame)
-        reply = b""
-        while b"\x00" not in reply:
-            chunk = s.recv(4096)
-            if not chunk:
-                raise ConnectionError("closed before CONNECTED")
-            reply += chunk
-        if not reply.startswith(b"CONNECTED"):
-            raise ConnectionError(reply[:200].decode(errors="replace"))
-        socks.append(s)
+            beat_at = time.monotonic() + ms / 2000.0
+        socks.append(open_session(target, spec.hold_from).sock)
     for s in socks:
         s.setblocking(False)
     return socks
@@ -162,9 +154,7 @@ def measure(code: Path, args: argparse.Namespace, workdir: Path) -> dict:
     )
     try:
         before = broker.sample()
-        start = time.monotonic()
-        connect_by = start + args.timeout
-        hold_from = connect_by if args.connect_seconds is None else start + args.connect_seconds
+        hold_from = time.monotonic() + args.connect_seconds
         shares = [
             args.connections // args.workers + (1 if i < args.connections % args.workers else 0)
             for i in range(args.workers)
@@ -172,9 +162,7 @@ def measure(code: Path, args: argparse.Namespace, workdir: Path) -> dict:
         results = _CTX.Queue()
         procs = []
         for n in shares:
-            spec = HolderSpec(
-                broker.ports["stomp"], n, ms, hold_from, hold_from, hold_from + args.seconds
-            )
+            spec = HolderSpec(broker.ports["stomp"], n, ms, hold_from, hold_from + args.seconds)
             proc = _CTX.Process(target=holder, args=(spec, results), daemon=True)
             proc.start()
             procs.append(proc)
