@@ -68,30 +68,35 @@ class Sample:
     peak_rss: int  # highest resident set since it started (VmHWM), bytes
 
 
-def sample(pid: int) -> Sample:
+def cpu_seconds(pid: int) -> float:
     """
-    CPU time and memory of process ``pid`` (a zombie's memory reads as 0).
+    User plus system CPU time of process ``pid`` so far.
 
     ``/proc`` counts CPU time in clock ticks (usually 10 ms). For this very
     process (a load generator worker measuring itself) the same total comes
     from ``getrusage`` to the microsecond instead: the generator's CPU is a
     sum over many short-lived workers, where ticks would lose up to one each.
     """
-    status = Path(f"/proc/{pid}/status").read_text()
-    kib = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.M))
     if pid == os.getpid():
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = usage.ru_utime + usage.ru_stime
-    else:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        # Fields 14 and 15 of proc(5), counted after "pid (comm)", which may hold spaces.
-        fields = stat.rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return Sample(
-        cpu_s=cpu,
-        rss=int(kib.get("VmRSS", 0)) * 1024,
-        peak_rss=int(kib.get("VmHWM", 0)) * 1024,
-    )
+        return usage.ru_utime + usage.ru_stime
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields 14 and 15 of proc(5), counted after "pid (comm)", which may hold spaces.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def memory(pid: int) -> tuple[int, int]:
+    """``(rss, peak rss)`` of process ``pid`` in bytes (a zombie's read as 0)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.M))
+    return int(kib.get("VmRSS", 0)) * 1024, int(kib.get("VmHWM", 0)) * 1024
+
+
+def sample(pid: int) -> Sample:
+    """CPU time and memory of process ``pid`` (:func:`cpu_seconds`, :func:`memory`)."""
+    rss, peak = memory(pid)
+    return Sample(cpu_s=cpu_seconds(pid), rss=rss, peak_rss=peak)
 
 
 def pids_where(predicate: Callable[[Path], bool]) -> list[int]:
@@ -200,11 +205,11 @@ class BrokerProcess:
 
     def cpu(self) -> float:
         """CPU seconds used so far (what the scenarios take as ``cpu_of_broker``)."""
-        return self.sample().cpu_s
+        return cpu_seconds(self.pid)
 
     def rss(self) -> int:
         """Resident set now, bytes (the connections scenario's ``rss_of_broker``)."""
-        return self.sample().rss
+        return memory(self.pid)[0]
 
     def target(self, transport: str) -> Target:
         raise NotImplementedError

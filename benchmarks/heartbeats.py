@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import REPO_ROOT, Stomptw, Target, raise_fd_limit, sample  # noqa: E402
+from harness import REPO_ROOT, Stomptw, Target, cpu_seconds, raise_fd_limit  # noqa: E402
 from loadgen import open_session  # noqa: E402
 
 _CTX = multiprocessing.get_context("spawn")
@@ -135,7 +135,7 @@ def holder(spec: HolderSpec, results) -> None:
             "received": received,
             "closed": closed,
             "max_gap": gap,
-            "cpu": sample(os.getpid()).cpu_s,
+            "cpu": cpu_seconds(os.getpid()),
         }
     )
     for s in socks:

@@ -5,7 +5,7 @@ A STOMP 1.2 load generator on raw sockets, over TCP and over WebSocket.
 Standard library only; Linux (``fork`` workers). Every client runs in a
 worker process of its own (``multiprocessing``), so that producers and
 consumers do not share a GIL; each worker reports the CPU time it used
-(``harness.sample`` of itself), summed as the generator's CPU beside the
+(``harness.cpu_seconds`` of itself), summed as the generator's CPU beside the
 broker's. Producers pipeline SENDs in batches of about 256 KiB; consumers
 parse frames incrementally (frames may be split at any byte). Every socket
 has ``TCP_NODELAY``. Only loopback addresses are used.
@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from harness import LOCALHOST, Target, raise_fd_limit, sample
+from harness import LOCALHOST, Target, cpu_seconds, raise_fd_limit
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -54,7 +54,7 @@ Frame = tuple[bytes, bytes, int]
 
 def own_cpu() -> float:
     """CPU seconds this process has used (a worker's share of the generator's CPU)."""
-    return sample(os.getpid()).cpu_s
+    return cpu_seconds(os.getpid())
 
 
 # -- frames ---------------------------------------------------------------------------------
