@@ -13,6 +13,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 
 from stomptw.deadletters import DeadLetters
@@ -138,6 +139,28 @@ class Broker:
             self._forget_if_idle,
         )
         self._opened = False
+        #: The logins (:class:`~stomptw.auth.Authenticator`); None: every
+        #: session is anonymous and may do everything.
+        self.auth = None
+        #: The virtual hosts by name, this broker as ``/`` (:meth:`add_vhost`).
+        self.vhosts: dict[str, Broker] = {"/": self}
+        self._root = True
+
+    def add_vhost(self, name: str, store: IMessageStore) -> Broker:
+        """
+        A virtual host: a broker of its own (destinations, store, message
+        counts) that shares this one's sessions, traffic counters, logins
+        and deadline sweep. Open and close it with this one.
+        """
+        vhost = Broker(self.config, store, self.clock)
+        vhost._root = False
+        vhost.sessions = self.sessions
+        vhost.counters = self.counters
+        vhost.auth = self.auth
+        vhost.deadlines = self.deadlines
+        vhost.vhosts = self.vhosts
+        self.vhosts[name] = vhost
+        return vhost
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -155,6 +178,12 @@ class Broker:
         self._keys = itertools.count(state.next_key)
         restore(state, self._durables, self.destination, self.store)
         self._expiry.start()
+        for vhost in self._other_vhosts():
+            vhost.open()
+
+    def _other_vhosts(self) -> list[Broker]:
+        """The virtual hosts besides this one, if this is the default vhost."""
+        return [v for v in self.vhosts.values() if v is not self] if self._root else []
 
     @property
     def durables(self) -> dict[str, DurableSubscription]:
@@ -181,11 +210,15 @@ class Broker:
         without counting towards the redelivery limit.
         """
         self.context.stopping = True
+        for vhost in self._other_vhosts():
+            vhost.stop_delivering()
 
     def close(self):
-        """Stop expiring messages and close the store; a Deferred."""
+        """Stop expiring messages and close the store (every vhost's); a Deferred."""
         self._expiry.stop()
-        return self.store.close()
+        closing = [maybeDeferred(self.store.close)]
+        closing += [maybeDeferred(v.close) for v in self._other_vhosts()]
+        return gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)
 
     def sync(self):
         """A Deferred that fires once every message accepted so far is stored."""

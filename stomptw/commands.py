@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from stomptw.access import Waiting, authorize_use, log_in
 from stomptw.config import SUPPORTED_VERSIONS
 from stomptw.errors import (
     DESTINATION_HELP,
@@ -44,19 +45,27 @@ _BODY_ALLOWED = frozenset({"SEND"})
 Headers = dict[str, str]
 
 
-def handle(session: StompSession, command: str, headers: Headers, body: bytes) -> None:
+def handle(
+    session: StompSession, command: str, headers: Headers, body: bytes, again: bool = False
+) -> None:
     """
     One frame from the client, with the rules every frame shares: it is
     counted, only SEND may carry a body, a broken rule ends the session with
     an ERROR (a broker bug too, in words, with the traceback in the log
-    only), and a RECEIPT asked for is owed once the frame took effect.
+    only), and a RECEIPT asked for is owed once the frame took effect. A
+    frame that waits for an answer (a login, a permission) is handled again
+    once it has come (``again``).
     """
-    received = session.counters.frames_received
-    received[command if command in received else "OTHER"] += 1
+    if not again:
+        received = session.counters.frames_received
+        received[command if command in received else "OTHER"] += 1
     try:
         if body and command not in _BODY_ALLOWED:
             raise body_not_allowed(command)
         dispatch(session, command, headers, body)
+    except Waiting as w:
+        session.wait_for(w.deferred, command, headers, body)
+        return
     except ProtocolError as e:
         session.fail(e, receipt=headers.get("receipt"))
         return
@@ -127,6 +136,11 @@ def connect(session: StompSession, headers: Headers) -> None:
         sx, sy = config.heartbeat_send_ms, config.heartbeat_receive_ms
         send_ms = 0 if (sx == 0 or cy == 0) else max(sx, cy)
         receive_ms = 0 if (cx == 0 or sy == 0) else max(cx, sy)
+    if session.user is None:
+        # Raises Waiting (the frame is handled again once the answer came)
+        # or ProtocolError; frames behind this one wait either way.
+        log_in(session, headers)
+        session.use_vhost(session.user.vhost)
     session.version = version
     session.client_id = headers.get("client-id", "")
     session.parser.version = version
@@ -138,10 +152,12 @@ def connect(session: StompSession, headers: Headers) -> None:
     session.connected(send_ms, receive_ms)
     session.log.info(
         "session {session} established: peer={peer} transport={transport} "
-        "version={version} heart-beat={send_ms},{receive_ms}",
+        "user={user} vhost={vhost} version={version} heart-beat={send_ms},{receive_ms}",
         session=session.session_id,
         peer=session.peer,
         transport=session.transport_name,
+        user=session.user.name or "-",
+        vhost=session.user.vhost,
         version=version,
         send_ms=send_ms,
         receive_ms=receive_ms,
@@ -161,6 +177,9 @@ def send(session: StompSession, headers: Headers, body: bytes) -> None:
     if destination not in session.broker.destinations:
         # A destination that exists has passed this check.
         _check_destination(session, destination)
+    user = session.user
+    if not user.unrestricted:
+        authorize_use(session, "write", destination)
     expires = headers.get("expires")
     if expires is not None and not expires.isdigit():
         raise ProtocolError(
@@ -168,6 +187,11 @@ def send(session: StompSession, headers: Headers, body: bytes) -> None:
             "expires must be a time in milliseconds since the epoch (0 means never).",
         )
     forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
+    # The sender's authenticated name, never the client's say-so.
+    if user.name:
+        forwarded["user-id"] = user.name
+    elif "user-id" in forwarded:
+        del forwarded["user-id"]
     actions = session.transactions.named(headers)
     if actions is not None:
         session.transactions.hold(
@@ -222,6 +246,8 @@ def subscribe(session: StompSession, headers: Headers, body: bytes) -> None:
             )
         prefetch = int(raw)
     _check_destination(session, destination)
+    if not session.user.unrestricted:
+        authorize_use(session, "read", destination)
     durable = None
     if destination.startswith("/topic/"):
         name = durable_name(headers, sub_id)

@@ -40,6 +40,7 @@ from stomptw.settings import (
 )
 
 __all__ = [
+    "AuthSettings",
     "BrokerConfig",
     "DeliverySettings",
     "ListenerSettings",
@@ -52,6 +53,7 @@ __all__ = [
     "VALUE",
     "Setting",
     "settings",
+    "endpoint_scope",
     "toml_value",
 ]
 
@@ -80,6 +82,54 @@ def _heartbeat(text: str) -> tuple[int, int]:
 def _non_negative_pair(value: tuple[int, int]) -> None:
     if min(value) < 0:
         raise ValueError(f"must not be negative, got {','.join(map(str, value))}")
+
+
+def _auth_kinds(descriptions: list[str]) -> None:
+    from twisted.cred.strcred import InvalidAuthType, findCheckerFactory
+
+    for description in descriptions:
+        kind = description.split(":", 1)[0]
+        try:
+            findCheckerFactory(kind)
+        except InvalidAuthType:
+            raise ValueError(
+                f"unknown kind {kind!r} (twistd stomptw --help-auth lists the kinds)"
+            ) from None
+
+
+def _vhost_names(names: list[str]) -> None:
+    for name in names:
+        if not name or name == "/" or "\n" in name or len(name) > 255:
+            raise ValueError(f"a vhost name must be 1-255 characters, not '/', got {name!r}")
+
+
+def endpoint_scope(description: str) -> str:
+    """
+    Where a server endpoint string listens, as far as the string says:
+    ``"loopback"`` (an ``interface=`` of 127.x, ``::1`` or ``localhost``, or
+    a UNIX socket), ``"network"`` (another address, or none, which means
+    every address) or ``"unknown"`` (an inherited socket such as
+    ``systemd:``, checked once it is bound).
+    """
+    kind, _, rest = description.partition(":")
+    kind = kind.strip().lower()
+    if kind == "unix":
+        return "loopback"
+    if kind not in ("tcp", "tcp6", "ssl", "tls"):
+        return "unknown"
+    for part in rest.replace("\\:", "\x00").split(":"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == "interface":
+            return "loopback" if is_loopback_address(value.replace("\x00", ":")) else "network"
+    return "network"
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether ``address`` (an IP or ``localhost``) is a loopback address."""
+    value = address.strip().strip("[]").lower()
+    if value.startswith("::ffff:"):
+        value = value[len("::ffff:") :]
+    return value.startswith("127.") or value in ("::1", "localhost")
 
 
 @functools.cache
@@ -386,7 +436,67 @@ class DeliverySettings:
 
 
 @dataclass
-class BrokerConfig(DeliverySettings, SessionSettings, ListenerSettings):
+class AuthSettings:
+    """
+    Who may connect and what they may do: the ``--auth`` checkers
+    (:mod:`twisted.cred.strcred`), the permissions file, virtual hosts and
+    the defences against guessing (docs/security.md).
+    """
+
+    auth: list[str] = repeatable(
+        [],
+        "--auth",
+        "Log clients in with this twisted.cred checker, e.g. memory:alice:secret, "
+        "users:FILE (a hashed users file, see stomptw-users), anonymous; "
+        "--help-auth lists the kinds. Without it every session is anonymous, and "
+        "only loopback listeners are allowed",
+        metavar="KIND:ARGS",
+        checks=[_auth_kinds],
+    )
+    allow_anonymous: bool = switch(
+        False,
+        "--allow-anonymous",
+        "Accept sessions without authentication on listeners beyond loopback "
+        "(without --auth the broker refuses to start on such a listener).",
+    )
+    permissions_file: str = setting(
+        "",
+        "--permissions",
+        "A TOML file of read, write and create permissions per user and group "
+        "(docs/security.md); re-read on SIGHUP. Without it every authenticated "
+        "user may do everything.",
+    )
+    vhosts: list[str] = repeatable(
+        [],
+        "--vhost",
+        "A virtual host besides the default '/', selected by CONNECT's host header, "
+        "with destinations of its own",
+        metavar="NAME",
+        checks=[_vhost_names],
+    )
+    login_failure_delay: float = setting(
+        1.0,
+        "--login-failure-delay",
+        "Seconds a refused login waits before its ERROR (slows password guessing).",
+        checks=[non_negative],
+    )
+    max_failed_logins: int = setting(
+        10,
+        "--max-failed-logins",
+        "Failed logins from one address within --failed-login-window after which "
+        "its logins are refused unchecked until the window passes (0 = no limit).",
+        checks=[non_negative],
+    )
+    failed_login_window: float = setting(
+        60.0,
+        "--failed-login-window",
+        "Seconds over which --max-failed-logins counts failures.",
+        checks=[positive],
+    )
+
+
+@dataclass
+class BrokerConfig(AuthSettings, DeliverySettings, SessionSettings, ListenerSettings):
     """
     Everything that can be set on a broker: the listener, session and
     delivery settings together (each group is a base class, so that related
@@ -411,6 +521,18 @@ class BrokerConfig(DeliverySettings, SessionSettings, ListenerSettings):
                 declared.check(declared.get(self))
             except ValueError as e:
                 raise InvalidSetting(declared, str(e)) from None
+        if not self.auth and not self.allow_anonymous:
+            for name in ("tcp_endpoints", "ws_endpoints"):
+                for description in getattr(self, name):
+                    if endpoint_scope(description) == "network":
+                        raise InvalidSetting(
+                            _setting_of(name),
+                            f"{description} listens beyond loopback, and the broker has no "
+                            "--auth: anyone who reaches it could read and write every "
+                            "destination. Configure authentication (--auth users:FILE, "
+                            "--auth memory:USER:PASS; see docs/security.md), listen on "
+                            "interface=127.0.0.1, or pass --allow-anonymous on purpose",
+                        )
         if self.ws_max_message_size and self.ws_max_message_size < self.min_ws_message_size:
             raise InvalidSetting(
                 _setting_of("ws_max_message_size"),

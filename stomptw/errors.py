@@ -12,6 +12,7 @@ __all__ = [
     "DESTINATION_HELP",
     "SHUTTING_DOWN",
     "ProtocolError",
+    "authorization_unavailable",
     "body_not_allowed",
     "closed_by_operator",
     "destination_full",
@@ -20,10 +21,13 @@ __all__ = [
     "login_timeout",
     "message_too_large",
     "not_stored",
+    "permission_denied",
+    "permission_withdrawn",
     "slow_consumer",
     "limit_details",
     "parse_heartbeat",
     "require",
+    "token_expired",
 ]
 
 
@@ -181,4 +185,51 @@ def not_stored(why: str) -> ProtocolError:
         "message could not be stored",
         f"The broker could not write a persistent message to its store: {why}. "
         "Messages without a RECEIPT may not have been accepted; send them again.",
+    )
+
+
+#: What each permission lets a client do, for the ERROR of a denied frame.
+_PERMISSION_USES = {
+    "read": "subscribe to",
+    "write": "send to",
+    "create": "create",
+}
+
+
+def permission_denied(action: str, destination: str, user: str) -> ProtocolError:
+    """A SEND or SUBSCRIBE the user's permissions do not allow."""
+    who = f"user {user!r}" if user else "an anonymous session"
+    return ProtocolError(
+        f"access refused: no {action} permission for {destination[:200]}",
+        f"The {action} permission on {destination[:200]!r} is needed to "
+        f"{_PERMISSION_USES[action]} it, and {who} does not have it. Ask the "
+        "operator to grant it in the permissions file.",
+        {"destination": destination[:200]},
+    )
+
+
+def permission_withdrawn(destination: str, subscription: str) -> ProtocolError:
+    """A reload took away the read permission of an active subscription."""
+    return ProtocolError(
+        f"access refused: read permission for {destination[:200]} withdrawn",
+        f"The permissions were reloaded and no longer allow subscription "
+        f"{subscription!r} to read {destination[:200]!r}.",
+        {"destination": destination[:200], "subscription": subscription},
+    )
+
+
+def authorization_unavailable(destination: str) -> ProtocolError:
+    """The service deciding permissions did not answer."""
+    return ProtocolError(
+        "authorization service unavailable",
+        f"The broker could not find out whether this session may use {destination[:200]!r}: "
+        "the service that decides permissions did not answer. Try again later.",
+    )
+
+
+def token_expired() -> ProtocolError:
+    """The credentials the session logged in with have expired."""
+    return ProtocolError(
+        "token expired",
+        "The token this session logged in with has expired; connect again with a fresh one.",
     )

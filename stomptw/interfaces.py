@@ -173,6 +173,12 @@ class IStompTransport(Interface):
         the caller (for work that must not run re-entrantly).
         """
 
+    def client_certificate():
+        """
+        The client's TLS certificate, verified against the listener's CA
+        (a :class:`~stomptw.auth.CertificateCredentials`), or None.
+        """
+
     def close(linger):  # noqa: N805
         """
         Close in order once what was written has gone out (a TCP half-close,

@@ -33,6 +33,7 @@ class Liveness:
         "last_sent",
         "last_received",
         "login_deadline",
+        "expires_at",
         "send_interval",
         "receive_timeout",
         "_receive_from",
@@ -44,6 +45,8 @@ class Liveness:
         self.last_sent = self.last_received = opened
         #: When the session must have seen CONNECT; None once it has.
         self.login_deadline: float | None = opened + login_timeout
+        #: When the session's credentials expire (a token's exp), or None.
+        self.expires_at: float | None = None
         self.send_interval = 0.0
         self.receive_timeout = 0.0
         self._receive_from = opened
@@ -60,13 +63,18 @@ class Liveness:
 
     def stop(self) -> None:
         """The session is closing: no deadline any more."""
-        self.login_deadline = None
+        self.login_deadline = self.expires_at = None
         self.send_interval = self.receive_timeout = 0.0
 
     def login_expired(self, now: float) -> bool:
         """Whether the login deadline has passed without CONNECT."""
         deadline = self.login_deadline
         return deadline is not None and now >= deadline - _EPSILON
+
+    def credentials_expired(self, now: float) -> bool:
+        """Whether the credentials the session logged in with have expired."""
+        expires = self.expires_at
+        return expires is not None and now >= expires - _EPSILON
 
     def beat_due(self, now: float) -> bool:
         """Whether a heart-beat must go out now (it may be up to one bucket early)."""
@@ -99,6 +107,8 @@ class Liveness:
         (to be met early) rather than a timeout; None when there is none.
         """
         when = self.login_deadline
+        if self.expires_at is not None and (when is None or self.expires_at < when):
+            when = self.expires_at
         early = False
         if self.send_interval:
             beat = self.last_sent + self.send_interval

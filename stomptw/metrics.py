@@ -121,6 +121,30 @@ def render_metrics(broker: Broker, max_destinations: int = MAX_DESTINATION_SERIE
         [({"transport": t}, n) for t, n in by_transport.items()],
     )
 
+    auth = getattr(broker, "auth", None)
+    if auth is not None:
+        logins = auth.counters
+        out.family(
+            "stomptw_logins_total",
+            "counter",
+            "Logins by outcome: succeeded, failed (bad credentials), rate_limited (too "
+            "many failures from the address), unavailable (the checker could not decide), "
+            "expired (sessions ended because their token expired).",
+            [
+                ({"outcome": "succeeded"}, logins.succeeded),
+                ({"outcome": "failed"}, logins.failed),
+                ({"outcome": "rate_limited"}, logins.rate_limited),
+                ({"outcome": "unavailable"}, logins.unavailable),
+                ({"outcome": "expired"}, logins.expired),
+            ],
+        )
+        out.family(
+            "stomptw_access_denied_total",
+            "counter",
+            "SEND and SUBSCRIBE frames refused for a missing permission, by permission.",
+            [({"permission": a}, n) for a, n in logins.denied.items()],
+        )
+
     received = counters.frames_received
     other = sum(n for c, n in received.items() if c not in CLIENT_COMMANDS)
     out.family(

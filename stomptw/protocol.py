@@ -11,6 +11,8 @@ resuming reads, and the orderly close with linger (:func:`close_lingering`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -140,6 +142,10 @@ class StompProtocol(Protocol):
     def call_soon(self, f, *args) -> None:
         """Call ``f(*args)`` on the next reactor turn."""
         self.clock.callLater(0, f, *args)
+
+    def client_certificate(self) -> Any:
+        """The verified TLS client certificate, if any (see :mod:`stomptw.certs`)."""
+        return None
 
     def close(self, linger: float) -> None:
         """Close in order (see :func:`close_lingering`), dropping after ``linger``."""

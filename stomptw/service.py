@@ -6,13 +6,17 @@ The broker's service tree, for twistd and for applications that embed it.
     from stomptw.config import BrokerConfig
     from stomptw.service import makeService
 
-    service = makeService(BrokerConfig(tcp_endpoints=["tcp:61613"]))
+    service = makeService(BrokerConfig(tcp_endpoints=["tcp:61613:interface=127.0.0.1"]))
     service.setServiceParent(application)
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import signal
+import socket
+from urllib.parse import quote
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -25,8 +29,9 @@ from zope.interface import implementer
 
 from stomptw import __version__
 from stomptw.admin import admin_site, load_token
+from stomptw.auth import build_authenticator, make_checker
 from stomptw.broker import Broker
-from stomptw.config import BrokerConfig
+from stomptw.config import BrokerConfig, is_loopback_address
 from stomptw.interfaces import IMessageStore
 from stomptw.listeners import ConnectionLimit, LimitedStompFactory
 from stomptw.model import format_peer
@@ -68,7 +73,8 @@ class _Reporting:
 
     def listen(self, factory) -> defer.Deferred:
         d = self._endpoint.listen(factory)
-        return d.addCallbacks(self._listener._listening, self._listener._failed)
+        # _failed sees a refusal by _listening too.
+        return d.addCallback(self._listener._listening).addErrback(self._listener._failed)
 
 
 class _Listener(StreamServerEndpointService):
@@ -83,6 +89,8 @@ class _Listener(StreamServerEndpointService):
         self._failure: Failure | None = None
         #: The listener's connection count and limit (none on admin listeners).
         self.connection_limit: ConnectionLimit | None = None
+        #: Refuse to serve beyond loopback (no --auth, no --allow-anonymous).
+        self.guard_loopback = False
 
     def privilegedStartService(self) -> None:
         # Bound synchronously and failed (port in use, bad address): the base
@@ -102,8 +110,17 @@ class _Listener(StreamServerEndpointService):
         return failure if self._raiseSynchronously else None
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
         address = port.getHost()
+        host = getattr(address, "host", None)
+        if self.guard_loopback and host is not None and not is_loopback_address(host):
+            # An inherited socket (systemd:) whose string did not say where.
+            port.stopListening()
+            raise ValueError(
+                f"{self.description} is bound to {host}, beyond loopback, and the broker "
+                "has no --auth: configure authentication (docs/security.md), bind the "
+                "socket to 127.0.0.1, or pass --allow-anonymous on purpose"
+            )
+        self.port = port
         log.info(
             "{kind} listening on {endpoint} ({address})",
             kind=self.kind,
@@ -140,6 +157,11 @@ class BrokerService(MultiService):
     #: decides for its own process, and may set it too.
     freeze_heap_when_ready = False
 
+    #: Whether SIGHUP re-reads the permissions and users files
+    #: (:meth:`reload`). ``twistd stomptw`` sets it; an embedding
+    #: application may call :meth:`reload` from its own handler instead.
+    reload_on_sighup = False
+
     def __init__(self, broker: Broker, config: BrokerConfig, reactor=None) -> None:
         super().__init__()
         self.broker = broker
@@ -149,6 +171,7 @@ class BrokerService(MultiService):
             from twisted.internet import reactor
         #: Readiness, watchdog and status for systemd (a no-op elsewhere).
         self.systemd = SystemdNotifications(self.status, reactor)
+        self._reactor = reactor
 
     def status(self) -> str:
         """A one-line summary: connections and message counts."""
@@ -192,6 +215,34 @@ class BrokerService(MultiService):
 
         return d.addCallback(group)
 
+    def reload(self) -> defer.Deferred:
+        """
+        Re-read the permissions file and the users files (what SIGHUP does);
+        sessions keep going, and a subscription the new permissions no longer
+        allow ends with an ERROR. Fires when done.
+        """
+        auth = self.broker.auth
+        log.info("reloading the permissions and users files")
+
+        def reloaded(result: object) -> object:
+            for session in list(self.broker.sessions):
+                changed = getattr(session, "permissions_changed", None)
+                if changed is not None:
+                    changed()
+            return result
+
+        return auth.reload().addCallback(reloaded)
+
+    def _install_sighup(self) -> None:
+        if not self.reload_on_sighup or not hasattr(signal, "SIGHUP"):
+            return
+        reactor = self._reactor
+
+        def on_sighup(signum: int, frame: object) -> None:
+            reactor.callFromThread(self.reload)
+
+        signal.signal(signal.SIGHUP, on_sighup)
+
     def privilegedStartService(self) -> None:
         self._announce()
         # Stored messages are back in their queues before anyone connects.
@@ -202,6 +253,7 @@ class BrokerService(MultiService):
         # Embedding code may call startService without privilegedStartService.
         self._announce()
         self.broker.open()
+        self._install_sighup()
         super().startService()
 
         def ready(result: object) -> None:
@@ -265,8 +317,19 @@ def make_store(config: BrokerConfig, reactor) -> IMessageStore:
     return SQLiteStore(config.data_dir, reactor, config.store_sync)
 
 
+def make_vhost_store(config: BrokerConfig, reactor, vhost: str) -> IMessageStore:
+    """The store of virtual host ``vhost``: its own directory under ``data_dir``."""
+    if config.store == "memory":
+        return MemoryStore()
+    directory = os.path.join(config.data_dir, "vhost-" + quote(vhost, safe=""))
+    return SQLiteStore(directory, reactor, config.store_sync)
+
+
 def makeService(
-    config: BrokerConfig | None = None, reactor=None, admin_token: str | None = None
+    config: BrokerConfig | None = None,
+    reactor=None,
+    admin_token: str | None = None,
+    checkers: list | None = None,
 ) -> BrokerService:
     """
     Build the broker's service: one :class:`~stomptw.broker.Broker` with a
@@ -287,6 +350,10 @@ def makeService(
     :param admin_token: the admin API's bearer token if it has been read from
         ``config.admin_token_file`` already (``twistd stomptw`` does, while
         checking its options); None: it is read here.
+    :param checkers: the :mod:`twisted.cred` checkers sessions log in with,
+        if made already (``twistd stomptw`` makes them while checking its
+        options); None: made here from ``config.auth``. No checker at all:
+        every session is anonymous.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -295,7 +362,13 @@ def makeService(
     if token is None and config.admin_token_file:
         token = load_token(config.admin_token_file)
     broker = Broker(config, make_store(config, reactor), reactor)
+    if checkers is None:
+        checkers = [make_checker(description) for description in config.auth]
+    broker.auth = build_authenticator(config, checkers, reactor, [socket.gethostname()])
+    for vhost in config.vhosts:
+        broker.add_vhost(vhost, make_vhost_store(config, reactor, vhost))
     service = BrokerService(broker, config, reactor)
+    guard = not config.auth and not config.allow_anonymous
 
     def count_refused() -> None:
         broker.stats["connections_refused"] = broker.stats.get("connections_refused", 0) + 1
@@ -308,6 +381,7 @@ def makeService(
         factory = LimitedStompFactory(broker, config, reactor, label, limit)
         listener = _Listener(endpoint, factory, description, "stomp")
         listener.connection_limit = limit
+        listener.guard_loopback = guard
         listener.setServiceParent(service)
     for description in config.ws_endpoints:
         endpoint = serverFromString(reactor, description)
@@ -315,6 +389,7 @@ def makeService(
         site = websocket_site(broker, config, reactor, limit)
         listener = _Listener(endpoint, site, description, "ws")
         listener.connection_limit = limit
+        listener.guard_loopback = guard
         listener.setServiceParent(service)
     if config.admin_endpoints:
         admin = admin_site(broker, service.unbound_listeners, token, reactor)

@@ -38,11 +38,22 @@ from stomptw.receipts import Receipts
 from stomptw.transactions import Transactions
 
 if TYPE_CHECKING:
+    from stomptw.auth import StompUser
     from stomptw.broker import Broker
     from stomptw.config import BrokerConfig
     from stomptw.timers import DeadlineSweep
 
 __all__ = ["ProtocolError", "StompSession"]
+
+
+class _Waiting:
+    """What holds a session's input while a frame waits for an answer."""
+
+    #: Looks like a destination's set of blocked producers to the gate's release.
+    blocked: set[Any] = set()
+
+
+_WAITING = _Waiting()
 
 
 @implementer(IMessageConsumer, IDeadlineTarget)
@@ -109,6 +120,14 @@ class StompSession(SessionEnding):
         self.opened = now()
         self.liveness = Liveness(self.opened, config.login_timeout, sweep.resolution)
         self.counters = broker.counters
+        #: The logged-in user (:class:`~stomptw.auth.StompUser`); None before CONNECT.
+        self.user: StompUser | None = None
+        #: Permission answers by (action, destination), and the generation
+        #: of the rules they came from (see :func:`stomptw.access.authorize`).
+        self.permissions: dict[tuple[str, str], bool] = {}
+        self.permissions_generation = -1
+        #: A refused login's ERROR, waiting out the failure delay.
+        self._refusal: Any = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -127,6 +146,10 @@ class StompSession(SessionEnding):
         self.closing = True
         self.receipts.open = False
         self._end_session()
+        if self._refusal is not None and self._refusal.active():
+            self._refusal.cancel()
+        if self.user is not None:
+            self.user.logout()
         self.broker.sessions.discard(self)
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
@@ -169,9 +192,79 @@ class StompSession(SessionEnding):
                 return
             commands.handle(self, frame.command, frame.headers, frame.body)
 
+    # -- waiting for a login or a permission ------------------------------------------
+
+    def wait_for(
+        self, answer: Deferred, command: str, headers: dict[str, str], body: bytes
+    ) -> None:
+        """
+        A frame waits for ``answer`` (a login, a permission): stop reading
+        and handling frames; once it fires with True, handle the frame again,
+        then the rest. With False the session is being refused: it stays
+        stopped until it closes.
+        """
+        self.gate.block(_WAITING)
+
+        def answered(again: object) -> None:
+            if self.closing or again is not True:
+                return
+            self.gate.unblock(_WAITING)
+            commands.handle(self, command, headers, body, again=True)
+
+        answer.addCallback(answered).addErrback(
+            lambda f: self.log.failure("waiting for {command}", f, command=command)
+        )
+
+    def refuse_login(self, error: ProtocolError, delayed: bool) -> None:
+        """
+        The login failed: end the session with ``error``, after the
+        broker's failure delay when ``delayed`` (nothing is read meanwhile).
+        """
+        auth = self.broker.auth
+        delay = auth.failure_delay if auth is not None and delayed else 0
+        if delay:
+            self._refusal = auth.clock.callLater(delay, self._refuse, error)
+        else:
+            self._refuse(error)
+
+    def _refuse(self, error: ProtocolError) -> None:
+        self._refusal = None
+        if not self.closing:
+            self.close_reason = f"login refused: {error.message}"
+            self.fail(error)
+
+    def use_vhost(self, vhost: str) -> None:
+        """The login put the session in ``vhost``: route through its broker."""
+        broker = self.broker.vhosts[vhost]
+        if broker is not self.broker:
+            self.broker = broker
+            self.receipts = Receipts(self._send_receipt, broker.sync, self._store_failed)
+
+    def permissions_changed(self) -> None:
+        """
+        The rules behind the user's permissions changed (a reload): end the
+        session if a subscription may no longer read its destination.
+        """
+        user = self.user
+        if self.closing or user is None or user.unrestricted:
+            return
+        for sub in list(self.subscriptions.values()):
+            if user.allows("read", sub.destination) is False:
+                self.fail(errors.permission_withdrawn(sub.destination, sub.id))
+                return
+
     def connected(self, send_ms: int, receive_ms: int) -> None:
-        """CONNECT succeeded: stop the login clock, start heart-beats both ways."""
-        self.liveness.connected(send_ms, receive_ms, self.config.heartbeat_grace, self.now())
+        """
+        CONNECT succeeded: stop the login clock, start heart-beats both ways,
+        and the clock of credentials that expire.
+        """
+        now = self.now()
+        self.liveness.connected(send_ms, receive_ms, self.config.heartbeat_grace, now)
+        auth = self.broker.auth
+        if auth is not None and self.user is not None:
+            left = auth.expires_in(self.user)
+            if left is not None:
+                self.liveness.expires_at = now + max(0.0, left)
         self._schedule()
 
     # -- deadlines ------------------------------------------------------------------
@@ -184,6 +277,19 @@ class StompSession(SessionEnding):
         if liveness.login_expired(now):
             liveness.login_deadline = None
             self.fail(errors.login_timeout(self.config.login_timeout))
+            return
+        if liveness.credentials_expired(now):
+            liveness.expires_at = None
+            self.log.info(
+                "session {session} of {user} ended: its token expired",
+                session=self.session_id or "-",
+                user=self.user.name if self.user else "-",
+                peer=self.peer,
+            )
+            if self.broker.auth is not None:
+                self.broker.auth.counters.expired += 1
+            self.close_reason = "token expired"
+            self.fail(errors.token_expired())
             return
         if liveness.beat_due(now):
             self._write(b"\n")
@@ -315,6 +421,8 @@ class StompSession(SessionEnding):
             "transport": self.transport_name,
             "version": self.version,
             "client_id": self.client_id or None,
+            "user": (self.user.name or None) if self.user else None,
+            "vhost": self.user.vhost if self.user else None,
             "subscriptions": len(self.subscriptions),
             "connected_seconds": round(max(0.0, now - self.opened), 3),
         }

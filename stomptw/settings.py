@@ -305,14 +305,22 @@ def repeatable(
     off_help: str = "",
     split: str | None = None,
     metavar: str = "VALUE",
+    checks: Iterable[Check] = (),
 ) -> Any:
     """
     A list field: each ``flag`` adds to it (``split`` separates several items
     in one), replacing the default; ``off`` empties it. ``--help`` adds
-    "(repeatable; default ...)" to ``help``.
+    "(repeatable; default ...)" to ``help``. ``checks`` see the whole list.
     """
     declaration = Setting(
-        flag, help, kind=LIST, off=off, off_help=off_help, split=split, metavar=metavar
+        flag,
+        help,
+        kind=LIST,
+        off=off,
+        off_help=off_help,
+        split=split,
+        metavar=metavar,
+        checks=tuple(checks),
     )
     return _field(default, declaration)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.application.service import IService
+from twisted.cred import credentials, strcred
 from twisted.python import usage
 
 from stomptw.config import (
@@ -66,10 +67,11 @@ def _handler(setting: Setting) -> Callable[[usage.Options, str], None]:
     return handler
 
 
-class Options(usage.Options):
+class Options(strcred.AuthOptionMixin, usage.Options):
     """
-    Options of ``twistd stomptw``, one per declared setting, plus ``--config``
-    and the process's own ``--no-gc-freeze``.
+    Options of ``twistd stomptw``, one per declared setting, plus ``--config``,
+    the process's own ``--no-gc-freeze``, and Twisted's ``--help-auth`` and
+    ``--help-auth-type`` (:class:`~twisted.cred.strcred.AuthOptionMixin`).
 
     Until :meth:`postOptions`, a parameter not given on the command line is
     None (so that a configuration file can set it); afterwards every
@@ -79,9 +81,15 @@ class Options(usage.Options):
     :ivar config_file: the settings read from ``--config``, if given.
     :ivar admin_token: the admin API's bearer token, read from
         ``--admin-token-file`` while checking the options; None without one.
+    :ivar checkers: the credentials checkers made from ``--auth``.
     """
 
     synopsis = "[options]"
+    #: What a STOMP login can present (for ``--help-auth``).
+    supportedInterfaces = (
+        credentials.IUsernamePassword,
+        credentials.IAnonymous,
+    )
     longdesc = (
         "Run the stomptw STOMP broker. With no options it serves STOMP over TCP on "
         f"{DEFAULT_TCP} and STOMP over WebSocket on {DEFAULT_WS} at the path /ws. "
@@ -130,6 +138,7 @@ class Options(usage.Options):
                 self[s.key] = []
         self.config_file: SettingValues | None = None
         self.admin_token: str | None = None
+        self.checkers: list = []
 
     def postOptions(self) -> None:
         try:
@@ -150,6 +159,26 @@ class Options(usage.Options):
             except ValueError as e:
                 where = origin_of("admin-token-file", *sources)
                 raise usage.UsageError(f"{where}: {e}") from None
+        for description in self.config.auth:
+            self.checkers.append(_checker(self, description, sources))
+
+
+def _checker(options: Options, description: str, sources: list[SettingValues]) -> object:
+    """The checker ``--auth description`` names; a UsageError saying why not."""
+    from stomptw.auth import make_checker
+
+    where = origin_of("auth", *sources)
+    try:
+        checker = make_checker(description)
+    except Exception as e:
+        kind = description.split(":", 1)[0]
+        raise usage.UsageError(f"{where} {kind}: {e}") from None
+    if not any(options.supportsInterface(i) for i in checker.credentialInterfaces):
+        raise usage.UsageError(
+            f"{where} {description.split(':', 1)[0]}: its credentials cannot come "
+            "from a STOMP CONNECT"
+        )
+    return checker
 
 
 # The repeatable settings' handlers (usage.Options finds opt_* methods by name).
@@ -203,6 +232,9 @@ def makeService(options: Options, reactor=None) -> IService:
     """
     from stomptw.service import makeService as make
 
-    service = make(options.config, reactor, admin_token=options.admin_token)
+    service = make(
+        options.config, reactor, admin_token=options.admin_token, checkers=options.checkers
+    )
     service.freeze_heap_when_ready = not options["no-gc-freeze"]
+    service.reload_on_sighup = True
     return service

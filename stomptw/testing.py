@@ -75,6 +75,8 @@ class RecordingTransport:
         self.reading = True
         #: The ``linger`` the session closed with, or None while open.
         self.closed_with: float | None = None
+        #: What :meth:`client_certificate` returns.
+        self.certificate: Any = None
 
     @property
     def disconnecting(self) -> bool:
@@ -96,6 +98,10 @@ class RecordingTransport:
     def call_soon(self, f: Callable[..., Any], *args: Any) -> None:
         """Run ``f(*args)`` on the clock's next ``advance``."""
         self.clock.callLater(0, f, *args)
+
+    def client_certificate(self) -> Any:
+        """The certificate given as ``certificate``, if any."""
+        return self.certificate
 
     def close(self, linger: float) -> None:
         """Note the close; :meth:`ClientSession.lose` ends the connection."""

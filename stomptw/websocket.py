@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
@@ -172,6 +172,10 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     def call_soon(self, f, *args) -> None:
         """Call ``f(*args)`` on the next reactor turn."""
         self.factory.reactor.callLater(0, f, *args)
+
+    def client_certificate(self) -> Any:
+        """A WebSocket session logs in with CONNECT's credentials only."""
+        return None
 
     def close(self, linger: float) -> None:
         """

@@ -205,7 +205,14 @@ async def test_metrics_bound_per_destination_series(make_broker):
     # Nothing is labelled by connection or session.
     for series in samples.values():
         for labels in series:
-            assert {k for k, _ in labels} <= {"transport", "command", "event", "action"} | {
+            assert {k for k, _ in labels} <= {
+                "transport",
+                "command",
+                "event",
+                "action",
+                "outcome",
+                "permission",
+            } | {
                 "destination",
                 "kind",
                 "version",

@@ -67,6 +67,7 @@ def test_file_sets_every_kind_of_setting(tmp_path):
         tmp_path,
         """
         tcp = ["tcp:1234", "tcp:1235"]
+        allow-anonymous = true       # those listen beyond loopback
         no-ws = true
         max-connections = 7
         heartbeat = "0,5000"
@@ -106,7 +107,8 @@ def test_switches_set_false_in_the_file_keep_the_default(tmp_path):
 def test_command_line_overrides_the_file(tmp_path):
     path = write(
         tmp_path,
-        'max-connections = 7\nstore = "memory"\ntcp = ["tcp:1"]\nno-ws = true\nadmin = ["tcp:2"]\n',
+        'max-connections = 7\nstore = "memory"\ntcp = ["tcp:1"]\nno-ws = true\nadmin = ["tcp:2"]\n'
+        "allow-anonymous = true\n",
     )
     config = parse("--config", path, "--max-connections", "10000", "--tcp", "tcp:3").config
     assert config.max_connections == 10000  # the default, given explicitly, still wins

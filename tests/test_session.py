@@ -121,6 +121,8 @@ def test_info_reports_what_the_admin_api_shows():
         "transport": "test",
         "version": "1.2",
         "client_id": "app-1",
+        "user": None,
+        "vhost": "/",
         "subscriptions": 1,
         "connected_seconds": 3.0,
     }

@@ -32,6 +32,7 @@ def test_defaults():
 
 def test_repeatable_endpoints_and_limits():
     config = parse(
+        "--allow-anonymous",
         "--tcp",
         "tcp:1234",
         "--tcp=tcp:1235",

@@ -1,0 +1,30 @@
+# stomptw's checkers for --auth (twisted.cred.strcred): lazy factories that
+# import their module only when a checker is made.
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.strcred import ICheckerFactory
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(ICheckerFactory, IPlugin)
+class UsersFileCheckerFactory:
+    """--auth users:FILE: a stomptw users file of argon2id password hashes."""
+
+    authType = "users"
+    authHelp = (
+        "Checks logins against a stomptw users file: user names with argon2id "
+        "password hashes, groups and tags, written by the stomptw-users command "
+        "(stomptw-users add FILE NAME). The file is re-read on SIGHUP."
+    )
+    argStringFormat = "The path of the users file."
+    credentialInterfaces = (IUsernamePassword,)
+
+    def generateChecker(self, argstring=""):
+        from stomptw.users import UsersFileChecker
+
+        if not argstring:
+            raise ValueError("users needs the path of a users file: --auth users:FILE")
+        return UsersFileChecker(argstring)
+
+
+users = UsersFileCheckerFactory()
