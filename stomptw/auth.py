@@ -543,9 +543,11 @@ class Authenticator:
                     delayed=True,
                 )
             )
-        if login is not None:
+        passcode = headers.get("passcode")
+        if login is not None or passcode is not None:
+            # A passcode alone is a bearer token (what stompjs users send).
             creds: Any = credentials.UsernamePassword(
-                login.encode("utf-8"), headers.get("passcode", "").encode("utf-8")
+                (login or "").encode("utf-8"), (passcode or "").encode("utf-8")
             )
         elif certificate is not None:
             creds = certificate
@@ -644,6 +646,38 @@ def make_checker(description: str) -> checkers.ICredentialsChecker:
     return strcred.makeChecker(description)
 
 
+@implementer(checkers.ICredentialsChecker)
+class FirstOf:
+    """
+    Several checkers of the same credentials, tried in order until one
+    accepts. When none does, a refusal with a reason of its own (a token
+    that expired) wins over a plain one, and a checker that could not
+    decide (:class:`AuthServiceUnavailable`) over both.
+    """
+
+    def __init__(self, chain: Iterable[Any]) -> None:
+        self.chain = list(chain)
+        self.credentialInterfaces = tuple({i for c in self.chain for i in c.credentialInterfaces})
+
+    @defer.inlineCallbacks
+    def requestAvatarId(self, creds: Any) -> Any:  # noqa: N802
+        """See :class:`twisted.cred.checkers.ICredentialsChecker`."""
+        refusal: Any = error.UnauthorizedLogin()
+        unavailable = None
+        for checker in self.chain:
+            try:
+                avatar_id = yield defer.maybeDeferred(checker.requestAvatarId, creds)
+            except AuthServiceUnavailable as e:
+                unavailable = e
+            except LoginRefused as e:
+                refusal = e
+            except error.UnauthorizedLogin:
+                pass
+            else:
+                return avatar_id
+        raise unavailable or refusal
+
+
 def _with_bytes(checker: Any) -> Any:
     """
     Twisted's ``memory:`` checker (strcred) keeps the names and passwords of
@@ -673,7 +707,17 @@ def build_authenticator(
     policy = PermissionsPolicy(config.permissions_file, config.vhosts)
     realm = BrokerRealm(policy)
     found = [_with_bytes(c) for c in checker_list]
-    portal = Portal(realm, found) if found else None
+    portal = None
+    if found:
+        # A Portal keeps one checker per credentials interface (the last
+        # registered): several --auth of one kind are tried in order instead.
+        by_interface: dict[Any, list[Any]] = {}
+        for checker in found:
+            for interface in checker.credentialInterfaces:
+                by_interface.setdefault(interface, []).append(checker)
+        portal = Portal(realm)
+        for interface, chain in by_interface.items():
+            portal.registerChecker(chain[0] if len(chain) == 1 else FirstOf(chain), interface)
     auth = Authenticator(
         portal,
         policy,

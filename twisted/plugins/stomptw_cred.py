@@ -28,3 +28,28 @@ class UsersFileCheckerFactory:
 
 
 users = UsersFileCheckerFactory()
+
+
+@implementer(ICheckerFactory, IPlugin)
+class JwtCheckerFactory:
+    """--auth jwt:...: JWT bearer tokens sent as CONNECT's passcode."""
+
+    authType = "jwt"
+    authHelp = (
+        "Checks a JWT sent as CONNECT's passcode (signature, exp, nbf, iss, aud); the\n"
+        "user is its sub claim, and the session ends when it expires. Options, ':'-separated:\n"
+        "key=FILE (PEM public key, JWKS JSON or HMAC secret) or jwks=URL (fetched and cached),\n"
+        "algorithms=RS256[,ES256...], issuer=ISS, audience=AUD, username-claim=sub,\n"
+        "scope-prefix=stomptw. (scopes like stomptw.read:/topic/chat.* grant permissions),\n"
+        "leeway=SECONDS, refresh=SECONDS (JWKS), timeout=SECONDS (JWKS)."
+    )
+    argStringFormat = "key=FILE or jwks=URL, then issuer=, audience=, algorithms=, ..."
+    credentialInterfaces = (IUsernamePassword,)
+
+    def generateChecker(self, argstring=""):
+        from stomptw.tokens import jwt_checker
+
+        return jwt_checker(argstring)
+
+
+jwt = JwtCheckerFactory()
