@@ -19,6 +19,7 @@ permissions file (:mod:`stomptw.permissions`).
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -57,6 +58,7 @@ __all__ = [
     "VhostRefused",
     "build_authenticator",
     "make_checker",
+    "parse_checker_arguments",
 ]
 
 
@@ -634,6 +636,26 @@ class Authenticator:
             return None
 
         return defer.DeferredList(results, consumeErrors=True).addCallback(first_failure)
+
+
+def parse_checker_arguments(argstring: str, names: Iterable[str]) -> dict[str, str]:
+    """
+    The ``NAME=VALUE`` options of an ``--auth KIND:ARGSTRING``, separated by
+    ``:``. A value may hold colons (a URL): only ``:NAME=`` of one of
+    ``names`` starts the next option.
+    """
+    names = tuple(names)
+    alternatives = "|".join(re.escape(n) for n in names)
+    starts = list(re.finditer(rf"(?:^|:)({alternatives})=", argstring))
+    if not starts or starts[0].start() != 0:
+        raise ValueError(
+            f"expected NAME=VALUE options separated by ':' ({', '.join(names)}), got {argstring!r}"
+        )
+    options = {}
+    for here, after in zip(starts, starts[1:] + [None], strict=True):
+        end = after.start() if after is not None else len(argstring)
+        options[here.group(1)] = argstring[here.end() : end]
+    return options
 
 
 def make_checker(description: str) -> checkers.ICredentialsChecker:

@@ -27,7 +27,6 @@ permissions file (or every permission, without one).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -38,7 +37,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from stomptw.auth import AuthServiceUnavailable, Identity, TokenExpired
+from stomptw.auth import AuthServiceUnavailable, Identity, TokenExpired, parse_checker_arguments
 from stomptw.permissions import ACTIONS, Entry, Grants
 
 __all__ = [
@@ -79,22 +78,8 @@ _ASYMMETRIC = (
 
 
 def parse_arguments(argstring: str) -> dict[str, str]:
-    """
-    ``name=value`` options separated by ``:``; a value may itself hold
-    colons (a URL), since only ``:NAME=`` of a known option starts the next.
-    """
-    names = "|".join(re.escape(o) for o in OPTIONS)
-    starts = list(re.finditer(rf"(?:^|:)({names})=", argstring))
-    if not starts or starts[0].start() != 0:
-        raise ValueError(
-            f"expected NAME=VALUE options separated by ':' ({', '.join(OPTIONS)}), "
-            f"got {argstring!r}"
-        )
-    options = {}
-    for here, after in zip(starts, starts[1:] + [None], strict=True):
-        end = after.start() if after is not None else len(argstring)
-        options[here.group(1)] = argstring[here.end() : end]
-    return options
+    """The options of ``--auth jwt:ARGSTRING`` by name."""
+    return parse_checker_arguments(argstring, OPTIONS)
 
 
 def grants_from_scopes(scopes: Iterable[str], prefix: str) -> tuple[Grants | None, frozenset[str]]:

@@ -53,3 +53,27 @@ class JwtCheckerFactory:
 
 
 jwt = JwtCheckerFactory()
+
+
+@implementer(ICheckerFactory, IPlugin)
+class HttpCheckerFactory:
+    """--auth http:...: an HTTP service speaking rabbitmq_auth_backend_http's protocol."""
+
+    authType = "http"
+    authHelp = (
+        "Asks an HTTP service, with the requests of RabbitMQ's rabbitmq_auth_backend_http,\n"
+        "whether a login is valid (user_path) and what the user may do (vhost_path,\n"
+        "resource_path, topic_path); answers allow [tags...] or deny. Options, ':'-separated:\n"
+        "user_path=URL (required), vhost_path=URL, resource_path=URL, topic_path=URL,\n"
+        "method=get|post (get), timeout=SECONDS (5), cache_ttl=SECONDS (15)."
+    )
+    argStringFormat = "user_path=URL[:vhost_path=URL:resource_path=URL:topic_path=URL:...]"
+    credentialInterfaces = (IUsernamePassword,)
+
+    def generateChecker(self, argstring=""):
+        from stomptw.httpauth import http_checker
+
+        return http_checker(argstring)
+
+
+http = HttpCheckerFactory()
