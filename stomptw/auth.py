@@ -32,6 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from stomptw.credentials import CertificateCredentials, ICertificateCredentials
 from stomptw.permissions import ACTIONS, DEFAULT_VHOST, Grants, PermissionsPolicy
 
 if TYPE_CHECKING:
@@ -98,22 +99,6 @@ class IReloadable(Interface):
 
     def reload():  # noqa: N805
         """Read again; return a Deferred that fires when done (and fails if unreadable)."""
-
-
-class ICertificateCredentials(credentials.ICredentials):
-    """A TLS client certificate that the transport verified."""
-
-    subject = Attribute("The certificate's subject, as a string (``CN=alice,O=Example``).")
-    common_name = Attribute("The subject's common name (CN), or empty.")
-
-
-@implementer(ICertificateCredentials)
-@dataclass(frozen=True)
-class CertificateCredentials:
-    """The verified client certificate of a TLS connection."""
-
-    subject: str
-    common_name: str = ""
 
 
 class Identity(bytes):

@@ -115,7 +115,7 @@ def endpoint_scope(description: str) -> str:
     kind = kind.strip().lower()
     if kind == "unix":
         return "loopback"
-    if kind not in ("tcp", "tcp6", "ssl", "tls"):
+    if kind not in ("tcp", "tcp6", "ssl", "tls", "mtls"):
         return "unknown"
     for part in rest.replace("\\:", "\x00").split(":"):
         key, sep, value = part.partition("=")

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
+from stomptw.credentials import certificate_of
 from stomptw.errors import ProtocolError
 from stomptw.interfaces import IStompTransport
 from stomptw.model import format_peer
@@ -144,8 +145,8 @@ class StompProtocol(Protocol):
         self.clock.callLater(0, f, *args)
 
     def client_certificate(self) -> Any:
-        """The verified TLS client certificate, if any (see :mod:`stomptw.certs`)."""
-        return None
+        """The client certificate an ``mtls:`` listener verified, if any."""
+        return certificate_of(self.transport)
 
     def close(self, linger: float) -> None:
         """Close in order (see :func:`close_lingering`), dropping after ``linger``."""

@@ -376,7 +376,7 @@ def makeService(
     # Each listener counts its own connections (config.max_connections).
     for description in config.tcp_endpoints:
         endpoint = serverFromString(reactor, description)
-        label = "tls" if description.split(":", 1)[0] in ("ssl", "tls") else "tcp"
+        label = "tls" if description.split(":", 1)[0] in ("ssl", "tls", "mtls") else "tcp"
         limit = ConnectionLimit(config.max_connections, description, reactor, count_refused)
         factory = LimitedStompFactory(broker, config, reactor, label, limit)
         listener = _Listener(endpoint, factory, description, "stomp")

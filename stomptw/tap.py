@@ -33,6 +33,7 @@ from stomptw.configfile import (
     load_config_file,
     origin_of,
 )
+from stomptw.credentials import ICertificateCredentials
 
 __all__ = ["Options", "makeService", "config_from_options"]
 
@@ -89,6 +90,7 @@ class Options(strcred.AuthOptionMixin, usage.Options):
     supportedInterfaces = (
         credentials.IUsernamePassword,
         credentials.IAnonymous,
+        ICertificateCredentials,
     )
     longdesc = (
         "Run the stomptw STOMP broker. With no options it serves STOMP over TCP on "

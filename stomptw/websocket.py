@@ -33,6 +33,7 @@ from zope.interface import implementer
 from stomptw import __version__
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
+from stomptw.credentials import certificate_of
 from stomptw.interfaces import IStompTransport
 from stomptw.model import format_peer
 from stomptw.protocol import set_high_water, shared_sweep
@@ -174,8 +175,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         self.factory.reactor.callLater(0, f, *args)
 
     def client_certificate(self) -> Any:
-        """A WebSocket session logs in with CONNECT's credentials only."""
-        return None
+        """The client certificate an ``mtls:`` listener verified (wss://), if any."""
+        return certificate_of(self.transport)
 
     def close(self, linger: float) -> None:
         """

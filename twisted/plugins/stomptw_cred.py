@@ -5,6 +5,8 @@ from twisted.cred.strcred import ICheckerFactory
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from stomptw.credentials import ICertificateCredentials
+
 
 @implementer(ICheckerFactory, IPlugin)
 class UsersFileCheckerFactory:
@@ -77,3 +79,28 @@ class HttpCheckerFactory:
 
 
 http = HttpCheckerFactory()
+
+
+@implementer(ICheckerFactory, IPlugin)
+class CertificateCheckerFactory:
+    """--auth cert: TLS client certificates (mtls: listeners) log in as their subject."""
+
+    authType = "cert"
+    authHelp = (
+        "On mtls: listeners (TLS that requires client certificates signed by caCerts=), a\n"
+        "CONNECT without login logs in as the certificate's common name, or with\n"
+        "from=subject as its whole subject (RabbitMQ's ssl_cert_login)."
+    )
+    argStringFormat = "Nothing, or from=cn|subject."
+    credentialInterfaces = (ICertificateCredentials,)
+
+    def generateChecker(self, argstring=""):
+        from stomptw.mtls import CertificateChecker
+
+        name_from = argstring.partition("from=")[2] if argstring else "cn"
+        if argstring and not argstring.startswith("from="):
+            raise ValueError(f"expected from=cn or from=subject, got {argstring!r}")
+        return CertificateChecker(name_from)
+
+
+cert = CertificateCheckerFactory()
