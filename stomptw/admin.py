@@ -28,11 +28,14 @@ Endpoints:
 
 Destination names go in the path URL-encoded (``%2Fqueue%2Forders``).
 ``POST`` and ``DELETE`` need ``Authorization: Bearer <token>`` with the token
-from ``admin_token_file``; without one they are refused.
+from ``admin_token_file``, or, on a broker with ``--auth``, the credentials
+of a user with the ``administrator`` tag (HTTP Basic, or a bearer JWT);
+without them they are refused.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 from collections.abc import Callable
@@ -109,8 +112,11 @@ class Denied(Exception):
 class Authorizer(Protocol):
     """What decides whether a request may change the broker's state."""
 
-    def authorize(self, request: Request) -> None:
-        """Return if ``request`` may proceed; raise :class:`Denied` if not."""
+    def authorize(self, request: Request) -> defer.Deferred | None:
+        """
+        Return (or fire a Deferred) if ``request`` may proceed; raise (or
+        fail with) :class:`Denied` if not.
+        """
 
 
 class BearerTokenAuthorizer:
@@ -144,6 +150,65 @@ class BearerTokenAuthorizer:
             )
         if not hmac.compare_digest(credentials.strip().encode("utf-8"), self._token):
             raise Denied(403, "wrong token")
+
+
+class AdministratorAuthorizer(BearerTokenAuthorizer):
+    """
+    The token file's bearer token, or the credentials of a broker user with
+    the ``administrator`` tag: HTTP Basic (user name and password) or
+    ``Bearer <JWT>``, checked by the broker's own ``--auth`` checkers
+    (:class:`~stomptw.auth.Authenticator`), failed attempts counted and
+    limited as for STOMP logins.
+    """
+
+    def __init__(self, token: str | None, auth: Any) -> None:
+        super().__init__(token)
+        self.auth = auth
+
+    def authorize(self, request: Request) -> defer.Deferred | None:
+        """See :class:`Authorizer`."""
+        header = request.getHeader("authorization") or ""
+        scheme, _, value = header.partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        if (
+            scheme == "bearer"
+            and self._token
+            and hmac.compare_digest(value.encode("utf-8"), self._token)
+        ):
+            return None
+        if scheme == "basic":
+            try:
+                login, _, passcode = base64.b64decode(value, validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise Denied(401, "malformed Basic credentials", _CHALLENGE) from None
+            headers = {"login": login, "passcode": passcode}
+        elif scheme == "bearer" and value:
+            headers = {"passcode": value}
+        else:
+            raise Denied(
+                401,
+                "this endpoint needs an administrator's credentials (HTTP Basic, or "
+                "Authorization: Bearer with a token)",
+                _CHALLENGE,
+            )
+        peer = getattr(request.getClientAddress(), "host", "")
+        d = self.auth.login(headers, peer, "admin")
+
+        def logged_in(user: Any) -> None:
+            user.logout()
+            if "administrator" not in user.tags:
+                raise Denied(403, f"user {user.name!r} does not have the administrator tag")
+
+        def refused(failure: Any) -> Any:
+            if failure.check(Denied):
+                return failure
+            message = getattr(failure.value, "message", "authentication failed")
+            raise Denied(401, message, _CHALLENGE)
+
+        return d.addCallbacks(logged_in, refused)
+
+
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="stomptw", Bearer realm="stomptw"'}
 
 
 # -- the HTTP resource --------------------------------------------------------------
@@ -254,27 +319,49 @@ class AdminResource(Resource):
                 )
             if method not in ("GET", "HEAD"):
                 try:
-                    self.authorizer.authorize(request)
+                    allowed = self.authorizer.authorize(request)
                 except Denied as e:
-                    # Never the token itself: only who tried what.
-                    peer = request.getClientAddress()
-                    log.warn(
-                        "admin API: refused {method} {path} from {peer}: {reason}",
-                        method=method,
-                        path=request.path.decode("latin-1"),
-                        peer=format_peer(peer),
-                        status=e.code,
-                        reason=e.message,
-                    )
-                    raise _HTTPError(e.code, e.message, e.headers) from None
+                    raise self._refused(request, method, e) from None
+                if isinstance(allowed, defer.Deferred):
+
+                    def then(_: object) -> Any:
+                        return handler(request, *args)
+
+                    def denied(failure: Any) -> Any:
+                        if failure.check(Denied):
+                            raise self._refused(request, method, failure.value)
+                        return failure
+
+                    result = allowed.addCallbacks(then, denied)
+                    return self._later(request, result)
             result = handler(request, *args)
         except _HTTPError as e:
             return self._error(request, e)
+        return self._later(request, result)
+
+    def _refused(self, request: Request, method: str, e: Denied) -> _HTTPError:
+        # Never the credentials themselves: only who tried what.
+        peer = request.getClientAddress()
+        log.warn(
+            "admin API: refused {method} {path} from {peer}: {reason}",
+            method=method,
+            path=request.path.decode("latin-1"),
+            peer=format_peer(peer),
+            status=e.code,
+            reason=e.message,
+        )
+        return _HTTPError(e.code, e.message, e.headers)
+
+    def _later(self, request: Request, result: Any) -> bytes | int:
+        """Answer with ``result``, now (bytes) or once its Deferred fires."""
         if isinstance(result, defer.Deferred):
 
-            def done(value: tuple[int, object]) -> None:
+            def done(value: tuple[int, object] | bytes) -> None:
+                # A handler run after an asynchronous authorization may have
+                # answered in bytes already.
                 if not request.finished and not getattr(request, "_disconnected", False):
-                    request.write(self._json(request, *value))
+                    body = value if isinstance(value, bytes) else self._json(request, *value)
+                    request.write(body)
                     request.finish()
 
             def failed(failure: Any) -> None:
@@ -495,7 +582,11 @@ def admin_site(
     if reactor is None:
         from twisted.internet import reactor
     if authorizer is None:
-        authorizer = BearerTokenAuthorizer(token)
+        auth = getattr(broker, "auth", None)
+        if auth is not None and auth.required:
+            authorizer = AdministratorAuthorizer(token, auth)
+        else:
+            authorizer = BearerTokenAuthorizer(token)
     site = Site(AdminResource(readiness, broker, authorizer, reactor), reactor=reactor)
     site.noisy = False
     site.displayTracebacks = False

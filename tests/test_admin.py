@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -564,3 +565,79 @@ async def test_close_connection(make_broker, token_file):
         assert response.code == 404
     finally:
         await clients.close()
+
+
+# -- administrators from the broker's own logins -----------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_administrators_log_in_with_basic_or_a_token(make_broker, token_file, tmp_path):
+    """
+    With --auth, users with the administrator tag may use the mutating
+    endpoints (HTTP Basic, or a JWT as bearer token); the token file still works.
+    """
+    import base64
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from stomptw.users import User, hash_password, write_users
+
+    users = tmp_path / "users.toml"
+    write_users(
+        str(users),
+        [
+            User("root", hash_password("r-pw"), tags=("administrator",)),
+            User("carol", hash_password("c-pw")),
+        ],
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "idp.pem"
+    pem.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    running = await start(make_broker, token_file, auth=[f"users:{users}", f"jwt:key={pem}"])
+    target = url(running, dest_path("/queue/" + unique("admins"), "/messages"))
+
+    def basic(name: str, password: str) -> dict:
+        encoded = base64.b64encode(f"{name}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {encoded}"}
+
+    def bearer(tags: str) -> dict:
+        claims = {"sub": "ops", "exp": time.time() + 60, "scope": tags}
+        return {"Authorization": "Bearer " + jwt.encode(claims, key, algorithm="RS256")}
+
+    answers = {}
+    for label, headers in [
+        ("admin by password", basic("root", "r-pw")),
+        ("wrong password", basic("root", "nope")),
+        ("not an administrator", basic("carol", "c-pw")),
+        ("admin token", bearer("stomptw.tag:administrator")),
+        ("token without the tag", bearer("")),
+        ("token file", AUTH),
+        ("nothing", {}),
+    ]:
+        response = await treq.post(target, json={"body": label}, headers=headers)
+        answers[label] = response.code
+        if response.code != 201:
+            assert (await response.json())["error"]
+    assert answers == {
+        "admin by password": 201,
+        "wrong password": 401,
+        "not an administrator": 403,
+        "admin token": 201,
+        "token without the tag": 403,
+        "token file": 201,
+        "nothing": 401,
+    }
+    assert running.broker.stats["published"] == 3
+    # Reading needs no credentials, and shows each connection's user.
+    from clients import RawStompSocket
+    from twisted.internet.threads import deferToThread
+
+    raw = RawStompSocket(running.tcp_port)
+    try:
+        await deferToThread(raw.connect, login="carol", passcode="c-pw")
+        (connection,) = await get_json(running, "/api/connections")
+        assert (connection["user"], connection["vhost"]) == ("carol", "/")
+    finally:
+        raw.close()
