@@ -510,13 +510,19 @@ _EXAMPLE_HEADERS = {
 
 
 class _ExampleConfig(Resource):
-    """``config.js``: tells the example pages where the STOMP endpoint is."""
+    """
+    ``config.js``: tells the example pages where the STOMP endpoint is, and
+    whether the broker asks for a login (then they show a login form).
+    """
 
     isLeaf = True
 
-    def __init__(self, ws_path: str) -> None:
+    def __init__(self, ws_path: str, auth: bool = False) -> None:
         super().__init__()
-        self._body = f"window.STOMPTW_WS_PATH = {json.dumps(ws_path)};\n".encode()
+        self._body = (
+            f"window.STOMPTW_WS_PATH = {json.dumps(ws_path)};\n"
+            f"window.STOMPTW_AUTH = {json.dumps(auth)};\n"
+        ).encode()
 
     def render_GET(self, request) -> bytes:
         for name, value in _EXAMPLE_HEADERS.items():
@@ -561,7 +567,7 @@ def examples_resource(config: BrokerConfig) -> Resource:
     """
     root = _ExampleFiles(EXAMPLES_DIR, defaultType="application/octet-stream")
     root.indexNames = ["index.html"]
-    root.putChild(b"config.js", _ExampleConfig(config.ws_path))
+    root.putChild(b"config.js", _ExampleConfig(config.ws_path, bool(config.auth)))
     return root
 
 

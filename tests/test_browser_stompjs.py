@@ -360,3 +360,107 @@ async def test_allowed_origins_pattern_lets_the_page_in(make_broker, chrome, pag
         assert allowed["opened"] and allowed["data"].startswith("CONNECTED\n"), allowed
 
     await deferToThread(scenario)
+
+
+# -- logging in with a token ------------------------------------------------------------
+
+
+def _signing_key(tmp_path):
+    """An RSA key made for the test, and the broker's --auth for its public half."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "idp.pem"
+    pem.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    return key, f"jwt:key={pem}"
+
+
+def _token(key, sub: str, lifetime: float) -> str:
+    import jwt
+
+    return jwt.encode({"sub": sub, "exp": int(time.time() + lifetime)}, key, algorithm="RS256")
+
+
+@pytest_twisted.ensureDeferred
+async def test_stompjs_logs_in_with_a_token_and_is_refused_with_a_bad_one(
+    make_broker, chrome, stompjs, page_server, tmp_path
+):
+    """connectHeaders carry the token as passcode, as docs/security.md shows."""
+    key, auth = _signing_key(tmp_path)
+    running = await make_broker(auth=[auth], login_failure_delay=0.05)
+    url = await _page(page_server, stompjs)
+    good, forged = _token(key, "alice", 300), _token(key, "alice", 300)[:-4] + "AAAA"
+
+    def scenario():
+        load_page(chrome, url, PAGE_READY)
+        run_js(
+            chrome,
+            "await openClient('a', args[0], {subscribe: '/topic/tok', "
+            "config: {connectHeaders: {host: '/', passcode: args[1]}}});",
+            running.ws_url,
+            good,
+        )
+        user = run_js(
+            chrome,
+            """const r = clients.a;
+               r.client.publish({destination: '/topic/tok', body: 'hi',
+                                 headers: {'user-id': 'mallory'}});
+               for (let i = 0; i < 100 && !r.messages.length; i++)
+                 await new Promise((ok) => setTimeout(ok, 50));
+               return r.messages.length ? r.messages[0].headers['user-id'] : null;""",
+        )
+        assert user == "alice"
+        refused = run_js(
+            chrome,
+            """try { await openClient('b', args[0], {config: {reconnectDelay: 0,
+                      connectHeaders: {host: '/', passcode: args[1]}}}); }
+               catch (e) { }
+               const r = clients.b;
+               for (let i = 0; i < 100 && !r.errors.length; i++)
+                 await new Promise((ok) => setTimeout(ok, 50));
+               r.client.deactivate();
+               return {errors: r.errors, connects: r.connects};""",
+            running.ws_url,
+            forged,
+        )
+        assert refused == {"errors": ["authentication failed"], "connects": 0}
+
+    await deferToThread(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stompjs_gets_a_fresh_token_in_before_connect_when_one_expires(
+    make_broker, chrome, stompjs, page_server, tmp_path
+):
+    """
+    At exp the broker ends the session with ERROR 'token expired'; stompjs
+    reconnects and its beforeConnect puts a fresh token in connectHeaders.
+    """
+    key, auth = _signing_key(tmp_path)
+    running = await make_broker(auth=[auth])
+    url = await _page(page_server, stompjs)
+    tokens = [_token(key, "alice", 2), _token(key, "alice", 300)]
+
+    def scenario():
+        load_page(chrome, url, PAGE_READY)
+        run_js(
+            chrome,
+            """window.tokens = args[1];
+               await openClient('r', args[0], {config: {reconnectDelay: 200,
+                 beforeConnect: (c) => {
+                   c.connectHeaders = {host: '/', passcode: window.tokens.shift()};
+                 }}});""",
+            running.ws_url,
+            tokens,
+        )
+        state = run_js(
+            chrome,
+            """const r = clients.r;
+               for (let i = 0; i < 200 && r.connects < 2; i++)
+                 await new Promise((ok) => setTimeout(ok, 50));
+               return {connects: r.connects, errors: r.errors, left: window.tokens.length};""",
+        )
+        assert state == {"connects": 2, "errors": ["token expired"], "left": 0}
+
+    await deferToThread(scenario)

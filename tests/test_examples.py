@@ -45,14 +45,16 @@ async def test_examples_are_served_at_the_root(make_broker):
     assert code == 200 and b"export class StompClient" in body
     assert headers[b"Content-Type"] == [b"text/javascript; charset=utf-8"]
     code, headers, body = await _get(base + "/config.js")
-    assert code == 200 and body == b'window.STOMPTW_WS_PATH = "/ws";\n'
+    assert (
+        code == 200 and body == b'window.STOMPTW_WS_PATH = "/ws";\nwindow.STOMPTW_AUTH = false;\n'
+    )
 
 
 @pytest_twisted.ensureDeferred
 async def test_examples_follow_the_websocket_path(make_broker):
     running = await make_broker(ws_path="/stomp/over/ws")
     code, _, body = await _get(f"http://127.0.0.1:{running.ws_port}/config.js")
-    assert code == 200 and body == b'window.STOMPTW_WS_PATH = "/stomp/over/ws";\n'
+    assert code == 200 and body.startswith(b'window.STOMPTW_WS_PATH = "/stomp/over/ws";\n')
 
 
 @pytest_twisted.ensureDeferred
@@ -292,3 +294,41 @@ async def test_stomp_js_parser_and_encoder(make_broker, chrome):
         assert "x-k:a\\cb\\nc\n" in result["send"]
 
     await deferToThread(scenario)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_shows_a_login_form_when_the_broker_asks_for_one(make_broker, chrome):
+    """With --auth the pages ask for credentials, keep them for the tab, and log in."""
+    running = await make_broker(auth=["memory:alice:s3cret"], login_failure_delay=0.05)
+    url = f"http://127.0.0.1:{running.ws_port}/chat.html?room=login-test"
+
+    def log_in(user: str, password: str) -> None:
+        chrome.find_element(By.ID, "login-user").send_keys(user)
+        chrome.find_element(By.ID, "login-passcode").send_keys(password)
+        chrome.find_element(By.ID, "login-submit").click()
+
+    def scenario():
+        load_page(chrome, url)
+        wait_until(lambda: _texts(chrome, "#login-reason"), "the login form", PAGE_TIMEOUT)
+        assert "needs a login" in _text(chrome, "#login-reason")
+        assert len(running.broker.sessions) == 0  # nothing tried without credentials
+        log_in("alice", "wrong")
+        wait_until(
+            lambda: "authentication failed" in " ".join(_texts(chrome, "#login-reason")),
+            "the refusal in the form",
+            PAGE_TIMEOUT,
+        )
+        log_in("alice", "s3cret")
+        wait_until(lambda: _text(chrome, "#status") == "connected", "the login", PAGE_TIMEOUT)
+        assert chrome.find_elements(By.ID, "login") == []
+        chrome.find_element(By.ID, "message").send_keys("signed in\n")
+        wait_until(
+            lambda: any("signed in" in t for t in _texts(chrome, "#messages li.message")),
+            "the message",
+            PAGE_TIMEOUT,
+        )
+        errors = [e["message"] for e in chrome.get_log("browser") if e["level"] == "SEVERE"]
+        assert all("not logged in" in e or "authentication failed" in e for e in errors), errors
+
+    await deferToThread(scenario)
+    assert running.broker.auth.counters.succeeded == 1

@@ -534,7 +534,9 @@ async def test_embedded_resource_example():
         assert any(f.startswith("MESSAGE\n") and f.endswith("embedded\x00") for f in frames)
         # The example pages, mounted beside it, point at the mounted endpoint.
         config_js = await treq.get(f"http://127.0.0.1:{number}/live/examples/config.js")
-        assert (await config_js.text()) == 'window.STOMPTW_WS_PATH = "/live/stomp";\n'
+        assert (await config_js.text()) == (
+            'window.STOMPTW_WS_PATH = "/live/stomp";\nwindow.STOMPTW_AUTH = false;\n'
+        )
         page = await treq.get(f"http://127.0.0.1:{number}/live/examples/chat.html")
         assert page.code == 200 and "chat.js" in await page.text()
     finally:

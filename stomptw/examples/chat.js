@@ -1,6 +1,7 @@
 // Chat room: every tab subscribes to the same /topic/, and every message sent
 // to a topic goes to every subscriber.
 import { StompClient } from "./stomp.js";
+import { connectWithLogin } from "./login.js";
 
 const params = new URLSearchParams(location.search);
 const room = params.get("room") || "lobby";
@@ -89,7 +90,7 @@ window.addEventListener("pagehide", () => client.disconnect());
 
 showState("connecting");
 try {
-  await client.connect();
+  await connectWithLogin(client);
   await client.subscribe(destination, onMessage, { receipt: client.nextId("subscribed") }).receipt;
   subscribed = true;
   showState(client.state);

@@ -1,6 +1,7 @@
 // Frame inspector: logs every STOMP frame this page sends and receives,
 // heart-beats included, through StompClient's onframe hook.
 import { StompClient, defaultEndpoint } from "./stomp.js";
+import { authRequired, loginHeaders, showLoginForm } from "./login.js";
 
 const MAX_FRAMES = 500;
 const $ = (id) => document.getElementById(id);
@@ -95,10 +96,11 @@ async function connect() {
   c.onerror = (frame) => logNote(`ERROR: ${frame.headers.message || ""}`);
   c.onclose = (event) => logNote(`WebSocket closed: code ${event.code} ${event.reason || ""}`);
   try {
-    await c.connect();
+    await c.connect(loginHeaders());
     await c.subscribe(destination, () => {}, { receipt: c.nextId("subscribed") }).receipt;
   } catch (err) {
     logNote(`Connect failed: ${err.message}`);
+    if (authRequired) showLoginForm(`The broker refused the login: ${err.message}`);
   }
 }
 

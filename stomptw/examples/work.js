@@ -3,6 +3,7 @@
 // a tab holds at most one unacknowledged task; if the tab closes before it ACKs,
 // the broker redelivers that task to another tab with a "redelivered" header.
 import { StompClient } from "./stomp.js";
+import { connectWithLogin } from "./login.js";
 
 const QUEUE = "/queue/work";
 const params = new URLSearchParams(location.search);
@@ -92,7 +93,7 @@ window.addEventListener("pagehide", () => client.disconnect());
 
 showState("connecting");
 try {
-  await client.connect();
+  await connectWithLogin(client);
   const sub = client.subscribe(QUEUE, onTask, {
     ack: "client-individual",
     "prefetch-count": "1",
