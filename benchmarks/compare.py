@@ -285,6 +285,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra twistd stomptw options, e.g. '--slow-topic-limit 1000000'",
     )
     p.add_argument(
+        "--stomptw-login",
+        default="",
+        help="USER:PASSWORD every stomptw client sends in CONNECT (with --stomptw-args "
+        "'--auth ...'), to measure what logins and permissions cost",
+    )
+    p.add_argument(
         "--stomptw-code",
         type=Path,
         default=harness.REPO_ROOT,
@@ -360,8 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         factories = {}
         extra = args.stomptw_args.split()
         if "stomptw" in args.broker_list:
+            login = {}
+            if args.stomptw_login:
+                name, _, password = args.stomptw_login.partition(":")
+                login = {"login": name, "passcode": password}
             factories["stomptw"] = lambda d: harness.Stomptw(
-                d, args.twistd, extra, code=args.stomptw_code.resolve()
+                d, args.twistd, extra, code=args.stomptw_code.resolve(), connect_headers=login
             )
         if "rabbitmq" in args.broker_list:
             server = args.rabbitmq_server or harness.find_rabbitmq_server()

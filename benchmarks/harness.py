@@ -239,6 +239,7 @@ class Stomptw(BrokerProcess):
     without a WebSocket listener; ``args`` are more ``twistd stomptw`` options
     (a later ``--heartbeat`` overrides the default). ``code`` is the checkout
     whose stomptw runs (this one by default; another, to compare versions).
+    ``connect_headers`` go in every CONNECT its targets send (a login).
     """
 
     name = "stomptw"
@@ -252,7 +253,10 @@ class Stomptw(BrokerProcess):
         *,
         ws: bool = True,
         code: Path = REPO_ROOT,
+        connect_headers: dict[str, str] | None = None,
     ) -> None:
+        #: Sent in every CONNECT (``login`` and ``passcode`` with ``--auth``).
+        self.connect_headers = dict(connect_headers or {})
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), env.get("PYTHONPATH", "")) if p)
         listen = f"tcp:0:interface={LOCALHOST}"
@@ -276,7 +280,8 @@ class Stomptw(BrokerProcess):
         raise RuntimeError(f"stomptw did not start:\n{log}")
 
     def target(self, transport: str) -> Target:
-        return Target("stomptw", transport, self.ports["stomp" if transport == "tcp" else "ws"])
+        port = self.ports["stomp" if transport == "tcp" else "ws"]
+        return Target("stomptw", transport, port, connect_headers=dict(self.connect_headers))
 
 
 def find_rabbitmq_server() -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,8 +187,30 @@ def write_users(path: str, users: Iterable[User]) -> None:
         raise
 
 
+#: How much lower than the reactor's the hashing threads' priority is (nice).
+HASHING_NICENESS = 19
+
+_thread_state = threading.local()
+
+
+def _lower_priority() -> None:
+    """
+    Give the calling (hashing) thread a lower scheduling priority, once: when
+    the cores are busy, the reactor thread and the message flow come first,
+    and logins wait. Linux schedules threads as tasks, so this is per thread.
+    """
+    if getattr(_thread_state, "lowered", False):
+        return
+    _thread_state.lowered = True
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: the pool still keeps hashing off the reactor
+
+
 def _verify(hashed: str, password: bytes) -> bool:
     """Whether ``password`` matches ``hashed`` (in a pool thread)."""
+    _lower_priority()
     try:
         return HASHER.verify(hashed, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
