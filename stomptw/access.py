@@ -117,8 +117,18 @@ def authorize_use(session: StompSession, action: str, destination: str) -> None:
     if user is None or user.unrestricted:
         return
     authorize(session, action, destination)
-    if destination not in session.broker.destinations and _creatable(destination):
-        authorize(session, "create", destination)
+    if _creatable(destination):
+        if destination not in session.broker.destinations:
+            authorize(session, "create", destination)
+        elif session.permissions.get(("create", destination)) is not True:
+            # A queue that exists now may be forgotten when idle and made
+            # again by a later SEND: keep such a SEND off the fast path.
+            return
+    if action == "write":
+        fast = session.write_allowed
+        if len(fast) >= MAX_CACHED:
+            fast.clear()
+        fast.add(destination)
 
 
 def authorize(session: StompSession, action: str, destination: str) -> None:
@@ -132,6 +142,7 @@ def authorize(session: StompSession, action: str, destination: str) -> None:
     generation = user.generation()
     if session.permissions_generation != generation:
         cache.clear()
+        session.write_allowed.clear()
         session.permissions_generation = generation
     key = (action, destination)
     allowed = cache.get(key)

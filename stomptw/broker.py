@@ -72,6 +72,8 @@ class Broker:
     :param config: the delivery policy (limits, dead letters, expiry).
     :param store: where persistent messages are kept; in memory by default.
     :param clock: the reactor's time, for expiry.
+    :param stats: the message counters to add to (a vhost shares its
+        broker's); new ones by default.
 
     :ivar stats: counters of what happened to messages, by name (see
         :data:`STAT_NAMES`).
@@ -83,6 +85,7 @@ class Broker:
         config: BrokerConfig | None = None,
         store: IMessageStore | None = None,
         clock: IReactorTime | None = None,
+        stats: dict[str, int] | None = None,
     ) -> None:
         if config is None:
             from stomptw.config import BrokerConfig
@@ -102,7 +105,7 @@ class Broker:
         self._session_ids = itertools.count(1)
         self._keys = itertools.count(1)
         self.sessions: set[object] = set()
-        self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
+        self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0) if stats is None else stats
         self.counters = Counters()
         #: The dead-letter policy.
         self.dead_letters = DeadLetters(
@@ -148,11 +151,12 @@ class Broker:
 
     def add_vhost(self, name: str, store: IMessageStore) -> Broker:
         """
-        A virtual host: a broker of its own (destinations, store, message
-        counts) that shares this one's sessions, traffic counters, logins
-        and deadline sweep. Open and close it with this one.
+        A virtual host: a broker of its own (destinations, store) that
+        shares this one's sessions, message and traffic counters (so that
+        ``/metrics`` counts every vhost's messages), logins and deadline
+        sweep. Open and close it with this one.
         """
-        vhost = Broker(self.config, store, self.clock)
+        vhost = Broker(self.config, store, self.clock, stats=self.stats)
         vhost._root = False
         vhost.sessions = self.sessions
         vhost.counters = self.counters

@@ -178,7 +178,7 @@ def send(session: StompSession, headers: Headers, body: bytes) -> None:
         # A destination that exists has passed this check.
         _check_destination(session, destination)
     user = session.user
-    if not user.unrestricted:
+    if not user.unrestricted and destination not in session.write_allowed:
         authorize_use(session, "write", destination)
     expires = headers.get("expires")
     if expires is not None and not expires.isdigit():

@@ -126,6 +126,9 @@ class StompSession(SessionEnding):
         #: of the rules they came from (see :func:`stomptw.access.authorize`).
         self.permissions: dict[tuple[str, str], bool] = {}
         self.permissions_generation = -1
+        #: Destinations a SEND may go to without asking again: every check
+        #: passed, create included (cleared when the rules change).
+        self.write_allowed: set[str] = set()
         #: A refused login's ERROR, waiting out the failure delay.
         self._refusal: Any = None
 
@@ -245,6 +248,7 @@ class StompSession(SessionEnding):
         The rules behind the user's permissions changed (a reload): end the
         session if a subscription may no longer read its destination.
         """
+        self.write_allowed.clear()
         user = self.user
         if self.closing or user is None or user.unrestricted:
             return

@@ -5,6 +5,7 @@ on a Clock with in-memory sessions, so that every delay is exact.
 
 from __future__ import annotations
 
+import pytest_twisted
 from twisted.cred import checkers, credentials, error
 from twisted.internet import defer
 from zope.interface import implementer
@@ -164,3 +165,36 @@ def test_config_defaults_keep_todays_broker():
     config = BrokerConfig()
     assert config.auth == [] and not config.allow_anonymous and config.permissions_file == ""
     assert (config.login_failure_delay, config.max_failed_logins) == (1.0, 10)
+
+
+def test_twisteds_own_checkers_work_as_strcred_makes_them(tmp_path):
+    """--auth file:PATH and memory: are Twisted's; their avatar ids are plain bytes."""
+    passwords = tmp_path / "passwd"
+    passwords.write_text("carol:c-pw\n")
+    env = on_clock(make_checker(f"file:{passwords}"), make_checker("memory:dave:d-pw"))
+    for login, passcode in (("carol", "c-pw"), ("dave", "d-pw")):
+        client = env.connect(login=login, passcode=passcode)
+        assert client.session.user.name == login
+    refused = env.connect(version=None)
+    refused.send("CONNECT", accept_version="1.2", login="carol", passcode="d-pw")
+    env.advance(1.1)
+    assert refused.frame().headers["message"] == "authentication failed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_takes_back_a_write_the_session_had_used(tmp_path):
+    """The per-session fast path for SENDs is emptied when the rules change."""
+    rules = tmp_path / "p.toml"
+    rules.write_text('[users.alice]\nwrite = ["/topic/**"]\n')
+    env = on_clock(make_checker("memory:alice:pw"), permissions_file=str(rules))
+    client = env.connect(login="alice", passcode="pw")
+    for _ in range(3):
+        client.send("SEND", b"x", destination="/topic/a", receipt="ok")
+        assert client.frame().command == "RECEIPT"
+    rules.write_text('[users.alice]\nwrite = ["/topic/b"]\n')
+    await env.broker.auth.reload()
+    client.session.permissions_changed()  # what BrokerService.reload does for each session
+    client.send("SEND", b"x", destination="/topic/a", receipt="refused")
+    refusal = client.frame()
+    assert refusal.headers["message"] == "access refused: no write permission for /topic/a"
+    assert refusal.headers["receipt-id"] == "refused"

@@ -93,6 +93,7 @@ SANS_IO = (
     "stomptw.errors",
     "stomptw.receipts",
     "stomptw.transactions",
+    "stomptw.access",
 )
 
 #: What of Twisted a sans-IO module may use: Deferreds, failures, logging.

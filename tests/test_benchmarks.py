@@ -173,3 +173,34 @@ def test_heartbeats_holds_beating_sessions_and_reports_each_checkout():
     beats_in, beats_out, gap, closed = (float(x) for x in fields[5:9])
     assert beats_in > 0 and beats_out > 0  # beats flowed both ways
     assert closed == 0  # the broker timed nobody out
+
+
+def test_logins_benchmark_runs_bursts_against_a_users_file():
+    out, _ = run_script(
+        "benchmarks/logins.py",
+        "--twistd",
+        TWISTD,
+        "--rounds",
+        "1",
+        "--seconds",
+        "3",
+        "--clients",
+        "5",
+        "--every",
+        "1",
+        "--rate",
+        "200",
+        "--json",
+    )
+    rows = json.loads(out[out.index("[") :])
+    quiet, busy = rows
+    assert quiet["bursts"] == 0 and busy["bursts"] >= 1, rows
+    assert quiet["lost"] == busy["lost"] == 0, rows
+    assert busy["logins_per_s"] > 0 and busy["burst_s"] > 0, rows
+    assert "median p99: quiet" in out
+
+
+def test_auth_cost_benchmark_reports_each_mode():
+    out, _ = run_script("benchmarks/auth_cost.py", "--rounds", "1", "--messages", "2000")
+    for mode in ("anonymous", "login", "permissions"):
+        assert any(line.startswith(mode) and " ns " in line for line in out.splitlines()), out

@@ -371,3 +371,15 @@ async def test_a_vhost_is_only_for_users_with_a_table_in_it(make_broker, tmp_pat
 
     error = await deferToThread(scenario)
     assert error.headers["message"] == "access to vhost 'team' refused"
+
+
+def test_a_vhosts_messages_count_in_the_brokers_stats():
+    from stomptw.broker import Broker
+    from stomptw.store import MemoryStore
+
+    broker = Broker()
+    team = broker.add_vhost("team", MemoryStore())
+    broker.open()
+    team.send("/queue/counted", {}, b"x")
+    assert broker.stats["published"] == 1 and team.stats is broker.stats
+    assert "/queue/counted" in team.destinations and "/queue/counted" not in broker.destinations
