@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         default=10,
         help="scheduling niceness of the login clients' threads (0: as the flow's)",
     )
+    p.add_argument(
+        "--broker-args",
+        nargs="*",
+        default=[],
+        help="more twistd stomptw options, e.g. --broker-args=--connects-per-turn=0",
+    )
     p.add_argument("--json", action="store_true", help="print the rows as JSON too")
     a = p.parse_args(argv)
     rows = []
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         broker = harness.Stomptw(
             work / "broker",
             a.twistd,
-            ["--store", "memory", "--auth", auth, "--max-failed-logins", "0"],
+            ["--store", "memory", "--auth", auth, "--max-failed-logins", "0", *a.broker_args],
             ws=False,
             code=a.code.resolve(),
             connect_headers={"login": USER, "passcode": PASSWORD},
