@@ -458,12 +458,22 @@ class AdminResource(Resource):
         # Answer at once: the close itself may wait for the client (linger).
         return defer.succeed((200, {"closed": session_id}))
 
+    def _vhost(self, request: Request) -> Any:
+        """The broker of the request's ``?vhost=NAME`` (``/`` without one)."""
+        names = request.args.get(b"vhost") or [b"/"]
+        name = names[0].decode("utf-8", "replace")
+        vhost = getattr(self.broker, "vhosts", {"/": self.broker}).get(name)
+        if vhost is None:
+            raise _HTTPError(404, f"no vhost {name!r}")
+        return vhost
+
     def _destinations(self, request: Request) -> bytes:
-        dests = sorted(self.broker.destinations.values(), key=lambda d: d.name)
+        broker = self._vhost(request)
+        dests = sorted(broker.destinations.values(), key=lambda d: d.name)
         return self._json(request, 200, [_destination_info(d) for d in dests])
 
     def _destination(self, request: Request, name: str) -> bytes:
-        dest = self.broker.destinations.get(name)
+        dest = self._vhost(request).destinations.get(name)
         if dest is None:
             raise _HTTPError(404, f"no destination {name!r}")
         return self._json(request, 200, _destination_info(dest))
@@ -510,6 +520,7 @@ class AdminResource(Resource):
         return self._json(request, 200, result)
 
     def _publish(self, request: Request, name: str) -> defer.Deferred | bytes:
+        broker = self._vhost(request)
         payload = self._read_json(request)
         if not isinstance(payload, dict):
             raise _HTTPError(400, 'expected a JSON object {"body": "...", "headers": {...}}')
@@ -525,34 +536,34 @@ class AdminResource(Resource):
         if unknown:
             raise _HTTPError(400, f"unknown fields: {', '.join(sorted(unknown))}")
         try:
-            self.broker.check_destination(name)
+            broker.check_destination(name)
         except DestinationError as e:
             raise _HTTPError(400, f"invalid destination: {e}") from None
         data = body.encode("utf-8")
-        if len(data) > self.broker.config.limits.max_body_size:
+        if len(data) > broker.config.limits.max_body_size:
             raise _HTTPError(413, "body is over --max-body-size")
         expires = headers.get("expires")
         if expires is not None and not expires.isdigit():
             raise _HTTPError(400, "expires must be milliseconds since the epoch")
         forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
-        existing = self.broker.destinations.get(name)
+        existing = broker.destinations.get(name)
         if isinstance(existing, Queue) and existing.is_full():
             # Whatever --overflow says: there is no producer connection to block.
             raise _HTTPError(503, f"destination {name} is full")
         try:
-            message = self.broker.send(name, forwarded, data, None, True)
+            message = broker.send(name, forwarded, data, None, True)
         except DestinationFull as e:
             raise _HTTPError(503, f"destination {name} is full: {e}") from None
         request.setHeader("Location", request.uri.decode("ascii", "replace"))
         result = (201, {"message_id": message.message_id, "destination": name})
         if message.persistent:
             # 201 once it is stored, as a RECEIPT would be.
-            return self.broker.sync().addCallback(lambda _: result)
+            return broker.sync().addCallback(lambda _: result)
         return self._json(request, *result)
 
     def _purge(self, request: Request, name: str) -> bytes:
         try:
-            count = self.broker.purge(name)
+            count = self._vhost(request).purge(name)
         except KeyError:
             raise _HTTPError(404, f"no destination {name!r}") from None
         except DestinationError as e:

@@ -641,3 +641,21 @@ async def test_administrators_log_in_with_basic_or_a_token(make_broker, token_fi
         assert (connection["user"], connection["vhost"]) == ("carol", "/")
     finally:
         raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_destinations_of_a_vhost_with_the_vhost_parameter(make_broker, token_file):
+    running = await start(make_broker, token_file, vhosts=["team"])
+    name = "/queue/" + unique("vh")
+    path = dest_path(name, "/messages")
+    response = await treq.post(url(running, path + "?vhost=team"), json={"body": "x"}, headers=AUTH)
+    assert response.code == 201
+    team = await get_json(running, "/api/destinations?vhost=team")
+    assert [d["name"] for d in team] == [name]
+    assert await get_json(running, "/api/destinations") == []  # the default vhost's
+    assert (await get_json(running, dest_path(name) + "?vhost=team"))["name"] == name
+    await get_json(running, dest_path(name), code=404)
+    missing = await treq.get(url(running, "/api/destinations?vhost=nosuch"))
+    assert missing.code == 404 and "no vhost 'nosuch'" in (await missing.json())["error"]
+    purged = await treq.delete(url(running, path + "?vhost=team"), headers=AUTH)
+    assert purged.code == 200 and (await purged.json())["purged"] == 1
