@@ -78,15 +78,16 @@ def log_in(session: StompSession, headers: dict[str, str]) -> None:
     d = auth.login(headers, peer_host(session.peer), session.transport_name, certificate)
     outcome = _now_or_later(d)
     if outcome:
-        if _logged_in(session, outcome[0]):
+        if _logged_in(session, outcome[0], headers.get("receipt")):
             return
         raise Waiting(succeed(False))
     later = Deferred()
-    d.addBoth(lambda result: later.callback(_logged_in(session, result)))
+    receipt = headers.get("receipt")
+    d.addBoth(lambda result: later.callback(_logged_in(session, result, receipt)))
     raise Waiting(later)
 
 
-def _logged_in(session: StompSession, result: Any) -> bool:
+def _logged_in(session: StompSession, result: Any, receipt: str | None = None) -> bool:
     """Take a login's outcome: True once the user is set, False if refused."""
     if isinstance(result, StompUser):
         if session.closing:
@@ -99,7 +100,8 @@ def _logged_in(session: StompSession, result: Any) -> bool:
     if failure is None:
         session.log.failure("login failed", result, peer=session.peer)
         failure = LoginFailed("authentication failed", "", delayed=True)
-    session.refuse_login(ProtocolError(failure.message, failure.details), failure.delayed)
+    error = ProtocolError(failure.message, failure.details)
+    session.refuse_login(error, failure.delayed, receipt)
     return False
 
 

@@ -218,23 +218,24 @@ class StompSession(SessionEnding):
             lambda f: self.log.failure("waiting for {command}", f, command=command)
         )
 
-    def refuse_login(self, error: ProtocolError, delayed: bool) -> None:
+    def refuse_login(self, error: ProtocolError, delayed: bool, receipt: str | None = None) -> None:
         """
-        The login failed: end the session with ``error``, after the
+        The login failed: end the session with ``error`` (with CONNECT's
+        ``receipt`` as its receipt-id, if it asked for one), after the
         broker's failure delay when ``delayed`` (nothing is read meanwhile).
         """
         auth = self.broker.auth
         delay = auth.failure_delay if auth is not None and delayed else 0
         if delay:
-            self._refusal = auth.clock.callLater(delay, self._refuse, error)
+            self._refusal = auth.clock.callLater(delay, self._refuse, error, receipt)
         else:
-            self._refuse(error)
+            self._refuse(error, receipt)
 
-    def _refuse(self, error: ProtocolError) -> None:
+    def _refuse(self, error: ProtocolError, receipt: str | None = None) -> None:
         self._refusal = None
         if not self.closing:
             self.close_reason = f"login refused: {error.message}"
-            self.fail(error)
+            self.fail(error, receipt=receipt)
 
     def use_vhost(self, vhost: str) -> None:
         """The login put the session in ``vhost``: route through its broker."""

@@ -90,6 +90,7 @@ async def test_unknown_user_wrong_password_and_no_credentials_get_one_answer(mak
         ):
             error, waited, eof = refused(running.tcp_port, {**headers, "receipt": "c1"})
             assert error.command == "ERROR", error
+            assert error.headers["receipt-id"] == "c1"  # CONNECT asked for one
             assert waited >= DELAY * 0.9, waited  # after the failure delay
             assert eof
             answers.append((error.headers["message"], error.body))
