@@ -462,6 +462,9 @@ class Authenticator:
         self.counters = AuthCounters()
         #: Things re-read on reload (the permissions file, users files).
         self.reloadables: list[Any] = [policy]
+        #: Called whenever one of them has been read again (the service tells
+        #: every session, see :meth:`~stomptw.session.StompSession.permissions_changed`).
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def required(self) -> bool:
@@ -598,6 +601,13 @@ class Authenticator:
             delayed=False,
         )
 
+    def _changed(self, result: object) -> object:
+        # As soon as one file is read: the sessions must not keep answers
+        # (their fast path for SENDs among them) from the rules it replaced.
+        if self.on_change is not None:
+            self.on_change()
+        return result
+
     def expires_in(self, user: StompUser) -> float | None:
         """Seconds until ``user``'s credentials expire (None: never)."""
         if user.expires is None:
@@ -610,7 +620,9 @@ class Authenticator:
         with the first one's error if any could not be read (that one keeps
         what it had).
         """
-        results = [defer.maybeDeferred(r.reload) for r in self.reloadables]
+        results = [
+            defer.maybeDeferred(r.reload).addCallback(self._changed) for r in self.reloadables
+        ]
 
         def first_failure(outcomes: list[tuple[bool, Any]]) -> Any:
             # Each one that could be read is in force; the first failure

@@ -140,9 +140,14 @@ def connect(session: StompSession, headers: Headers) -> None:
         # Raises Waiting (the frame is handled again once the answer came)
         # or ProtocolError; frames behind this one wait either way.
         log_in(session, headers)
-        session.use_vhost(session.user.vhost)
+    # Also when the login answered later and this frame is handled again.
+    session.use_vhost(session.user.vhost)
     session.version = version
     session.client_id = headers.get("client-id", "")
+    # Durable subscriptions belong to the client-id within the user: another
+    # user that sends the same client-id gets (and can delete) none of them.
+    user_name = session.user.name
+    session.durable_owner = f"{user_name}/{session.client_id}" if user_name else session.client_id
     session.parser.version = version
     session.session_id = session.broker.new_session_id()
     connected = {"version": version, "server": config.server_name, "session": session.session_id}
@@ -252,7 +257,7 @@ def subscribe(session: StompSession, headers: Headers, body: bytes) -> None:
     if destination.startswith("/topic/"):
         name = durable_name(headers, sub_id)
         if name is not None:
-            durable = (session.client_id, name)
+            durable = (session.durable_owner, name)
     sub = Subscription(session, sub_id, destination, ack, prefetch, durable)
     # Registered first: delivering at once may end the session, which
     # must then find and release this subscription too.
@@ -284,7 +289,7 @@ def unsubscribe(session: StompSession, headers: Headers, body: bytes) -> None:
         for ack_id in sub.unacked:
             session.pending.pop(ack_id, None)
         session.broker.unsubscribe(sub)
-    removed = durable is not None and session.broker.remove_durable(session.client_id, durable)
+    removed = durable is not None and session.broker.remove_durable(session.durable_owner, durable)
     if removed:
         session.needs_sync = True
     if sub is None and not removed:

@@ -49,6 +49,16 @@ def certificate_of(transport: Any) -> CertificateCredentials | None:
         (name.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
         for name, value in x509.get_subject().get_components()
     ]
-    subject = ",".join(f"{name}={value}" for name, value in parts)
+    subject = ",".join(f"{name}={_rdn_escape(value)}" for name, value in parts)
     common = next((value for name, value in parts if name == "CN"), "")
     return CertificateCredentials(subject, common)
+
+
+def _rdn_escape(value: str) -> str:
+    """Escape an attribute value as RFC 4514 does, so that no two subjects read alike."""
+    out = "".join("\\" + c if c in ',+"\\<>;=' else c for c in value)
+    if out.startswith((" ", "#")):
+        out = "\\" + out
+    if out.endswith(" ") and not out.endswith("\\ "):
+        out = out[:-1] + "\\ "
+    return out

@@ -107,14 +107,19 @@ class HttpBackend:
 
     # -- asking ------------------------------------------------------------------------
 
-    def _ask(self, url: str, fields: dict[str, str], secret: str = "") -> defer.Deferred:
-        """The service's answer (the body, stripped) for ``fields``; cached."""
-        key = (url, tuple(sorted(fields.items())), hashlib.sha256(secret.encode()).digest())
+    def _ask(self, url: str, fields: dict[str, str], secret: str | None = None) -> defer.Deferred:
+        """
+        The service's answer (the body, stripped) for ``fields`` and, for
+        ``user_path``, the ``password`` (sent even when empty: RabbitMQ's
+        protocol reads a missing one as a certificate login); cached.
+        """
+        digest = hashlib.sha256((secret or "").encode()).digest() if secret is not None else b""
+        key = (url, tuple(sorted(fields.items())), digest)
         now = self._now()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
             return defer.succeed(hit[1])
-        sent = dict(fields, password=secret) if secret else fields
+        sent = dict(fields, password=secret) if secret is not None else fields
         d = self._request(self.method, url, sent, self.timeout)
 
         def answered(result: tuple[int, bytes]) -> str:

@@ -221,17 +221,8 @@ class BrokerService(MultiService):
         sessions keep going, and a subscription the new permissions no longer
         allow ends with an ERROR. Fires when done.
         """
-        auth = self.broker.auth
         log.info("reloading the permissions and users files")
-
-        def reloaded(result: object) -> object:
-            for session in list(self.broker.sessions):
-                changed = getattr(session, "permissions_changed", None)
-                if changed is not None:
-                    changed()
-            return result
-
-        return auth.reload().addCallback(reloaded)
+        return self.broker.auth.reload()
 
     def _install_sighup(self) -> None:
         if not self.reload_on_sighup or not hasattr(signal, "SIGHUP"):
@@ -365,6 +356,14 @@ def makeService(
     if checkers is None:
         checkers = [make_checker(description) for description in config.auth]
     broker.auth = build_authenticator(config, checkers, reactor, [socket.gethostname()])
+
+    def permissions_changed() -> None:
+        for session in list(broker.sessions):
+            changed = getattr(session, "permissions_changed", None)
+            if changed is not None:
+                changed()
+
+    broker.auth.on_change = permissions_changed
     for vhost in config.vhosts:
         broker.add_vhost(vhost, make_vhost_store(config, reactor, vhost))
     service = BrokerService(broker, config, reactor)

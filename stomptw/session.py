@@ -95,6 +95,9 @@ class StompSession(SessionEnding):
         self.version: str | None = None
         self.session_id = ""
         self.client_id = ""
+        #: Whose durable subscriptions this session uses: the client-id,
+        #: within the user's name when it has one (set by CONNECT).
+        self.durable_owner = ""
         self.subscriptions: dict[str, Subscription] = {}
         #: ack id -> subscription, for every unacknowledged delivery.
         self.pending: dict[str, Subscription] = {}
@@ -254,7 +257,13 @@ class StompSession(SessionEnding):
         if self.closing or user is None or user.unrestricted:
             return
         for sub in list(self.subscriptions.values()):
-            if user.allows("read", sub.destination) is False:
+            allowed = user.allows("read", sub.destination)
+            if isinstance(allowed, Deferred):
+                # Decided by a service (--auth http): its rules did not
+                # change with the files; nothing to take back here.
+                allowed.addErrback(lambda failure: None)
+                continue
+            if allowed is False:
                 self.fail(errors.permission_withdrawn(sub.destination, sub.id))
                 return
 

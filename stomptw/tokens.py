@@ -284,7 +284,7 @@ class JwtChecker:
         try:
             token = creds.password.decode("ascii")
             header = jwt.get_unverified_header(token)
-        except (UnicodeDecodeError, jwt.InvalidTokenError):
+        except (UnicodeDecodeError, jwt.PyJWTError):
             return defer.fail(error.UnauthorizedLogin("not a JWT"))
         if header.get("alg") not in self.algorithms:
             return defer.fail(error.UnauthorizedLogin(f"algorithm {header.get('alg')!r} refused"))
@@ -304,7 +304,7 @@ class JwtChecker:
             )
         except jwt.ExpiredSignatureError:
             raise TokenExpired() from None
-        except jwt.InvalidTokenError as e:
+        except jwt.PyJWTError as e:  # InvalidKeyError too (a key of the wrong kind)
             raise error.UnauthorizedLogin(str(e)) from None
         name = claims.get(self.username_claim)
         if not isinstance(name, str) or not name:

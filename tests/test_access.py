@@ -198,3 +198,39 @@ async def test_a_reload_takes_back_a_write_the_session_had_used(tmp_path):
     refusal = client.frame()
     assert refusal.headers["message"] == "access refused: no write permission for /topic/a"
     assert refusal.headers["receipt-id"] == "refused"
+
+
+def test_a_login_answered_later_still_puts_the_session_in_its_vhost():
+    checker = ManualChecker()
+    env = on_clock(checker, vhosts=["team"])
+    from stomptw.store import MemoryStore
+
+    team = env.broker.add_vhost("team", MemoryStore())
+    client = env.connect(version=None)
+    client.send("CONNECT", accept_version="1.2", host="team", login="alice", passcode="pw")
+    client.send("SEND", b"x", destination="/queue/in-team", receipt="r")
+    checker.pending[0].callback(Identity("alice"))
+    env.advance(0)
+    assert [f.command for f in client.frames()] == ["CONNECTED", "RECEIPT"]
+    assert client.session.broker is team
+    assert "/queue/in-team" in team.destinations
+    assert "/queue/in-team" not in env.broker.destinations
+
+
+def test_durable_subscriptions_belong_to_the_user_as_well_as_the_client_id():
+    env = on_clock(make_checker("memory:alice:a:bob:b"))
+    alice = env.connect(login="alice", passcode="a", **{"client-id": "app"})
+    alice.send(
+        "SUBSCRIBE",
+        destination="/topic/secret",
+        id="s1",
+        receipt="r",
+        **{"durable-subscription-name": "d1"},
+    )
+    assert alice.frame().command == "RECEIPT"
+    alice.lose()
+    # bob claims the same client-id: alice's durable subscription is not his.
+    bob = env.connect(login="bob", passcode="b", **{"client-id": "app"})
+    bob.send("UNSUBSCRIBE", id="s1", receipt="u", **{"durable-subscription-name": "d1"})
+    assert bob.frame().headers["message"] == "no subscription with id 's1'"
+    assert any(d.name == "d1" for d in env.broker.durables.values())

@@ -210,3 +210,12 @@ async def test_service_down_refuses_new_logins_and_keeps_sessions(make_broker, s
     finally:
         raw.close()
     assert running.broker.auth.counters.unavailable == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_passcode_is_sent_as_an_empty_password(make_broker, service):
+    """RabbitMQ's services read a missing password as a certificate login: always send it."""
+    running = await make_broker(auth=[f"http:{service.argstring}"], login_failure_delay=0.01)
+    (refused,) = await deferToThread(login_frames, running.tcp_port, "alice", "")
+    assert refused.headers["message"] == "authentication failed"
+    assert service.requests[0] == ("/auth/user", {"username": "alice", "password": ""})

@@ -383,3 +383,36 @@ def test_a_vhosts_messages_count_in_the_brokers_stats():
     team.send("/queue/counted", {}, b"x")
     assert broker.stats["published"] == 1 and team.stats is broker.stats
     assert "/queue/counted" in team.destinations and "/queue/counted" not in broker.destinations
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_that_partly_fails_still_takes_back_what_the_new_rules_deny(
+    make_broker, tmp_path
+):
+    """The permissions file is read again even when a users file is broken meanwhile."""
+    from stomptw.users import User, hash_password, write_users
+
+    users = tmp_path / "users.toml"
+    write_users(str(users), [User("alice", hash_password("a-pw"), ("chat",))])
+    rules = tmp_path / "permissions.toml"
+    rules.write_text(RULES)
+    running = await make_broker(auth=[f"users:{users}"], permissions_file=str(rules))
+    raw = RawStompSocket(running.tcp_port)
+    try:
+
+        def send(receipt):
+            raw.send("SEND", {"destination": "/topic/chat.x", "receipt": receipt}, b"x")
+            return raw.read_frame()
+
+        await deferToThread(raw.connect, login="alice", passcode="a-pw")
+        assert (await deferToThread(send, "first")).command == "RECEIPT"
+        assert (await deferToThread(send, "second")).command == "RECEIPT"  # the fast path
+        rules.write_text(RULES.replace('write = ["/topic/chat.*"]', "write = []"))
+        users.write_text("[users.alice\n")
+        with pytest.raises(Exception, match="not valid TOML"):
+            await running.service.reload()
+        refused = await deferToThread(send, "third")
+    finally:
+        raw.close()
+    assert refused.headers["message"] == "access refused: no write permission for /topic/chat.x"
+    assert refused.headers["receipt-id"] == "third"
