@@ -117,7 +117,10 @@ def endpoint_scope(description: str) -> str:
         return "loopback"
     if kind not in ("tcp", "tcp6", "ssl", "tls", "mtls"):
         return "unknown"
-    for part in rest.replace("\\:", "\x00").split(":"):
+    parts = rest.replace("\\:", "\x00").split(":")
+    if not (parts[0].strip().isdigit() or any(p.startswith("port=") for p in parts)):
+        return "unknown"  # not a valid string: the option's own check says why
+    for part in parts:
         key, sep, value = part.partition("=")
         if sep and key.strip() == "interface":
             return "loopback" if is_loopback_address(value.replace("\x00", ":")) else "network"

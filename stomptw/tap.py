@@ -10,6 +10,10 @@ same settings from a TOML file; the command line overrides it.
 
 from __future__ import annotations
 
+import difflib
+import errno
+import socket
+import sys
 from collections.abc import Callable
 
 from twisted.application.service import IService
@@ -35,7 +39,7 @@ from stomptw.configfile import (
 )
 from stomptw.credentials import ICertificateCredentials
 
-__all__ = ["Options", "makeService", "config_from_options"]
+__all__ = ["Options", "busy_listeners", "makeService", "config_from_options"]
 
 #: The settings that have a flag, in declaration order.
 _SETTINGS = tuple(s for s in settings() if s.key)
@@ -142,11 +146,33 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         self.admin_token: str | None = None
         self.checkers: list = []
 
+    #: Set once parsing failed: twistd then prints :meth:`getUsage` above the
+    #: error, which is then a pointer to ``--help`` rather than every option.
+    failed = False
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse; an unknown option's error suggests the nearest known one."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            self.failed = True
+            raise usage.UsageError(_did_you_mean(str(e), self)) from None
+
+    def getUsage(self, width: int | None = None) -> str:
+        if self.failed:
+            return "Run 'twistd stomptw --help' to list every option.\n"
+        return super().getUsage(width)
+
     def postOptions(self) -> None:
         try:
             if self["config"]:
                 self.config_file = load_config_file(self["config"])
             sources = _sources(self)  # before the parameters hold the values in force
+            # Endpoint strings first: a malformed one is not "beyond loopback".
+            for source in sources:
+                for key in ("tcp", "ws", "admin"):
+                    for description in source.values.get(key, []):
+                        _check_endpoint(description, source.where(key))
             self.config = config_from_values(*sources)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -163,6 +189,98 @@ class Options(strcred.AuthOptionMixin, usage.Options):
                 raise usage.UsageError(f"{where}: {e}") from None
         for description in self.config.auth:
             self.checkers.append(_checker(self, description, sources))
+
+
+def _did_you_mean(message: str, options: usage.Options) -> str:
+    """``message`` with the nearest known option when it names an unknown one."""
+    prefix = "option "
+    if not (message.startswith(prefix) and message.endswith(" not recognized")):
+        return message
+    given = message[len(prefix) : -len(" not recognized")].lstrip("-")
+    known = [name.rstrip("=") for name in options.longOpt]
+    close = difflib.get_close_matches(given, known, n=1, cutoff=0.6)
+    return f"{message}; did you mean --{close[0]}?" if close else message
+
+
+class _ParseOnly:
+    """A stand-in reactor: endpoints are built to check their strings, never used."""
+
+
+def _check_endpoint(description: str, where: str) -> None:
+    """A UsageError naming the option and the string when it is no endpoint string."""
+    from twisted.internet.endpoints import serverFromString
+
+    if description.split(":", 1)[0].strip().lower() == "systemd":
+        return  # names a socket systemd passes in; only there can it be checked
+    try:
+        serverFromString(_ParseOnly(), description)
+    except Exception as e:
+        reason = str(e) or type(e).__name__
+        raise usage.UsageError(
+            f"{where}: {description!r} is not a valid endpoint string ({reason}). "
+            "For example: tcp:61613:interface=127.0.0.1, or "
+            "ssl:61614:interface=127.0.0.1:privateKey=key.pem:certKey=cert.pem"
+        ) from None
+
+
+def _tcp_address(description: str) -> tuple[str, int] | None:
+    """The (interface, port) a tcp:, tcp6:, ssl: or mtls: string binds; None otherwise."""
+    parts = description.replace("\\:", "\x00").split(":")
+    kind, args = parts[0].strip().lower(), parts[1:]
+    if kind not in ("tcp", "tcp6", "ssl", "tls", "mtls"):
+        return None
+    port, interface = None, "::" if kind == "tcp6" else "0.0.0.0"
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        value = value.replace("\x00", ":")
+        if not sep and port is None:
+            port = name
+        elif name == "port":
+            port = value
+        elif name == "interface":
+            interface = value
+    if port is None or not port.isdigit() or int(port) == 0:
+        return None
+    return interface, int(port)
+
+
+def busy_listeners(config: BrokerConfig) -> list[str]:
+    """
+    One line for each ``--tcp``/``--ws``/``--admin`` listener whose address
+    cannot be bound now (in use, or not allowed), saying what moves it.
+    Checked before anything starts, so that every one is named at once.
+    """
+    lines = []
+    for flag, field, example in (
+        ("--tcp", "tcp_endpoints", 61614),
+        ("--ws", "ws_endpoints", 15675),
+        ("--admin", "admin_endpoints", 15671),
+    ):
+        for description in getattr(config, field):
+            address = _tcp_address(description)
+            if address is None:
+                continue
+            interface, port = address
+            family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+            probe = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted does
+                probe.bind((interface, port))
+            except OSError as e:
+                why = (
+                    "is already in use"
+                    if e.errno == errno.EADDRINUSE
+                    else f"cannot be used ({e.strerror})"
+                )
+                hint = " (RabbitMQ uses it too)" if port in (61613, 15674) else ""
+                moved = description.replace(f":{port}", f":{example}", 1)
+                lines.append(
+                    f"{flag} {description}: {interface}:{port} {why}{hint}; "
+                    f"stop what uses it, or move this listener, e.g. {flag} {moved}"
+                )
+            finally:
+                probe.close()
+    return lines
 
 
 def _checker(options: Options, description: str, sources: list[SettingValues]) -> object:
@@ -234,6 +352,18 @@ def makeService(options: Options, reactor=None) -> IService:
     """
     from stomptw.service import makeService as make
 
+    if reactor is None:
+        # Under twistd: every busy port named at once, before the store is touched.
+        busy = busy_listeners(options.config)
+        if busy:
+            sys.stderr.write(
+                "stomptw cannot start: "
+                + ("a listener's address is" if len(busy) == 1 else "some listeners' addresses are")
+                + " not available.\n  "
+                + "\n  ".join(busy)
+                + "\n"
+            )
+            raise SystemExit(1)
     service = make(
         options.config, reactor, admin_token=options.admin_token, checkers=options.checkers
     )

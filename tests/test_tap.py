@@ -205,3 +205,126 @@ def test_options():
         Options().parseOptions(["--slow-topic-policy", "wait"])
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--slow-topic-timeout", "-1"])
+
+
+# -- errors a newcomer understands --------------------------------------------------------
+
+
+def test_an_unknown_option_suggests_the_nearest_and_keeps_the_usage_short():
+    options = Options()
+    with pytest.raises(usage.UsageError) as caught:
+        options.parseOptions(["--max-conections", "5"])
+    assert str(caught.value) == (
+        "option --max-conections not recognized; did you mean --max-connections?"
+    )
+    assert options.getUsage() == "Run 'twistd stomptw --help' to list every option.\n"
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["--zzzzzz"])
+    assert str(caught.value) == "option --zzzzzz not recognized"
+    assert "--max-connections" in Options().getUsage()  # --help is whole
+
+
+@pytest.mark.parametrize(
+    ("args", "where", "string"),
+    [
+        (["--tcp", "tcp:6161x"], "--tcp", "tcp:6161x"),
+        (["--ws", "tcp:1:interfce=127.0.0.1"], "--ws", "tcp:1:interfce=127.0.0.1"),
+        (["--tcp", "61623"], "--tcp", "61623"),
+        (["--admin", "tcp:abc"], "--admin", "tcp:abc"),
+    ],
+)
+def test_a_bad_endpoint_string_names_its_option_and_shows_an_example(args, where, string):
+    with pytest.raises(usage.UsageError) as caught:
+        parse(*args)
+    message = str(caught.value)
+    assert message.startswith(f"{where}: {string!r} is not a valid endpoint string (")
+    assert "For example: tcp:61613:interface=127.0.0.1" in message
+
+
+def _busy_port():
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, sock.getsockname()[1]
+
+
+def test_every_busy_listener_is_named_with_the_option_that_moves_it():
+    from stomptw.tap import busy_listeners
+
+    first, port1 = _busy_port()
+    second, port2 = _busy_port()
+    try:
+        config = parse(
+            "--tcp",
+            f"tcp:{port1}:interface=127.0.0.1",
+            "--tcp",
+            "tcp:0:interface=127.0.0.1",
+            "--ws",
+            f"tcp:{port2}:interface=127.0.0.1",
+        ).config
+        lines = busy_listeners(config)
+    finally:
+        first.close()
+        second.close()
+    assert lines == [
+        f"--tcp tcp:{port1}:interface=127.0.0.1: 127.0.0.1:{port1} is already in use; "
+        "stop what uses it, or move this listener, e.g. --tcp tcp:61614:interface=127.0.0.1",
+        f"--ws tcp:{port2}:interface=127.0.0.1: 127.0.0.1:{port2} is already in use; "
+        "stop what uses it, or move this listener, e.g. --ws tcp:15675:interface=127.0.0.1",
+    ]
+    assert busy_listeners(config) == []  # free again
+
+
+def test_twistd_says_which_ports_are_busy_without_a_traceback_or_touching_the_store(tmp_path):
+    """End to end: one paragraph naming both busy listeners; the data directory is never made."""
+    import os
+    import subprocess
+    import sys
+
+    first, port1 = _busy_port()
+    second, port2 = _busy_port()
+    try:
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        result = subprocess.run(
+            [
+                twistd,
+                "-n",
+                "--pidfile=",
+                "stomptw",
+                "--tcp",
+                f"tcp:{port1}:interface=127.0.0.1",
+                "--ws",
+                f"tcp:{port2}:interface=127.0.0.1",
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=env,
+        )
+        typo = subprocess.run(
+            [twistd, "-n", "--pidfile=", "stomptw", "--max-conections", "5"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=env,
+        )
+    finally:
+        first.close()
+        second.close()
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert f"127.0.0.1:{port1} is already in use" in output
+    assert f"127.0.0.1:{port2} is already in use" in output
+    assert not (tmp_path / "data").exists()
+    typo_output = typo.stdout + typo.stderr
+    assert typo.returncode == 1 and "did you mean --max-connections?" in typo_output
+    assert len(typo_output.strip().splitlines()) <= 4, typo_output
