@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
 from stomptw.tap import Options
 
@@ -128,3 +129,31 @@ def test_links_between_pages_resolve(site):
     assert 'href="delivery.html"' in guide and 'href="policy.html"' in guide
     operations = page_text(site, "operations.html")
     assert "contrib/systemd/" in operations
+
+
+def _readme_python_sample() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Try it") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```", start)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_readme_sample_prints_the_message_and_disconnects(make_broker):
+    """The README's stomp.py sample, run as written against a broker (on a free port)."""
+    from twisted.internet.threads import deferToThread
+
+    running = await make_broker()
+    sample = _readme_python_sample()
+    assert "61613" in sample
+    code = sample.replace("61613", str(running.tcp_port))
+
+    def run():
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+        )
+
+    result = await deferToThread(run)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "received hi from /queue/hello\n"
+    assert running.broker.stats["published"] == 1
