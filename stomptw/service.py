@@ -35,7 +35,7 @@ from stomptw.config import BrokerConfig, is_loopback_address
 from stomptw.interfaces import IMessageStore
 from stomptw.listeners import ConnectionLimit, LimitedStompFactory
 from stomptw.model import format_peer
-from stomptw.store import MemoryStore, SQLiteStore
+from stomptw.store import MemoryStore, SQLiteStore, StoreError
 from stomptw.systemd import SystemdNotifications
 from stomptw.websocket import websocket_site
 
@@ -162,6 +162,11 @@ class BrokerService(MultiService):
     #: application may call :meth:`reload` from its own handler instead.
     reload_on_sighup = False
 
+    #: Whether a store that cannot be opened (another broker holds the data
+    #: directory, a newer schema) ends the process with its one-paragraph
+    #: reason instead of raising. ``twistd stomptw`` sets it.
+    exit_on_store_error = False
+
     def __init__(self, broker: Broker, config: BrokerConfig, reactor=None) -> None:
         super().__init__()
         self.broker = broker
@@ -237,7 +242,12 @@ class BrokerService(MultiService):
     def privilegedStartService(self) -> None:
         self._announce()
         # Stored messages are back in their queues before anyone connects.
-        self.broker.open()
+        try:
+            self.broker.open()
+        except StoreError as e:
+            if not self.exit_on_store_error:
+                raise
+            raise SystemExit(f"stomptw cannot start: {e}") from None
         super().privilegedStartService()
 
     def startService(self) -> None:

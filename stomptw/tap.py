@@ -369,4 +369,5 @@ def makeService(options: Options, reactor=None) -> IService:
     )
     service.freeze_heap_when_ready = not options["no-gc-freeze"]
     service.reload_on_sighup = True
+    service.exit_on_store_error = True
     return service

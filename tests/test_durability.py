@@ -894,6 +894,7 @@ def test_second_broker_on_same_data_dir_loses_nothing(brokers):
         f"(pid {first.pid}); give each broker its own --data-dir"
     )
     assert refusal in log, brokers.logs()
+    assert "Traceback" not in log, log  # one paragraph, not a traceback
     publish(first.port, destination, [2])
     first.stop()
 
