@@ -511,17 +511,19 @@ _EXAMPLE_HEADERS = {
 
 class _ExampleConfig(Resource):
     """
-    ``config.js``: tells the example pages where the STOMP endpoint is, and
-    whether the broker asks for a login (then they show a login form).
+    ``config.js``: tells the example pages where the STOMP endpoint is,
+    whether the broker asks for a login (then they show a login form), and
+    the STOMP-over-TCP listeners (the index page shows them).
     """
 
     isLeaf = True
 
-    def __init__(self, ws_path: str, auth: bool = False) -> None:
+    def __init__(self, ws_path: str, auth: bool = False, tcp: list[str] | None = None) -> None:
         super().__init__()
         self._body = (
             f"window.STOMPTW_WS_PATH = {json.dumps(ws_path)};\n"
             f"window.STOMPTW_AUTH = {json.dumps(auth)};\n"
+            f"window.STOMPTW_TCP = {json.dumps(list(tcp or []))};\n"
         ).encode()
 
     def render_GET(self, request) -> bytes:
@@ -567,7 +569,9 @@ def examples_resource(config: BrokerConfig) -> Resource:
     """
     root = _ExampleFiles(EXAMPLES_DIR, defaultType="application/octet-stream")
     root.indexNames = ["index.html"]
-    root.putChild(b"config.js", _ExampleConfig(config.ws_path, bool(config.auth)))
+    root.putChild(
+        b"config.js", _ExampleConfig(config.ws_path, bool(config.auth), config.tcp_endpoints)
+    )
     return root
 
 

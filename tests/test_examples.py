@@ -46,7 +46,10 @@ async def test_examples_are_served_at_the_root(make_broker):
     assert headers[b"Content-Type"] == [b"text/javascript; charset=utf-8"]
     code, headers, body = await _get(base + "/config.js")
     assert (
-        code == 200 and body == b'window.STOMPTW_WS_PATH = "/ws";\nwindow.STOMPTW_AUTH = false;\n'
+        code == 200
+        and body
+        == b'window.STOMPTW_WS_PATH = "/ws";\nwindow.STOMPTW_AUTH = false;\n'
+        b'window.STOMPTW_TCP = ["tcp:0:interface=127.0.0.1"];\n'
     )
 
 
@@ -245,6 +248,8 @@ async def test_index_page_links_every_example(make_broker, chrome):
             assert f"{url}{page}" in links, links
         shown = run_js(chrome, "return document.body.innerText;")
         assert f"ws://127.0.0.1:{running.ws_port}/ws" in shown
+        # The TCP listener this broker was given, not the default port.
+        assert "over plain TCP on tcp:0:interface=127.0.0.1" in shown
         _no_console_errors(chrome)
 
     await deferToThread(scenario)

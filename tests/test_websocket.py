@@ -536,6 +536,7 @@ async def test_embedded_resource_example():
         config_js = await treq.get(f"http://127.0.0.1:{number}/live/examples/config.js")
         assert (await config_js.text()) == (
             'window.STOMPTW_WS_PATH = "/live/stomp";\nwindow.STOMPTW_AUTH = false;\n'
+            'window.STOMPTW_TCP = ["tcp:61613:interface=127.0.0.1"];\n'
         )
         page = await treq.get(f"http://127.0.0.1:{number}/live/examples/chat.html")
         assert page.code == 200 and "chat.js" in await page.text()
