@@ -157,3 +157,64 @@ async def test_the_readme_sample_prints_the_message_and_disconnects(make_broker)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "received hi from /queue/hello\n"
     assert running.broker.stats["published"] == 1
+
+
+def _blocks_after(page: Path, heading: str) -> list[tuple[str, str]]:
+    """The (language, text) code blocks of ``page`` between ``heading`` and the next heading."""
+    text = page.read_text()
+    section = text[text.index(heading) + len(heading) :]
+    section = re.split(r"\n#{1,6} ", section, maxsplit=1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_local_tls_recipe_works_as_written(tmp_path):
+    """browsers.md's openssl and twistd commands and its stomp.py client, run as written."""
+    import os
+    import socket
+    import time
+
+    (_, shell), (_, client) = _blocks_after(DOCS / "browsers.md", "### A local TLS recipe")
+    openssl, twistd = shell.replace("\\\n", " ").strip().splitlines()
+    with socket.socket() as probe:  # a free port instead of 61614
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    subprocess.run(openssl, shell=True, cwd=tmp_path, check=True, capture_output=True)
+    venv_bin = str(Path(sys.executable).parent) + "/"
+    command = twistd.replace(".venv/bin/", venv_bin).replace("61614", port)
+    command = command.replace("twistd -n ", "twistd -n --pidfile= ") + " --no-ws --store memory"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    broker = subprocess.Popen(
+        command, shell=True, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", int(port))) == 0:
+                    break
+            time.sleep(0.1)
+        result = subprocess.run(
+            [sys.executable, "-c", client.replace("61614", port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "received hi over TLS\n"
+        # The client checks the certificate: one it does not trust is refused.
+        other = tmp_path / "other"
+        other.mkdir()
+        subprocess.run(openssl, shell=True, cwd=other, check=True, capture_output=True)
+        untrusted = client.replace("61614", port).replace('"cert.pem"', '"other/cert.pem"')
+        refused = subprocess.run(
+            [sys.executable, "-c", untrusted],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode != 0 and "received" not in refused.stdout
+    finally:
+        broker.terminate()
+        broker.wait(timeout=30)
