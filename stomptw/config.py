@@ -173,7 +173,9 @@ class ListenerSettings:
         off_help="Do not listen for STOMP over WebSocket.",
         metavar="ENDPOINT",
     )
-    ws_path: str = setting("/ws", "--ws-path", "URL path of the WebSocket endpoint.")
+    ws_path: str = setting(
+        "/ws", "--ws-path", "URL path of the WebSocket endpoint.", metavar="PATH"
+    )
     max_connections: int = setting(
         10_000,
         "--max-connections",
@@ -184,6 +186,7 @@ class ListenerSettings:
         "one from when its handshake is. Raise the file descriptor limit (ulimit -n, "
         "LimitNOFILE) to match.",
         checks=[non_negative],
+        metavar="N",
     )
     examples: bool = switch(
         True,
@@ -206,24 +209,28 @@ class ListenerSettings:
         "Seconds allowed for the WebSocket opening handshake (and for an HTTP "
         "request on that listener to stall before it is dropped).",
         checks=[positive],
+        metavar="SECONDS",
     )
     ws_close_handshake_timeout: float = setting(
         5.0,
         "--ws-close-handshake-timeout",
         "Seconds allowed for the WebSocket closing handshake before the TCP connection is dropped.",
         checks=[positive],
+        metavar="SECONDS",
     )
     ws_ping_interval: float = setting(
         30.0,
         "--ws-ping-interval",
         "Seconds between WebSocket pings on a connection, sent whatever the traffic (0 = off).",
         checks=[non_negative],
+        metavar="SECONDS",
     )
     ws_ping_timeout: float = setting(
         30.0,
         "--ws-ping-timeout",
         "Seconds to wait for a WebSocket pong before dropping the connection.",
         checks=[non_negative],
+        metavar="SECONDS",
     )
     ws_max_message_size: int = setting(
         0,
@@ -235,6 +242,7 @@ class ListenerSettings:
         "room for the largest MESSAGE the broker builds from an accepted SEND (twice "
         "--max-frame-size plus twice --max-header-line plus 4096).",
         checks=[non_negative],
+        metavar="BYTES",
     )
     admin_endpoints: list[str] = repeatable(
         [],
@@ -249,6 +257,7 @@ class ListenerSettings:
         "--admin-token-file",
         "A file holding the bearer token that the admin API's POST and DELETE "
         "endpoints require (without it they are refused).",
+        metavar="FILE",
     )
 
 
@@ -265,17 +274,25 @@ class SessionSettings:
             "--max-frame-size",
             "Largest frame accepted, in bytes, command to NUL inclusive.",
             checks=(positive,),
+            metavar="BYTES",
         ),
         max_headers=Setting(
-            "--max-headers", "Most header lines accepted in one frame.", checks=(positive,)
+            "--max-headers",
+            "Most header lines accepted in one frame.",
+            checks=(positive,),
+            metavar="N",
         ),
         max_header_line=Setting(
             "--max-header-line",
             "Longest header line (or command line) accepted, in bytes.",
             checks=(positive,),
+            metavar="BYTES",
         ),
         max_body_size=Setting(
-            "--max-body-size", "Largest frame body accepted, in bytes.", checks=(positive,)
+            "--max-body-size",
+            "Largest frame body accepted, in bytes.",
+            checks=(positive,),
+            metavar="BYTES",
         ),
     )
     heartbeat_send_ms: int = setting(
@@ -286,6 +303,7 @@ class SessionSettings:
         "to send at; 0 turns either direction off.",
         parse=_heartbeat,
         checks=[_non_negative_pair],
+        metavar="SX,SY",
     )
     heartbeat_receive_ms: int = part_of("--heartbeat", 1_000)
     heartbeat_grace: float = setting(
@@ -294,12 +312,14 @@ class SessionSettings:
         "Close a connection when nothing arrived for the negotiated client "
         "heart-beat interval times this factor.",
         checks=[at_least(1.0)],
+        metavar="FACTOR",
     )
     login_timeout: float = setting(
         10.0,
         "--login-timeout",
         "Seconds a new connection has to send CONNECT before it is closed.",
         checks=[positive],
+        metavar="SECONDS",
     )
     close_linger: float = setting(
         5.0,
@@ -307,6 +327,7 @@ class SessionSettings:
         "Seconds to wait for a client to close after an ERROR or DISCONNECT (the "
         "broker stops sending meanwhile) before the broker drops the connection.",
         checks=[positive],
+        metavar="SECONDS",
     )
     default_prefetch: int = setting(
         0,
@@ -314,6 +335,7 @@ class SessionSettings:
         "Default prefetch-count of client-ack subscriptions: the most unacknowledged "
         "messages per subscription when SUBSCRIBE has no prefetch-count (0 = no limit).",
         checks=[non_negative],
+        metavar="N",
     )
     server_name: str = setting(
         "", None, "Sent in CONNECTED's server header; empty: stomptw/VERSION."
@@ -324,6 +346,7 @@ class SessionSettings:
         "Bytes of unsent output per connection above which it is handed no "
         "more messages until the buffer drains.",
         checks=[positive],
+        metavar="BYTES",
     )
     max_transaction_bytes: int = setting(
         16 * 1024 * 1024,
@@ -331,6 +354,7 @@ class SessionSettings:
         "Most bytes of messages a connection's open transactions hold (counted as "
         "for queues) before the SEND is refused with an ERROR (0 = no limit).",
         checks=[non_negative],
+        metavar="BYTES",
     )
 
 
@@ -347,12 +371,14 @@ class DeliverySettings:
         "Message store: 'sqlite' (persistent messages survive restarts) or "
         "'memory' (nothing does).",
         checks=[one_of("sqlite", "memory")],
+        metavar="sqlite|memory",
     )
     data_dir: str = setting(
         "stomptw-data",
         "--data-dir",
         "Directory of the SQLite message store (created if missing; relative "
         "paths are under the working directory).",
+        metavar="DIR",
     )
     store_sync: str = setting(
         "full",
@@ -360,6 +386,7 @@ class DeliverySettings:
         "'full': persistent messages are on disk (fsync) before their RECEIPT; "
         "'normal': they survive a broker crash but perhaps not a power loss.",
         checks=[one_of("full", "normal")],
+        metavar="full|normal",
     )
     max_redeliveries: int = setting(
         6,
@@ -368,6 +395,7 @@ class DeliverySettings:
         "that went away) more times than this goes to its dead-letter queue "
         "(-1 = never).",
         checks=[at_least(-1, "must be -1 (never) or more")],
+        metavar="N",
     )
     dead_letter_queue: str = setting(
         "/queue/DLQ.{name}",
@@ -375,6 +403,7 @@ class DeliverySettings:
         "Dead-letter queue name; {name} is the original destination's name "
         "without /queue/ or /topic/. Empty: drop dead messages (and count them).",
         checks=[_dead_letter_queue],
+        metavar="DESTINATION",
     )
     dead_letter_expired: bool = switch(
         False,
@@ -386,6 +415,7 @@ class DeliverySettings:
         "--default-ttl",
         "Milliseconds after which messages sent without an expires header expire (0 = never).",
         checks=[non_negative],
+        metavar="MS",
     )
     expiry_interval: float = setting(
         1.0,
@@ -398,12 +428,14 @@ class DeliverySettings:
         "--max-queue-length",
         "Most messages a queue holds, waiting and unacknowledged (0 = no limit).",
         checks=[non_negative],
+        metavar="N",
     )
     max_queue_bytes: int = setting(
         64 * 1024 * 1024,
         "--max-queue-bytes",
         "Most bytes a queue holds: bodies and headers plus 512 bytes per message (0 = no limit).",
         checks=[non_negative],
+        metavar="BYTES",
     )
     overflow: str = setting(
         "block",
@@ -411,12 +443,14 @@ class DeliverySettings:
         "When a queue is full: 'block' stops reading from its producers until "
         "there is room, 'reject' answers their SEND with an ERROR.",
         checks=[one_of("block", "reject")],
+        metavar="block|reject",
     )
     slow_topic_limit: int = setting(
         1000,
         "--slow-topic-limit",
         "Topic messages held back per subscriber that cannot take them yet.",
         checks=[positive],
+        metavar="N",
     )
     slow_topic_policy: str = setting(
         "block",
@@ -427,6 +461,7 @@ class DeliverySettings:
         "drops the subscriber's oldest held-back message, 'disconnect' ends its "
         "session with an ERROR. One of: block, drop-oldest, disconnect.",
         checks=[one_of("block", "drop-oldest", "disconnect")],
+        metavar="block|drop-oldest|disconnect",
     )
     slow_topic_timeout: float = setting(
         30.0,
@@ -435,6 +470,7 @@ class DeliverySettings:
         "--slow-topic-limit (holding its publishers blocked) before it is "
         "disconnected as a slow consumer; 0 means never.",
         checks=[non_negative],
+        metavar="SECONDS",
     )
 
 
@@ -468,6 +504,7 @@ class AuthSettings:
         "A TOML file of read, write and create permissions per user and group "
         "(docs/security.md); re-read on SIGHUP. Without it every authenticated "
         "user may do everything.",
+        metavar="FILE",
     )
     vhosts: list[str] = repeatable(
         [],
@@ -482,6 +519,7 @@ class AuthSettings:
         "--login-failure-delay",
         "Seconds a refused login waits before its ERROR (slows password guessing).",
         checks=[non_negative],
+        metavar="SECONDS",
     )
     max_failed_logins: int = setting(
         10,
@@ -489,12 +527,14 @@ class AuthSettings:
         "Failed logins from one address within --failed-login-window after which "
         "its logins are refused unchecked until the window passes (0 = no limit).",
         checks=[non_negative],
+        metavar="N",
     )
     failed_login_window: float = setting(
         60.0,
         "--failed-login-window",
         "Seconds over which --max-failed-logins counts failures.",
         checks=[positive],
+        metavar="SECONDS",
     )
 
 

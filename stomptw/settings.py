@@ -283,12 +283,15 @@ def setting(
     *,
     parse: Callable[[str], Any] | None = None,
     checks: Iterable[Check] = (),
+    metavar: str = "VALUE",
 ) -> Any:
     """
     A :class:`BrokerConfig` field with a value set by ``flag`` (None: a field
-    only code sets, explicitly not on the command line or in the file).
+    only code sets, explicitly not on the command line or in the file);
+    ``metavar`` is what the reference calls its value (``SECONDS``, ``FILE``).
     """
-    return _field(default, Setting(flag, help, parse=parse, checks=tuple(checks)))
+    declaration = Setting(flag, help, parse=parse, checks=tuple(checks), metavar=metavar)
+    return _field(default, declaration)
 
 
 def switch(default: bool, flag: str, help: str) -> Any:

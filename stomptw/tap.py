@@ -131,6 +131,10 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         ],
     ]
 
+    #: Option names to what their value is called (``SECONDS``, ``FILE``),
+    #: for the generated reference (docs/_ext/stomptw_sphinx.py).
+    optMetavars = {s.key: s.metavar for s in _SETTINGS if s.kind == VALUE} | {"config": "FILE"}
+
     #: Option names to a line setting them in the configuration file, for
     #: the generated reference (docs/_ext/stomptw_sphinx.py).
     configFileLines = {key: line for s in _SETTINGS for key, line in s.toml_lines().items()}

@@ -116,6 +116,10 @@ def test_configuration_reference_lists_every_option(site):
     assert "Listen for STOMP over TCP on this endpoint string" in text  # opt_tcp's docstring
     missing = sorted(name for name in option_names() if f"--{name}" not in text)
     assert not missing, f"options missing from the configuration reference: {missing}"
+    # Each value is named for what it is, not VALUE.
+    for spelled in ("--login-timeout SECONDS", "--max-frame-size BYTES", "--store sqlite|memory"):
+        assert spelled in text, spelled
+    assert " VALUE" not in text
 
 
 def test_embedding_page_includes_the_examples(site):

@@ -60,13 +60,14 @@ def gather_options(cls: type[usage.Options]) -> list[OptionDoc]:
 
     parameters: list = []
     reflect.accumulateClassList(cls, "optParameters", parameters)
+    metavars = getattr(cls, "optMetavars", {})
     for entry in parameters:
         long, short, default, doc = (list(entry) + [None] * 4)[:4]
         found[long] = OptionDoc(
             name=long,
             short=short,
             kind="parameter",
-            metavar="VALUE",
+            metavar=metavars.get(long, "VALUE"),
             default=_text(default),
             help=_text(doc),
         )
