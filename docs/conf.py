@@ -38,4 +38,6 @@ myst_heading_anchors = 3
 
 html_theme = "alabaster"
 html_title = f"stomptw {release}"
-html_static_path: list[str] = []
+# stomptw.css wraps long command lines instead of clipping them.
+html_static_path = ["_static"]
+html_css_files = ["stomptw.css"]

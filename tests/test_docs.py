@@ -122,6 +122,12 @@ def test_configuration_reference_lists_every_option(site):
     assert " VALUE" not in text
 
 
+def test_long_command_lines_wrap_on_the_site(site):
+    css = (site / "_static" / "stomptw.css").read_text()
+    assert "white-space: pre-wrap" in css
+    assert "stomptw.css" in (site / "guide.html").read_text(encoding="utf-8")
+
+
 def test_embedding_page_includes_the_examples(site):
     text = page_text(site, "embedding.html")
     assert "makeService(config).setServiceParent(application)" in text
