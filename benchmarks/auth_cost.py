@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stomptw.auth import build_authenticator, make_checker  # noqa: E402
+from stomptw.auth import make_checker  # noqa: E402
+from stomptw.authenticator import build_authenticator  # noqa: E402
 from stomptw.encoding import encode_frame  # noqa: E402
 from stomptw.testing import BrokerOnClock  # noqa: E402
 

@@ -18,7 +18,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from stomptw import errors
-from stomptw.auth import ANONYMOUS_USER, LoginFailed, StompUser
+from stomptw.auth import ANONYMOUS_USER, StompUser
+from stomptw.authenticator import LoginFailed
 from stomptw.errors import ProtocolError
 
 if TYPE_CHECKING:

@@ -157,7 +157,7 @@ class AdministratorAuthorizer(BearerTokenAuthorizer):
     The token file's bearer token, or the credentials of a broker user with
     the ``administrator`` tag: HTTP Basic (user name and password) or
     ``Bearer <JWT>``, checked by the broker's own ``--auth`` checkers
-    (:class:`~stomptw.auth.Authenticator`), failed attempts counted and
+    (:class:`~stomptw.authenticator.Authenticator`), failed attempts counted and
     limited as for STOMP logins.
     """
 

@@ -142,7 +142,7 @@ class Broker:
             self._forget_if_idle,
         )
         self._opened = False
-        #: The logins (:class:`~stomptw.auth.Authenticator`); None: every
+        #: The logins (:class:`~stomptw.authenticator.Authenticator`); None: every
         #: session is anonymous and may do everything.
         self.auth = None
         #: The virtual hosts by name, this broker as ``/`` (:meth:`add_vhost`).

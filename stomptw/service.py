@@ -29,7 +29,8 @@ from zope.interface import implementer
 
 from stomptw import __version__
 from stomptw.admin import admin_site, load_token
-from stomptw.auth import build_authenticator, make_checker
+from stomptw.auth import make_checker
+from stomptw.authenticator import build_authenticator
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig, is_loopback_address
 from stomptw.interfaces import IMessageStore

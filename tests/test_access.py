@@ -10,7 +10,8 @@ from twisted.cred import checkers, credentials, error
 from twisted.internet import defer
 from zope.interface import implementer
 
-from stomptw.auth import Identity, build_authenticator, make_checker
+from stomptw.auth import Identity, make_checker
+from stomptw.authenticator import build_authenticator
 from stomptw.config import BrokerConfig
 from stomptw.testing import BrokerOnClock
 

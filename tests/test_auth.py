@@ -22,7 +22,8 @@ from clients import (
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 
-from stomptw.auth import AuthCounters, StompUser, build_authenticator
+from stomptw.auth import StompUser
+from stomptw.authenticator import AuthCounters, build_authenticator
 from stomptw.config import BrokerConfig
 from stomptw.metrics import render_metrics
 
