@@ -14,8 +14,6 @@ broker serves on its own WebSocket listener.
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -24,16 +22,16 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
-from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from twisted.web.static import File
 from zope.interface import implementer
 
-from stomptw import __version__
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
 from stomptw.credentials import certificate_of
+
+# The pages served beside the endpoint; their names stay importable from here.
+from stomptw.examplepages import EXAMPLES_DIR, IndexPage, examples_resource
 from stomptw.interfaces import IStompTransport
 from stomptw.model import format_peer
 from stomptw.protocol import set_high_water, shared_sweep
@@ -53,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTOBAHN_INTERNALS",
     "FAST_PARTIAL_MAX",
+    "EXAMPLES_DIR",
     "STOMP_SUBPROTOCOLS",
     "StompWebSocketFactory",
     "StompWebSocketProtocol",
@@ -470,111 +469,6 @@ def websocket_resource(
     return WebSocketResource(StompWebSocketFactory(broker, config, reactor, connection_limit))
 
 
-class _Index(Resource):
-    """A plain page at ``/`` that says where the STOMP endpoint is."""
-
-    isLeaf = False
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self._path = path
-
-    def getChild(self, path: bytes, request):
-        if path == b"":
-            return self
-        return Resource.getChild(self, path, request)
-
-    def render_GET(self, request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return (
-            f"stomptw {__version__}: STOMP over WebSocket is served at {self._path}\n"
-            "(subprotocols v12.stomp, v11.stomp, v10.stomp).\n"
-        ).encode()
-
-
-#: The directory of the example pages inside the package.
-EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples")
-
-#: Sent with every example page and file: nothing is fetched from elsewhere,
-#: scripts come only from the broker, and WebSocket connections may go to
-#: any broker (the live feed example takes a URL).
-_EXAMPLE_HEADERS = {
-    b"content-security-policy": (
-        b"default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
-        b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-    ),
-    b"x-content-type-options": b"nosniff",
-    b"referrer-policy": b"no-referrer",
-    b"cache-control": b"no-cache",
-}
-
-
-class _ExampleConfig(Resource):
-    """
-    ``config.js``: tells the example pages where the STOMP endpoint is,
-    whether the broker asks for a login (then they show a login form), and
-    the STOMP-over-TCP listeners (the index page shows them).
-    """
-
-    isLeaf = True
-
-    def __init__(self, ws_path: str, auth: bool = False, tcp: list[str] | None = None) -> None:
-        super().__init__()
-        self._body = (
-            f"window.STOMPTW_WS_PATH = {json.dumps(ws_path)};\n"
-            f"window.STOMPTW_AUTH = {json.dumps(auth)};\n"
-            f"window.STOMPTW_TCP = {json.dumps(list(tcp or []))};\n"
-        ).encode()
-
-    def render_GET(self, request) -> bytes:
-        for name, value in _EXAMPLE_HEADERS.items():
-            request.setHeader(name, value)
-        request.setHeader(b"content-type", b"text/javascript; charset=utf-8")
-        return self._body
-
-
-class _ExampleFiles(File):
-    """The example pages, with no directory listings and safe headers."""
-
-    contentTypes = {
-        **File.contentTypes,
-        ".js": "text/javascript; charset=utf-8",
-        ".css": "text/css; charset=utf-8",
-        ".html": "text/html; charset=utf-8",
-        ".png": "image/png",
-    }
-
-    def directoryListing(self):
-        return notFound(brief="No such page.")
-
-    def render_GET(self, request):
-        for name, value in _EXAMPLE_HEADERS.items():
-            request.setHeader(name, value)
-        return super().render_GET(request)
-
-    def createSimilarFile(self, path):
-        similar = super().createSimilarFile(path)
-        similar.contentTypes = self.contentTypes
-        return similar
-
-
-def examples_resource(config: BrokerConfig) -> Resource:
-    """
-    Return the live examples (a chat room, a work queue and a frame
-    inspector, plain HTML and JavaScript) as a ``twisted.web`` resource.
-
-    The pages connect to ``config.ws_path`` on the host that served them;
-    mount the STOMP endpoint there (:func:`websocket_resource`), e.g. as a
-    child of this resource, which is what :func:`websocket_site` does.
-    """
-    root = _ExampleFiles(EXAMPLES_DIR, defaultType="application/octet-stream")
-    root.indexNames = ["index.html"]
-    root.putChild(
-        b"config.js", _ExampleConfig(config.ws_path, bool(config.auth), config.tcp_endpoints)
-    )
-    return root
-
-
 def websocket_site(
     broker: Broker,
     config: BrokerConfig,
@@ -591,7 +485,7 @@ def websocket_site(
     segments = [s.encode("utf-8") for s in config.ws_path.strip("/").split("/") if s]
     if not segments:
         raise ValueError("ws_path must name a path below /, e.g. /ws")
-    root = examples_resource(config) if config.examples else _Index(config.ws_path)
+    root = examples_resource(config) if config.examples else IndexPage(config.ws_path)
     parent: Resource = root
     for segment in segments[:-1]:
         child = Resource()
