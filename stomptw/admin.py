@@ -35,21 +35,27 @@ without them they are refused.
 
 from __future__ import annotations
 
-import base64
-import hmac
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import Request, Site
 
+from stomptw.adminhttp import (
+    AdministratorAuthorizer,
+    Authorizer,
+    BearerTokenAuthorizer,
+    Denied,
+    HTTPError,
+    JsonResource,
+    load_token,
+)
 from stomptw.destinations import Queue
 from stomptw.metrics import MAX_DESTINATION_SERIES, METRICS_CONTENT_TYPE, render_metrics
-from stomptw.model import NOT_FORWARDED, DestinationError, DestinationFull, format_peer
+from stomptw.model import NOT_FORWARDED, DestinationError, DestinationFull
 
 if TYPE_CHECKING:
     from stomptw.broker import Broker
@@ -73,155 +79,6 @@ __all__ = [
 log = Logger()
 
 
-# -- authorization ------------------------------------------------------------------
-
-
-def load_token(path: str) -> str:
-    """
-    Read the admin bearer token from ``path`` (surrounding whitespace is
-    stripped). Raises :class:`ValueError` if the file cannot be read or
-    holds no token.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise ValueError(f"cannot read the admin token file {path}: {reason}") from None
-    if not token:
-        raise ValueError(f"the admin token file {path} is empty")
-    return token
-
-
-class Denied(Exception):
-    """
-    A request may not use a mutating endpoint.
-
-    :ivar code: the HTTP status (401 or 403).
-    :ivar message: what to tell the client.
-    :ivar headers: extra response headers (``WWW-Authenticate``).
-    """
-
-    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-
-class Authorizer(Protocol):
-    """What decides whether a request may change the broker's state."""
-
-    def authorize(self, request: Request) -> defer.Deferred | None:
-        """
-        Return (or fire a Deferred) if ``request`` may proceed; raise (or
-        fail with) :class:`Denied` if not.
-        """
-
-
-class BearerTokenAuthorizer:
-    """
-    Lets through requests that carry ``Authorization: Bearer <token>`` with
-    the one configured token (compared in constant time).
-
-    This is deliberately the only place that knows how admin requests are
-    authenticated: :func:`admin_site` takes any :class:`Authorizer`, so a
-    credentials store (per-operator tokens, roles) can replace it later
-    without touching the endpoints.
-
-    :param token: the token; None or empty: every mutating request is
-        refused (403) because no token was configured.
-    """
-
-    def __init__(self, token: str | None) -> None:
-        self._token = token.encode("utf-8") if token else None
-
-    def authorize(self, request: Request) -> None:
-        """Raise :class:`Denied` unless ``request`` carries the token."""
-        if self._token is None:
-            raise Denied(403, "mutating endpoints are disabled: start with --admin-token-file")
-        header = request.getHeader("authorization") or ""
-        scheme, _, credentials = header.partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise Denied(
-                401,
-                "this endpoint needs an Authorization: Bearer <token> header",
-                {"WWW-Authenticate": 'Bearer realm="stomptw"'},
-            )
-        if not hmac.compare_digest(credentials.strip().encode("utf-8"), self._token):
-            raise Denied(403, "wrong token")
-
-
-class AdministratorAuthorizer(BearerTokenAuthorizer):
-    """
-    The token file's bearer token, or the credentials of a broker user with
-    the ``administrator`` tag: HTTP Basic (user name and password) or
-    ``Bearer <JWT>``, checked by the broker's own ``--auth`` checkers
-    (:class:`~stomptw.authenticator.Authenticator`), failed attempts counted and
-    limited as for STOMP logins.
-    """
-
-    def __init__(self, token: str | None, auth: Any) -> None:
-        super().__init__(token)
-        self.auth = auth
-
-    def authorize(self, request: Request) -> defer.Deferred | None:
-        """See :class:`Authorizer`."""
-        header = request.getHeader("authorization") or ""
-        scheme, _, value = header.partition(" ")
-        scheme, value = scheme.lower(), value.strip()
-        if (
-            scheme == "bearer"
-            and self._token
-            and hmac.compare_digest(value.encode("utf-8"), self._token)
-        ):
-            return None
-        if scheme == "basic":
-            try:
-                login, _, passcode = base64.b64decode(value, validate=True).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                raise Denied(401, "malformed Basic credentials", _CHALLENGE) from None
-            headers = {"login": login, "passcode": passcode}
-        elif scheme == "bearer" and value:
-            headers = {"passcode": value}
-        else:
-            raise Denied(
-                401,
-                "this endpoint needs an administrator's credentials (HTTP Basic, or "
-                "Authorization: Bearer with a token)",
-                _CHALLENGE,
-            )
-        peer = getattr(request.getClientAddress(), "host", "")
-        d = self.auth.login(headers, peer, "admin")
-
-        def logged_in(user: Any) -> None:
-            user.logout()
-            if "administrator" not in user.tags:
-                raise Denied(403, f"user {user.name!r} does not have the administrator tag")
-
-        def refused(failure: Any) -> Any:
-            if failure.check(Denied):
-                return failure
-            message = getattr(failure.value, "message", "authentication failed")
-            raise Denied(401, message, _CHALLENGE)
-
-        return d.addCallbacks(logged_in, refused)
-
-
-_CHALLENGE = {"WWW-Authenticate": 'Basic realm="stomptw", Bearer realm="stomptw"'}
-
-
-# -- the HTTP resource --------------------------------------------------------------
-
-
-class _HTTPError(Exception):
-    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-
 def _destination_info(dest: Any) -> dict[str, Any]:
     if isinstance(dest, Queue):
         return {
@@ -243,7 +100,7 @@ def _destination_info(dest: Any) -> dict[str, Any]:
     }
 
 
-class AdminResource(Resource):
+class AdminResource(JsonResource):
     """
     The whole admin API as one leaf resource that routes on the raw path
     (so that URL-encoded destination names, slashes included, survive).
@@ -284,7 +141,7 @@ class AdminResource(Resource):
             (("api", "subscriptions"), {"GET": self._subscriptions}),
         ]
 
-    # -- plumbing ------------------------------------------------------------------------
+    # -- routing -------------------------------------------------------------------------
 
     def _route(self, request: Request) -> tuple[dict[str, Callable[..., Any]], list[str]]:
         raw = request.path.split(b"/")[1:]
@@ -303,112 +160,23 @@ class AdminResource(Resource):
             ):
                 args = [s for p, s in zip(pattern, segments, strict=True) if p == "*"]
                 return methods, args
-        raise _HTTPError(404, "no such endpoint")
-
-    def render(self, request: Request) -> bytes | int:
-        """Route, authorize and answer one request."""
-        method = request.method.decode("ascii", "replace")
-        if method == "HEAD":
-            method = "GET"
-        try:
-            methods, args = self._route(request)
-            handler = methods.get(method)
-            if handler is None:
-                raise _HTTPError(
-                    405, f"{method} is not allowed here", {"Allow": ", ".join(sorted(methods))}
-                )
-            if method not in ("GET", "HEAD"):
-                try:
-                    allowed = self.authorizer.authorize(request)
-                except Denied as e:
-                    raise self._refused(request, method, e) from None
-                if isinstance(allowed, defer.Deferred):
-
-                    def then(_: object) -> Any:
-                        return handler(request, *args)
-
-                    def denied(failure: Any) -> Any:
-                        if failure.check(Denied):
-                            raise self._refused(request, method, failure.value)
-                        return failure
-
-                    result = allowed.addCallbacks(then, denied)
-                    return self._later(request, result)
-            result = handler(request, *args)
-        except _HTTPError as e:
-            return self._error(request, e)
-        return self._later(request, result)
-
-    def _refused(self, request: Request, method: str, e: Denied) -> _HTTPError:
-        # Never the credentials themselves: only who tried what.
-        peer = request.getClientAddress()
-        log.warn(
-            "admin API: refused {method} {path} from {peer}: {reason}",
-            method=method,
-            path=request.path.decode("latin-1"),
-            peer=format_peer(peer),
-            status=e.code,
-            reason=e.message,
-        )
-        return _HTTPError(e.code, e.message, e.headers)
-
-    def _later(self, request: Request, result: Any) -> bytes | int:
-        """Answer with ``result``, now (bytes) or once its Deferred fires."""
-        if isinstance(result, defer.Deferred):
-
-            def done(value: tuple[int, object] | bytes) -> None:
-                # A handler run after an asynchronous authorization may have
-                # answered in bytes already.
-                if not request.finished and not getattr(request, "_disconnected", False):
-                    body = value if isinstance(value, bytes) else self._json(request, *value)
-                    request.write(body)
-                    request.finish()
-
-            def failed(failure: Any) -> None:
-                error = failure.value
-                if not isinstance(error, _HTTPError):
-                    log.failure("admin request failed", failure)
-                    error = _HTTPError(500, "internal error")
-                if not request.finished and not getattr(request, "_disconnected", False):
-                    request.write(self._error(request, error))
-                    request.finish()
-
-            result.addCallbacks(done, failed)
-            return NOT_DONE_YET
-        return result
-
-    def _json(self, request: Request, code: int, value: object) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader("Content-Type", "application/json")
-        request.setHeader("Cache-Control", "no-store")
-        return json.dumps(value, indent=1).encode("utf-8") + b"\n"
-
-    def _error(self, request: Request, error: _HTTPError) -> bytes:
-        for name, value in error.headers.items():
-            request.setHeader(name, value)
-        return self._json(request, error.code, {"error": error.message})
-
-    def _text(self, request: Request, code: int, text: str, content_type: str) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader("Content-Type", content_type)
-        request.setHeader("Cache-Control", "no-store")
-        return text.encode("utf-8")
+        raise HTTPError(404, "no such endpoint")
 
     def _session(self, session_id: str) -> Any:
         for session in self.broker.sessions:
             if getattr(session, "session_id", "") == session_id and session_id:
                 return session
-        raise _HTTPError(404, f"no connection with session id {session_id!r}")
+        raise HTTPError(404, f"no connection with session id {session_id!r}")
 
     def _read_json(self, request: Request) -> Any:
         limit = self.broker.config.limits.max_frame_size
         data = request.content.read(limit + 1) if request.content is not None else b""
         if len(data) > limit:
-            raise _HTTPError(413, f"request body over {limit} bytes")
+            raise HTTPError(413, f"request body over {limit} bytes")
         try:
             return json.loads(data or b"null")
         except ValueError as e:
-            raise _HTTPError(400, f"request body is not JSON: {e}") from None
+            raise HTTPError(400, f"request body is not JSON: {e}") from None
 
     # -- endpoints ---------------------------------------------------------------------
 
@@ -464,7 +232,7 @@ class AdminResource(Resource):
         name = names[0].decode("utf-8", "replace")
         vhost = getattr(self.broker, "vhosts", {"/": self.broker}).get(name)
         if vhost is None:
-            raise _HTTPError(404, f"no vhost {name!r}")
+            raise HTTPError(404, f"no vhost {name!r}")
         return vhost
 
     def _destinations(self, request: Request) -> bytes:
@@ -475,7 +243,7 @@ class AdminResource(Resource):
     def _destination(self, request: Request, name: str) -> bytes:
         dest = self._vhost(request).destinations.get(name)
         if dest is None:
-            raise _HTTPError(404, f"no destination {name!r}")
+            raise HTTPError(404, f"no destination {name!r}")
         return self._json(request, 200, _destination_info(dest))
 
     def _subscriptions(self, request: Request) -> bytes:
@@ -523,38 +291,38 @@ class AdminResource(Resource):
         broker = self._vhost(request)
         payload = self._read_json(request)
         if not isinstance(payload, dict):
-            raise _HTTPError(400, 'expected a JSON object {"body": "...", "headers": {...}}')
+            raise HTTPError(400, 'expected a JSON object {"body": "...", "headers": {...}}')
         body = payload.get("body", "")
         headers = payload.get("headers", {})
         if not isinstance(body, str):
-            raise _HTTPError(400, "body must be a string")
+            raise HTTPError(400, "body must be a string")
         if not isinstance(headers, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and k for k, v in headers.items()
         ):
-            raise _HTTPError(400, "headers must be an object of non-empty names to strings")
+            raise HTTPError(400, "headers must be an object of non-empty names to strings")
         unknown = set(payload) - {"body", "headers"}
         if unknown:
-            raise _HTTPError(400, f"unknown fields: {', '.join(sorted(unknown))}")
+            raise HTTPError(400, f"unknown fields: {', '.join(sorted(unknown))}")
         try:
             broker.check_destination(name)
         except DestinationError as e:
-            raise _HTTPError(400, f"invalid destination: {e}") from None
+            raise HTTPError(400, f"invalid destination: {e}") from None
         data = body.encode("utf-8")
         if len(data) > broker.config.limits.max_body_size:
-            raise _HTTPError(413, "body is over --max-body-size")
+            raise HTTPError(413, "body is over --max-body-size")
         expires = headers.get("expires")
         if expires is not None and not expires.isdigit():
-            raise _HTTPError(400, "expires must be milliseconds since the epoch")
+            raise HTTPError(400, "expires must be milliseconds since the epoch")
         # user-id names who sent a message; the admin API is no STOMP user.
         forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED and k != "user-id"}
         existing = broker.destinations.get(name)
         if isinstance(existing, Queue) and existing.is_full():
             # Whatever --overflow says: there is no producer connection to block.
-            raise _HTTPError(503, f"destination {name} is full")
+            raise HTTPError(503, f"destination {name} is full")
         try:
             message = broker.send(name, forwarded, data, None, True)
         except DestinationFull as e:
-            raise _HTTPError(503, f"destination {name} is full: {e}") from None
+            raise HTTPError(503, f"destination {name} is full: {e}") from None
         request.setHeader("Location", request.uri.decode("ascii", "replace"))
         result = (201, {"message_id": message.message_id, "destination": name})
         if message.persistent:
@@ -566,9 +334,9 @@ class AdminResource(Resource):
         try:
             count = self._vhost(request).purge(name)
         except KeyError:
-            raise _HTTPError(404, f"no destination {name!r}") from None
+            raise HTTPError(404, f"no destination {name!r}") from None
         except DestinationError as e:
-            raise _HTTPError(400, str(e)) from None
+            raise HTTPError(400, str(e)) from None
         log.info("admin API: purged {count} message(s) from {name}", count=count, name=name)
         return self._json(request, 200, {"destination": name, "purged": count})
 
