@@ -5,7 +5,7 @@ Both may need an answer that is not there yet (a password hash being
 checked in a thread, an HTTP backend). Then the frame raises
 :class:`Waiting`: the session stops reading and handles nothing more until
 the answer comes, and then handles the same frame again, which now finds
-the answer (see :meth:`~stomptw.session.StompSession.wait_for`). Frames a
+the answer (see :meth:`SessionAccess.wait_for`). Frames a
 client pipelined behind its CONNECT are therefore never handled before the
 login has succeeded.
 """
@@ -21,11 +21,12 @@ from stomptw import errors
 from stomptw.auth import ANONYMOUS_USER, StompUser
 from stomptw.authenticator import LoginFailed
 from stomptw.errors import ProtocolError
+from stomptw.receipts import Receipts
 
 if TYPE_CHECKING:
     from stomptw.session import StompSession
 
-__all__ = ["Waiting", "authorize", "log_in"]
+__all__ = ["SessionAccess", "Waiting", "authorize", "log_in"]
 
 #: The most permission answers a session keeps (then it starts again).
 MAX_CACHED = 1024
@@ -192,3 +193,133 @@ def _log_unavailable(session: StompSession, failure: Failure, destination: str) 
         user=session.user.name if session.user else "-",
         reason=failure.getErrorMessage(),
     )
+
+
+class _Waiting:
+    """What holds a session's input while a frame waits for an answer."""
+
+    #: Looks like a destination's set of blocked producers to the gate's release.
+    blocked: set[Any] = set()
+
+
+_WAITING = _Waiting()
+
+
+class SessionAccess:
+    """
+    The part of a session that is about who it is: the user it logged in
+    as, the frame that waits for a login or a permission, the refusal, the
+    vhost, the permission answers it keeps and when its credentials expire.
+    A base class of :class:`~stomptw.session.StompSession`.
+    """
+
+    def _init_access(self: StompSession) -> None:
+        #: The logged-in user (:class:`~stomptw.auth.StompUser`); None before CONNECT.
+        self.user: StompUser | None = None
+        #: Permission answers by (action, destination), and the generation
+        #: of the rules they came from (see :func:`authorize`).
+        self.permissions: dict[tuple[str, str], bool] = {}
+        self.permissions_generation = -1
+        #: Destinations a SEND may go to without asking again: every check
+        #: passed, create included (cleared when the rules change).
+        self.write_allowed: set[str] = set()
+        #: A refused login's ERROR, waiting out the failure delay.
+        self._refusal: Any = None
+
+    def _end_access(self: StompSession) -> None:
+        """The connection is gone: no refusal left to send, and the user logs out."""
+        if self._refusal is not None and self._refusal.active():
+            self._refusal.cancel()
+        if self.user is not None:
+            self.user.logout()
+
+    def wait_for(
+        self: StompSession, answer: Deferred, command: str, headers: dict[str, str], body: bytes
+    ) -> None:
+        """
+        A frame waits for ``answer`` (a login, a permission): stop reading
+        and handling frames; once it fires with True, handle the frame again,
+        then the rest. With False the session is being refused: it stays
+        stopped until it closes.
+        """
+        self.gate.block(_WAITING)
+
+        def answered(again: object) -> None:
+            if self.closing or again is not True:
+                return
+            self.gate.unblock(_WAITING)
+            self.handle_again(command, headers, body)
+
+        answer.addCallback(answered).addErrback(
+            lambda f: self.log.failure("waiting for {command}", f, command=command)
+        )
+
+    def refuse_login(
+        self: StompSession, error: ProtocolError, delayed: bool, receipt: str | None = None
+    ) -> None:
+        """
+        The login failed: end the session with ``error`` (with CONNECT's
+        ``receipt`` as its receipt-id, if it asked for one), after the
+        broker's failure delay when ``delayed`` (nothing is read meanwhile).
+        """
+        auth = self.broker.auth
+        delay = auth.failure_delay if auth is not None and delayed else 0
+        if delay:
+            self._refusal = auth.clock.callLater(delay, self._refuse, error, receipt)
+        else:
+            self._refuse(error, receipt)
+
+    def _refuse(self: StompSession, error: ProtocolError, receipt: str | None = None) -> None:
+        self._refusal = None
+        if not self.closing:
+            self.close_reason = f"login refused: {error.message}"
+            self.fail(error, receipt=receipt)
+
+    def use_vhost(self: StompSession, vhost: str) -> None:
+        """The login put the session in ``vhost``: route through its broker."""
+        broker = self.broker.vhosts[vhost]
+        if broker is not self.broker:
+            self.broker = broker
+            self.receipts = Receipts(self._send_receipt, broker.sync, self._store_failed)
+
+    def permissions_changed(self: StompSession) -> None:
+        """
+        The rules behind the user's permissions changed (a reload): end the
+        session if a subscription may no longer read its destination.
+        """
+        self.write_allowed.clear()
+        user = self.user
+        if self.closing or user is None or user.unrestricted:
+            return
+        for sub in list(self.subscriptions.values()):
+            allowed = user.allows("read", sub.destination)
+            if isinstance(allowed, Deferred):
+                # Decided by a service (--auth http): its rules did not
+                # change with the files; nothing to take back here.
+                allowed.addErrback(lambda failure: None)
+                continue
+            if allowed is False:
+                self.fail(errors.permission_withdrawn(sub.destination, sub.id))
+                return
+
+    def _start_credentials_clock(self: StompSession, now: float) -> None:
+        """CONNECT succeeded: the session ends when its credentials expire, if they do."""
+        auth = self.broker.auth
+        if auth is not None and self.user is not None:
+            left = auth.expires_in(self.user)
+            if left is not None:
+                self.liveness.expires_at = now + max(0.0, left)
+
+    def _credentials_expired(self: StompSession) -> None:
+        """The credentials (a token) expired: end the session with ERROR ``token expired``."""
+        self.liveness.expires_at = None
+        self.log.info(
+            "session {session} of {user} ended: its token expired",
+            session=self.session_id or "-",
+            user=self.user.name if self.user else "-",
+            peer=self.peer,
+        )
+        if self.broker.auth is not None:
+            self.broker.auth.counters.expired += 1
+        self.close_reason = "token expired"
+        self.fail(errors.token_expired())

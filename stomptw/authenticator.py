@@ -175,7 +175,7 @@ class Authenticator:
         #: Things re-read on reload (the permissions file, users files).
         self.reloadables: list[Any] = [policy]
         #: Called whenever one of them has been read again (the service tells
-        #: every session, see :meth:`~stomptw.session.StompSession.permissions_changed`).
+        #: every session, see :meth:`~stomptw.access.SessionAccess.permissions_changed`).
         self.on_change: Callable[[], None] | None = None
 
     @property

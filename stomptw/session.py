@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from stomptw import commands, errors
+from stomptw.access import SessionAccess
 from stomptw.encoding import encode_frame
 from stomptw.ending import SessionEnding
 from stomptw.errors import ProtocolError, limit_details
@@ -38,7 +39,6 @@ from stomptw.receipts import Receipts
 from stomptw.transactions import Transactions
 
 if TYPE_CHECKING:
-    from stomptw.auth import StompUser
     from stomptw.broker import Broker
     from stomptw.config import BrokerConfig
     from stomptw.timers import DeadlineSweep
@@ -46,18 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["ProtocolError", "StompSession"]
 
 
-class _Waiting:
-    """What holds a session's input while a frame waits for an answer."""
-
-    #: Looks like a destination's set of blocked producers to the gate's release.
-    blocked: set[Any] = set()
-
-
-_WAITING = _Waiting()
-
-
 @implementer(IMessageConsumer, IDeadlineTarget)
-class StompSession(SessionEnding):
+class StompSession(SessionAccess, SessionEnding):
     """
     One STOMP client connection, on any transport.
 
@@ -123,17 +113,7 @@ class StompSession(SessionEnding):
         self.opened = now()
         self.liveness = Liveness(self.opened, config.login_timeout, sweep.resolution)
         self.counters = broker.counters
-        #: The logged-in user (:class:`~stomptw.auth.StompUser`); None before CONNECT.
-        self.user: StompUser | None = None
-        #: Permission answers by (action, destination), and the generation
-        #: of the rules they came from (see :func:`stomptw.access.authorize`).
-        self.permissions: dict[tuple[str, str], bool] = {}
-        self.permissions_generation = -1
-        #: Destinations a SEND may go to without asking again: every check
-        #: passed, create included (cleared when the rules change).
-        self.write_allowed: set[str] = set()
-        #: A refused login's ERROR, waiting out the failure delay.
-        self._refusal: Any = None
+        self._init_access()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -152,10 +132,7 @@ class StompSession(SessionEnding):
         self.closing = True
         self.receipts.open = False
         self._end_session()
-        if self._refusal is not None and self._refusal.active():
-            self._refusal.cancel()
-        if self.user is not None:
-            self.user.logout()
+        self._end_access()
         self.broker.sessions.discard(self)
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
@@ -198,75 +175,6 @@ class StompSession(SessionEnding):
                 return
             commands.handle(self, frame.command, frame.headers, frame.body)
 
-    # -- waiting for a login or a permission ------------------------------------------
-
-    def wait_for(
-        self, answer: Deferred, command: str, headers: dict[str, str], body: bytes
-    ) -> None:
-        """
-        A frame waits for ``answer`` (a login, a permission): stop reading
-        and handling frames; once it fires with True, handle the frame again,
-        then the rest. With False the session is being refused: it stays
-        stopped until it closes.
-        """
-        self.gate.block(_WAITING)
-
-        def answered(again: object) -> None:
-            if self.closing or again is not True:
-                return
-            self.gate.unblock(_WAITING)
-            commands.handle(self, command, headers, body, again=True)
-
-        answer.addCallback(answered).addErrback(
-            lambda f: self.log.failure("waiting for {command}", f, command=command)
-        )
-
-    def refuse_login(self, error: ProtocolError, delayed: bool, receipt: str | None = None) -> None:
-        """
-        The login failed: end the session with ``error`` (with CONNECT's
-        ``receipt`` as its receipt-id, if it asked for one), after the
-        broker's failure delay when ``delayed`` (nothing is read meanwhile).
-        """
-        auth = self.broker.auth
-        delay = auth.failure_delay if auth is not None and delayed else 0
-        if delay:
-            self._refusal = auth.clock.callLater(delay, self._refuse, error, receipt)
-        else:
-            self._refuse(error, receipt)
-
-    def _refuse(self, error: ProtocolError, receipt: str | None = None) -> None:
-        self._refusal = None
-        if not self.closing:
-            self.close_reason = f"login refused: {error.message}"
-            self.fail(error, receipt=receipt)
-
-    def use_vhost(self, vhost: str) -> None:
-        """The login put the session in ``vhost``: route through its broker."""
-        broker = self.broker.vhosts[vhost]
-        if broker is not self.broker:
-            self.broker = broker
-            self.receipts = Receipts(self._send_receipt, broker.sync, self._store_failed)
-
-    def permissions_changed(self) -> None:
-        """
-        The rules behind the user's permissions changed (a reload): end the
-        session if a subscription may no longer read its destination.
-        """
-        self.write_allowed.clear()
-        user = self.user
-        if self.closing or user is None or user.unrestricted:
-            return
-        for sub in list(self.subscriptions.values()):
-            allowed = user.allows("read", sub.destination)
-            if isinstance(allowed, Deferred):
-                # Decided by a service (--auth http): its rules did not
-                # change with the files; nothing to take back here.
-                allowed.addErrback(lambda failure: None)
-                continue
-            if allowed is False:
-                self.fail(errors.permission_withdrawn(sub.destination, sub.id))
-                return
-
     def connected(self, send_ms: int, receive_ms: int) -> None:
         """
         CONNECT succeeded: stop the login clock, start heart-beats both ways,
@@ -274,12 +182,12 @@ class StompSession(SessionEnding):
         """
         now = self.now()
         self.liveness.connected(send_ms, receive_ms, self.config.heartbeat_grace, now)
-        auth = self.broker.auth
-        if auth is not None and self.user is not None:
-            left = auth.expires_in(self.user)
-            if left is not None:
-                self.liveness.expires_at = now + max(0.0, left)
+        self._start_credentials_clock(now)
         self._schedule()
+
+    def handle_again(self, command: str, headers: dict[str, str], body: bytes) -> None:
+        """A frame that waited for an answer (:meth:`wait_for`): handle it now."""
+        commands.handle(self, command, headers, body, again=True)
 
     # -- deadlines ------------------------------------------------------------------
 
@@ -293,17 +201,7 @@ class StompSession(SessionEnding):
             self.fail(errors.login_timeout(self.config.login_timeout))
             return
         if liveness.credentials_expired(now):
-            liveness.expires_at = None
-            self.log.info(
-                "session {session} of {user} ended: its token expired",
-                session=self.session_id or "-",
-                user=self.user.name if self.user else "-",
-                peer=self.peer,
-            )
-            if self.broker.auth is not None:
-                self.broker.auth.counters.expired += 1
-            self.close_reason = "token expired"
-            self.fail(errors.token_expired())
+            self._credentials_expired()
             return
         if liveness.beat_due(now):
             self._write(b"\n")
