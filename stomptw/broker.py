@@ -13,7 +13,6 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 
 from stomptw.deadletters import DeadLetters
@@ -21,6 +20,7 @@ from stomptw.destinations import DestinationContext, Queue, Topic
 from stomptw.durables import Durables
 from stomptw.expiry import ExpirySweep
 from stomptw.interfaces import IDestination, IMessageConsumer, IMessageStore
+from stomptw.lifetime import BrokerLifetime
 from stomptw.model import (
     ACK_MODES,
     COUNTED_COMMANDS,
@@ -37,7 +37,6 @@ from stomptw.model import (
     durable_owner,
     message_size,
 )
-from stomptw.restore import restore
 
 if TYPE_CHECKING:
     from stomptw.config import BrokerConfig
@@ -60,7 +59,7 @@ __all__ = [
 ]
 
 
-class Broker:
+class Broker(BrokerLifetime):
     """
     Routes messages between client sessions.
 
@@ -149,80 +148,10 @@ class Broker:
         self.vhosts: dict[str, Broker] = {"/": self}
         self._root = True
 
-    def add_vhost(self, name: str, store: IMessageStore) -> Broker:
-        """
-        A virtual host: a broker of its own (destinations, store) that
-        shares this one's sessions, message and traffic counters (so that
-        ``/metrics`` counts every vhost's messages), logins and deadline
-        sweep. Open and close it with this one.
-        """
-        vhost = Broker(self.config, store, self.clock, stats=self.stats)
-        vhost._root = False
-        vhost.sessions = self.sessions
-        vhost.counters = self.counters
-        vhost.auth = self.auth
-        vhost.deadlines = self.deadlines
-        vhost.vhosts = self.vhosts
-        self.vhosts[name] = vhost
-        return vhost
-
-    # -- lifetime ------------------------------------------------------------------
-
-    def open(self) -> None:
-        """
-        Load what the store holds (queues' messages, durable subscriptions:
-        :func:`~stomptw.restore.restore`) and start expiring messages
-        (:class:`~stomptw.expiry.ExpirySweep`). Call once, before accepting
-        clients.
-        """
-        if self._opened:
-            return
-        self._opened = True
-        state = self.store.load()
-        self._keys = itertools.count(state.next_key)
-        restore(state, self._durables, self.destination, self.store)
-        self._expiry.start()
-        for vhost in self._other_vhosts():
-            vhost.open()
-
-    def _other_vhosts(self) -> list[Broker]:
-        """The virtual hosts besides this one, if this is the default vhost."""
-        return [v for v in self.vhosts.values() if v is not self] if self._root else []
-
     @property
     def durables(self) -> dict[str, DurableSubscription]:
         """The durable topic subscriptions, by their store name."""
         return self._durables.by_owner
-
-    @property
-    def stopping(self) -> bool:
-        """
-        True once the broker is stopping: nothing more is delivered, and
-        messages returned by the closing sessions stay in their queues.
-        """
-        return self.context.stopping
-
-    @property
-    def loaded(self) -> bool:
-        """True once :meth:`open` has loaded what the store holds."""
-        return self._opened
-
-    def stop_delivering(self) -> None:
-        """
-        The broker is stopping: deliver nothing more. Messages the closing
-        sessions return stay in their queues (and the store) as they are,
-        without counting towards the redelivery limit.
-        """
-        self.context.stopping = True
-        for vhost in self._other_vhosts():
-            vhost.stop_delivering()
-
-    def close(self):
-        """Stop expiring messages and close the store (every vhost's); a Deferred."""
-        self._expiry.stop()
-        closing = [maybeDeferred(self.store.close)]
-        closing += [maybeDeferred(v.close) for v in self._other_vhosts()]
-        return gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)
 
     def sync(self):
         """A Deferred that fires once every message accepted so far is stored."""
