@@ -313,8 +313,7 @@ class AdminResource(JsonResource):
         expires = headers.get("expires")
         if expires is not None and not expires.isdigit():
             raise HTTPError(400, "expires must be milliseconds since the epoch")
-        # user-id names who sent a message; the admin API is no STOMP user.
-        forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED and k != "user-id"}
+        forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
         existing = broker.destinations.get(name)
         if isinstance(existing, Queue) and existing.is_full():
             # Whatever --overflow says: there is no producer connection to block.

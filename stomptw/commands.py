@@ -192,11 +192,8 @@ def send(session: StompSession, headers: Headers, body: bytes) -> None:
             "expires must be a time in milliseconds since the epoch (0 means never).",
         )
     forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
-    # The sender's authenticated name, never the client's say-so.
     if user.name:
         forwarded["user-id"] = user.name
-    elif "user-id" in forwarded:
-        del forwarded["user-id"]
     actions = session.transactions.named(headers)
     if actions is not None:
         session.transactions.hold(

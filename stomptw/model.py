@@ -329,7 +329,8 @@ class Counters:
 
 #: Headers of a SEND frame that do not travel on to MESSAGE frames; the
 #: broker sets its own ``destination``, ``message-id``, ``subscription``,
-#: ``ack``, ``content-length`` and ``redelivered``.
+#: ``ack``, ``content-length``, ``redelivered`` and ``user-id`` (the sender's
+#: authenticated name, never the client's say-so).
 NOT_FORWARDED = frozenset(
     {
         "destination",
@@ -340,6 +341,7 @@ NOT_FORWARDED = frozenset(
         "transaction",
         "receipt",
         "redelivered",
+        "user-id",
     }
 )
 
