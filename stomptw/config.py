@@ -54,6 +54,7 @@ __all__ = [
     "Setting",
     "settings",
     "endpoint_scope",
+    "tcp_address",
     "toml_value",
 ]
 
@@ -111,20 +112,36 @@ def endpoint_scope(description: str) -> str:
     every address) or ``"unknown"`` (an inherited socket such as
     ``systemd:``, checked once it is bound).
     """
-    kind, _, rest = description.partition(":")
-    kind = kind.strip().lower()
-    if kind == "unix":
+    if description.partition(":")[0].strip().lower() == "unix":
         return "loopback"
+    address = tcp_address(description)
+    if address is None or not address[1].isdigit():
+        return "unknown"  # not TCP, or not a valid string: the option's own check says why
+    return "loopback" if is_loopback_address(address[0]) else "network"
+
+
+def tcp_address(description: str) -> tuple[str, str] | None:
+    """
+    The interface and the port (as written) that a ``tcp:``, ``tcp6:``,
+    ``ssl:``/``tls:`` or ``mtls:`` endpoint string binds; without
+    ``interface=``, every address (``0.0.0.0``, or ``::`` for tcp6). None
+    for other kinds of endpoint.
+    """
+    parts = description.replace("\\:", "\x00").split(":")
+    kind = parts[0].strip().lower()
     if kind not in ("tcp", "tcp6", "ssl", "tls", "mtls"):
-        return "unknown"
-    parts = rest.replace("\\:", "\x00").split(":")
-    if not (parts[0].strip().isdigit() or any(p.startswith("port=") for p in parts)):
-        return "unknown"  # not a valid string: the option's own check says why
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if sep and key.strip() == "interface":
-            return "loopback" if is_loopback_address(value.replace("\x00", ":")) else "network"
-    return "network"
+        return None
+    port, interface = "", "::" if kind == "tcp6" else "0.0.0.0"
+    for part in parts[1:]:
+        name, sep, value = part.partition("=")
+        value = value.replace("\x00", ":").strip()
+        if not sep and not port:
+            port = name.strip()
+        elif name.strip() == "port":
+            port = value
+        elif name.strip() == "interface":
+            interface = value
+    return interface, port
 
 
 def is_loopback_address(address: str) -> bool:

@@ -29,6 +29,7 @@ from stomptw.config import (
     BrokerConfig,
     Setting,
     settings,
+    tcp_address,
 )
 from stomptw.configfile import (
     ConfigError,
@@ -227,27 +228,6 @@ def _check_endpoint(description: str, where: str) -> None:
         ) from None
 
 
-def _tcp_address(description: str) -> tuple[str, int] | None:
-    """The (interface, port) a tcp:, tcp6:, ssl: or mtls: string binds; None otherwise."""
-    parts = description.replace("\\:", "\x00").split(":")
-    kind, args = parts[0].strip().lower(), parts[1:]
-    if kind not in ("tcp", "tcp6", "ssl", "tls", "mtls"):
-        return None
-    port, interface = None, "::" if kind == "tcp6" else "0.0.0.0"
-    for arg in args:
-        name, sep, value = arg.partition("=")
-        value = value.replace("\x00", ":")
-        if not sep and port is None:
-            port = name
-        elif name == "port":
-            port = value
-        elif name == "interface":
-            interface = value
-    if port is None or not port.isdigit() or int(port) == 0:
-        return None
-    return interface, int(port)
-
-
 def busy_listeners(config: BrokerConfig) -> list[str]:
     """
     One line for each ``--tcp``/``--ws``/``--admin`` listener whose address
@@ -261,10 +241,10 @@ def busy_listeners(config: BrokerConfig) -> list[str]:
         ("--admin", "admin_endpoints", 15671),
     ):
         for description in getattr(config, field):
-            address = _tcp_address(description)
-            if address is None:
-                continue
-            interface, port = address
+            address = tcp_address(description)
+            if address is None or not address[1].isdigit() or int(address[1]) == 0:
+                continue  # not TCP, or an ephemeral port: nothing to check
+            interface, port = address[0], int(address[1])
             family = socket.AF_INET6 if ":" in interface else socket.AF_INET
             probe = socket.socket(family, socket.SOCK_STREAM)
             try:
