@@ -25,7 +25,7 @@ from zope.interface import implementer
 from stomptw.auth import Identity
 from stomptw.credentials import ICertificateCredentials
 
-__all__ = ["CertificateChecker", "mtls_endpoint"]
+__all__ = ["CertificateChecker", "cert_checker", "mtls_endpoint"]
 
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
@@ -81,3 +81,10 @@ class CertificateChecker:
         if not name:
             return defer.fail(error.UnauthorizedLogin("the certificate has no common name"))
         return defer.succeed(Identity(name))
+
+
+def cert_checker(argstring: str) -> CertificateChecker:
+    """The checker of ``--auth cert`` (``cert:from=cn`` or ``cert:from=subject``)."""
+    if argstring and not argstring.startswith("from="):
+        raise ValueError(f"expected from=cn or from=subject, got {argstring!r}")
+    return CertificateChecker(argstring.partition("from=")[2] if argstring else "cn")

@@ -45,6 +45,7 @@ __all__ = [
     "hash_password",
     "parse_users",
     "read_users",
+    "users_checker",
     "write_users",
 ]
 
@@ -312,3 +313,10 @@ class UsersFileChecker:
         return threads.deferToThreadPool(
             self.reactor, self.reactor.getThreadPool(), read_users, self.path
         ).addCallbacks(done, failed)
+
+
+def users_checker(argstring: str) -> UsersFileChecker:
+    """The checker of ``--auth users:FILE``."""
+    if not argstring:
+        raise ValueError("users needs the path of a users file: --auth users:FILE")
+    return UsersFileChecker(argstring)
