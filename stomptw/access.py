@@ -139,15 +139,11 @@ def authorize(session: StompSession, action: str, destination: str) -> None:
     """
     Raise :class:`ProtocolError` unless the session's user may ``action``
     ``destination``, or :class:`Waiting` for the answer. Answers are kept
-    per session until the rules behind them change.
+    per session until it is told that the rules changed
+    (:meth:`SessionAccess.permissions_changed`).
     """
     user = session.user
     cache = session.permissions
-    generation = user.generation()
-    if session.permissions_generation != generation:
-        cache.clear()
-        session.write_allowed.clear()
-        session.permissions_generation = generation
     key = (action, destination)
     allowed = cache.get(key)
     if allowed is None:
@@ -216,10 +212,8 @@ class SessionAccess:
     def _init_access(self: StompSession) -> None:
         #: The logged-in user (:class:`~stomptw.auth.StompUser`); None before CONNECT.
         self.user: StompUser | None = None
-        #: Permission answers by (action, destination), and the generation
-        #: of the rules they came from (see :func:`authorize`).
+        #: Permission answers by (action, destination) (see :func:`authorize`).
         self.permissions: dict[tuple[str, str], bool] = {}
-        self.permissions_generation = -1
         #: Destinations a SEND may go to without asking again: every check
         #: passed, create included (cleared when the rules change).
         self.write_allowed: set[str] = set()
@@ -284,9 +278,11 @@ class SessionAccess:
 
     def permissions_changed(self: StompSession) -> None:
         """
-        The rules behind the user's permissions changed (a reload): end the
-        session if a subscription may no longer read its destination.
+        The rules behind the user's permissions changed (a reload): forget
+        the answers kept, and end the session if a subscription may no
+        longer read its destination.
         """
+        self.permissions.clear()
         self.write_allowed.clear()
         user = self.user
         if self.closing or user is None or user.unrestricted:

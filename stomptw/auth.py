@@ -218,9 +218,6 @@ class StompUser:
 
     :param decide: ``(action, destination) -> bool | Deferred``; the
         default allows everything.
-    :param generation: returns a number that changes whenever the rules
-        behind ``decide`` do (the permissions file was reloaded), so that
-        sessions drop the answers they cached.
     """
 
     def __init__(
@@ -232,7 +229,6 @@ class StompUser:
         vhost: str = DEFAULT_VHOST,
         expires: float | None = None,
         decide: Callable[[str, str], bool | defer.Deferred] | None = None,
-        generation: Callable[[], int] | None = None,
         logout: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
@@ -242,7 +238,6 @@ class StompUser:
         self.expires = expires
         self.unrestricted = decide is None
         self._decide = decide or _allow_all
-        self.generation = generation or (lambda: 0)
         self._logout = logout
 
     def allows(self, action: str, destination: str) -> bool | defer.Deferred:
@@ -303,17 +298,14 @@ class BrokerRealm:
             allowed = defer.maybeDeferred(
                 authorizer.vhost_allowed, avatarId, vhost, context.peer_host
             )
-            generation = None
         elif grants is not None:
             decide = grants.in_vhost(vhost, name)
             allowed = defer.succeed(grants.has_vhost(vhost))
-            generation = None
         else:
             decide = None if policy.unrestricted else policy.decider(vhost, name, groups)
             groups = groups | policy.groups_of(name)
             tags = tags | policy.tags_of(name)
             allowed = defer.succeed(policy.vhost_allowed(vhost, name, groups))
-            generation = policy.generation_of
 
         def made(ok: bool) -> tuple[Any, StompUser, Callable[[], None]]:
             if not ok:
@@ -325,7 +317,6 @@ class BrokerRealm:
                 vhost=vhost,
                 expires=expires,
                 decide=decide,
-                generation=generation,
             )
             return IStompAvatar, user, _nothing
 

@@ -267,10 +267,6 @@ class PermissionsPolicy:
         """True without a file."""
         return self._rules is None
 
-    def generation_of(self) -> int:
-        """The current generation (for caches of the answers)."""
-        return self.generation
-
     def _read(self) -> _Rules:
         from stomptw.configfile import tomllib
 
