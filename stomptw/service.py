@@ -100,8 +100,21 @@ class _Listener(StreamServerEndpointService):
         self._raiseSynchronously = True
         super().privilegedStartService()
 
+    @property
+    def flag(self) -> str:
+        """The option that names this listener (``--tcp``, ``--ws``, ``--admin``)."""
+        return {"stomp": "--tcp", "ws": "--ws"}.get(self.kind, "--admin")
+
     def _failed(self, failure: Failure) -> Failure | None:
-        log.failure("cannot listen on {endpoint}", failure, endpoint=self.description)
+        if self._raiseSynchronously:
+            # Raised to whoever starts the service: the reason, not a traceback.
+            log.error(
+                "cannot listen on {endpoint}: {reason}",
+                endpoint=self.description,
+                reason=failure.getErrorMessage(),
+            )
+        else:
+            log.failure("cannot listen on {endpoint}", failure, endpoint=self.description)
         self._failure = failure
         waiters, self._waiters = self._waiters, []
         for d in waiters:
@@ -163,10 +176,11 @@ class BrokerService(MultiService):
     #: application may call :meth:`reload` from its own handler instead.
     reload_on_sighup = False
 
-    #: Whether a store that cannot be opened (another broker holds the data
-    #: directory, a newer schema) ends the process with its one-paragraph
-    #: reason instead of raising. ``twistd stomptw`` sets it.
-    exit_on_store_error = False
+    #: Whether a start that fails (the store cannot be opened because another
+    #: broker holds the data directory or it has a newer schema; a listener
+    #: cannot bind) ends the process with a one-paragraph reason instead of
+    #: raising. ``twistd stomptw`` sets it.
+    exit_on_start_error = False
 
     def __init__(self, broker: Broker, config: BrokerConfig, reactor=None) -> None:
         super().__init__()
@@ -246,10 +260,20 @@ class BrokerService(MultiService):
         try:
             self.broker.open()
         except StoreError as e:
-            if not self.exit_on_store_error:
+            if not self.exit_on_start_error:
                 raise
             raise SystemExit(f"stomptw cannot start: {e}") from None
-        super().privilegedStartService()
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            # Nothing was served: close the store now, so that the next start
+            # finds it closed cleanly, rather than leave it to the process's end.
+            self.broker.close()
+            if not self.exit_on_start_error:
+                raise
+            failed = [each for each in self.listeners() if each._failure is not None]
+            where = f"{failed[0].flag} {failed[0].description}: " if failed else ""
+            raise SystemExit(f"stomptw cannot start: {where}{e}") from None
 
     def startService(self) -> None:
         # Embedding code may call startService without privilegedStartService.

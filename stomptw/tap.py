@@ -39,6 +39,7 @@ from stomptw.configfile import (
     origin_of,
 )
 from stomptw.credentials import ICertificateCredentials
+from stomptw.permissions import PermissionsError
 
 __all__ = ["Options", "busy_listeners", "makeService", "config_from_options"]
 
@@ -228,6 +229,27 @@ def _check_endpoint(description: str, where: str) -> None:
         ) from None
 
 
+def _unavailable(error: OSError, interface: str, port: int, moved: str) -> str:
+    """Why ``interface:port`` cannot be bound, and what to do instead (``moved``)."""
+    if error.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{interface} is not an address of this machine ({error.strerror}); "
+            "use one of its addresses, e.g. interface=127.0.0.1"
+        )
+    if error.errno == errno.EADDRINUSE:
+        hint = " (RabbitMQ uses it too)" if port in (61613, 15674) else ""
+        return (
+            f"{interface}:{port} is already in use{hint}; stop what uses it, "
+            f"or move this listener, e.g. {moved}"
+        )
+    if error.errno == errno.EACCES:
+        return (
+            f"{interface}:{port} needs privileges this process does not have "
+            f"(ports below 1024 do); use a higher port, e.g. {moved}"
+        )
+    return f"{interface}:{port} cannot be used ({error.strerror})"
+
+
 def busy_listeners(config: BrokerConfig) -> list[str]:
     """
     One line for each ``--tcp``/``--ws``/``--admin`` listener whose address
@@ -242,8 +264,10 @@ def busy_listeners(config: BrokerConfig) -> list[str]:
     ):
         for description in getattr(config, field):
             address = tcp_address(description)
-            if address is None or not address[1].isdigit() or int(address[1]) == 0:
-                continue  # not TCP, or an ephemeral port: nothing to check
+            if address is None or not address[1].isdigit():
+                continue  # not TCP: nothing to check
+            # An ephemeral port (0) is never in use, but its interface may
+            # not be this machine's.
             interface, port = address[0], int(address[1])
             family = socket.AF_INET6 if ":" in interface else socket.AF_INET
             probe = socket.socket(family, socket.SOCK_STREAM)
@@ -251,17 +275,8 @@ def busy_listeners(config: BrokerConfig) -> list[str]:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted does
                 probe.bind((interface, port))
             except OSError as e:
-                why = (
-                    "is already in use"
-                    if e.errno == errno.EADDRINUSE
-                    else f"cannot be used ({e.strerror})"
-                )
-                hint = " (RabbitMQ uses it too)" if port in (61613, 15674) else ""
-                moved = description.replace(f":{port}", f":{example}", 1)
-                lines.append(
-                    f"{flag} {description}: {interface}:{port} {why}{hint}; "
-                    f"stop what uses it, or move this listener, e.g. {flag} {moved}"
-                )
+                moved = f"{flag} " + description.replace(f":{port}", f":{example}", 1)
+                lines.append(f"{flag} {description}: " + _unavailable(e, interface, port, moved))
             finally:
                 probe.close()
     return lines
@@ -348,10 +363,15 @@ def makeService(options: Options, reactor=None) -> IService:
                 + "\n"
             )
             raise SystemExit(1)
-    service = make(
-        options.config, reactor, admin_token=options.admin_token, checkers=options.checkers
-    )
+    try:
+        service = make(
+            options.config, reactor, admin_token=options.admin_token, checkers=options.checkers
+        )
+    except PermissionsError as e:
+        if reactor is not None:
+            raise
+        raise SystemExit(f"stomptw cannot start: --permissions {e}") from None
     service.freeze_heap_when_ready = not options["no-gc-freeze"]
     service.reload_on_sighup = True
-    service.exit_on_store_error = True
+    service.exit_on_start_error = True
     return service

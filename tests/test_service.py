@@ -135,7 +135,7 @@ def test_listen_failure_is_logged_once_and_reported():
     """
     from twisted.internet import defer
     from twisted.internet.error import CannotListenError
-    from twisted.logger import globalLogPublisher
+    from twisted.logger import LogLevel, globalLogPublisher
 
     from stomptw.service import _Listener
 
@@ -156,7 +156,7 @@ def test_listen_failure_is_logged_once_and_reported():
         pending.errback(failure())
     finally:
         globalLogPublisher.removeObserver(events.append)
-    logged = [e for e in events if "log_failure" in e or e.get("isError")]
+    logged = [e for e in events if e.get("log_level") == LogLevel.error or "log_failure" in e]
     assert [e.get("endpoint") for e in logged] == ["now:", "later:"]
     for listener in (now, later):
         after: list = []

@@ -328,3 +328,79 @@ def test_twistd_says_which_ports_are_busy_without_a_traceback_or_touching_the_st
     typo_output = typo.stdout + typo.stderr
     assert typo.returncode == 1 and "did you mean --max-connections?" in typo_output
     assert len(typo_output.strip().splitlines()) <= 4, typo_output
+
+
+def test_an_address_this_machine_does_not_have_is_named_before_anything_starts():
+    from stomptw.tap import busy_listeners
+
+    # 192.0.2.0/24 is reserved for documentation: no machine has it.
+    config = parse(
+        "--auth",
+        "anonymous",
+        "--tcp",
+        "tcp:0:interface=192.0.2.1",
+        "--ws",
+        "tcp:15674:interface=192.0.2.1",
+    ).config
+    assert busy_listeners(config) == [
+        "--tcp tcp:0:interface=192.0.2.1: 192.0.2.1 is not an address of this machine "
+        "(Cannot assign requested address); use one of its addresses, e.g. interface=127.0.0.1",
+        "--ws tcp:15674:interface=192.0.2.1: 192.0.2.1 is not an address of this machine "
+        "(Cannot assign requested address); use one of its addresses, e.g. interface=127.0.0.1",
+    ]
+
+
+def _twistd(tmp_path: Path, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run(
+        [twistd, "-n", "--pidfile=", "stomptw", "--data-dir", str(tmp_path / "data"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+
+
+def test_a_listener_that_fails_after_the_store_opened_leaves_it_closed_cleanly(tmp_path):
+    """
+    A listener the early check cannot probe (a UNIX socket in a missing
+    directory) fails once the store is open: one paragraph naming the option,
+    no traceback, and the store marked as closed cleanly for the next start.
+    """
+    import sqlite3
+
+    result = _twistd(
+        tmp_path, "--tcp", "unix:/nonexistent/stomptw.sock", "--ws", "tcp:0:interface=127.0.0.1"
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert "stomptw cannot start: --tcp unix:/nonexistent/stomptw.sock: " in output
+    with sqlite3.connect(tmp_path / "data" / "stomptw.sqlite3") as db:
+        assert db.execute("SELECT value FROM meta WHERE name = 'closed'").fetchone() == ("1",)
+
+
+def test_a_bad_permissions_file_is_one_paragraph(tmp_path):
+    (tmp_path / "rules.toml").write_text("[[users\n")
+    result = _twistd(
+        tmp_path,
+        "--permissions",
+        "rules.toml",
+        "--tcp",
+        "tcp:0:interface=127.0.0.1",
+        "--ws",
+        "tcp:0:interface=127.0.0.1",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert output.strip().startswith(
+        "stomptw cannot start: --permissions rules.toml: not valid TOML"
+    )
+    assert len(output.strip().splitlines()) == 1, output
