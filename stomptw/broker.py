@@ -144,6 +144,9 @@ class Broker(BrokerLifetime):
         #: The logins (:class:`~stomptw.authenticator.Authenticator`); None: every
         #: session is anonymous and may do everything.
         self.auth = None
+        #: The application API (:class:`stomptw.application.Messaging`) once
+        #: the embedding application asked for it (``Messaging.of``).
+        self.messaging = None
         #: The virtual hosts by name, this broker as ``/`` (:meth:`add_vhost`).
         self.vhosts: dict[str, Broker] = {"/": self}
         self._root = True

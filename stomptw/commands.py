@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred, gatherResults
+
 from stomptw.access import Waiting, authorize_use, log_in
 from stomptw.config import SUPPORTED_VERSIONS
 from stomptw.errors import (
@@ -21,6 +23,7 @@ from stomptw.errors import (
     body_not_allowed,
     destination_full,
     internal_error,
+    no_application_handler,
     parse_heartbeat,
     require,
 )
@@ -82,11 +85,21 @@ def handle(
         session.fail(internal_error(command), receipt=headers.get("receipt"))
         return
     needs_sync, session.needs_sync = session.needs_sync, False
+    work = session.handler_work
+    if work:
+        session.handler_work = []
     receipt = headers.get("receipt")
     if receipt is not None and command != "DISCONNECT" and not session.closing:
         # Even when this frame made the session fail (an ERROR waiting for
         # the store): it took effect, and its RECEIPT goes out first.
-        session.receipts.add(receipt, needs_sync)
+        session.receipts.add(receipt, needs_sync, _all_done(work) if work else None)
+
+
+def _all_done(work: list[Deferred]) -> Deferred:
+    """True once every application handler's work succeeded; False if one failed."""
+    if len(work) == 1:
+        return work[0]
+    return gatherResults(work).addCallback(all)
 
 
 def dispatch(session: StompSession, command: str, headers: Headers, body: bytes) -> None:
@@ -195,6 +208,18 @@ def send(session: StompSession, headers: Headers, body: bytes) -> None:
     if user.name:
         forwarded["user-id"] = user.name
     actions = session.transactions.named(headers)
+    prefix = session.config.app_prefix
+    if prefix and destination.startswith(prefix):
+        # The application's: its handler, not a queue or topic.
+        call = (session, destination, forwarded, body, headers.get("receipt"))
+        if actions is None:
+            _to_application(*call)
+        else:
+            session.transactions.hold(
+                headers["transaction"], destination, message_size(forwarded, body)
+            )
+            actions.append((_to_application, call))
+        return
     if actions is not None:
         session.transactions.hold(
             headers["transaction"], destination, message_size(forwarded, body)
@@ -217,6 +242,16 @@ def _publish(
         raise destination_full(destination, e) from None
     if message.persistent:
         session.needs_sync = True
+
+
+def _to_application(
+    session: StompSession, destination: str, headers: Headers, body: bytes, receipt: str | None
+) -> None:
+    """A SEND to an application destination: its handler's work delays the RECEIPT."""
+    messaging = session.broker.vhosts["/"].messaging
+    if messaging is None:
+        raise no_application_handler(destination)
+    session.handler_work.append(messaging.dispatch(session, destination, headers, body, receipt))
 
 
 def subscribe(session: StompSession, headers: Headers, body: bytes) -> None:
@@ -411,7 +446,7 @@ def disconnect(session: StompSession, headers: Headers, body: bytes) -> None:
         # Earlier persistent messages are still being stored: their
         # RECEIPTs, then this one, then the close.
         session.draining = True
-        session.broker.sync().addBoth(lambda _: _finish_disconnect(session, receipt))
+        session.receipts.drained().addBoth(lambda _: _finish_disconnect(session, receipt))
     else:
         _finish_disconnect(session, receipt)
 

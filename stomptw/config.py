@@ -73,6 +73,15 @@ def _dead_letter_queue(value: str) -> None:
         raise ValueError(f"must name a /queue/ destination (or be empty), got {value!r}")
 
 
+def _app_prefix(value: str) -> None:
+    if not value:
+        return
+    if not (value.startswith("/") and value.endswith("/")) or len(value) < 3:
+        raise ValueError(f"must start and end with '/', e.g. /app/, got {value!r}")
+    if value in ("/queue/", "/topic/", "/temp-queue/", "/reply-queue/", "/user/"):
+        raise ValueError(f"{value} is the broker's own prefix; use another, e.g. /app/")
+
+
 def _heartbeat(text: str) -> tuple[int, int]:
     parts = text.split(",")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
@@ -479,6 +488,15 @@ class DeliverySettings:
         "session with an ERROR. One of: block, drop-oldest, disconnect.",
         checks=[one_of("block", "drop-oldest", "disconnect")],
         metavar="block|drop-oldest|disconnect",
+    )
+    app_prefix: str = setting(
+        "",
+        "--app-prefix",
+        "Destinations under this prefix (e.g. /app/, Spring's convention) go to "
+        "the embedding application's handlers (stomptw.application), not to a "
+        "queue or topic. Empty: off.",
+        checks=[_app_prefix],
+        metavar="PREFIX",
     )
     slow_topic_timeout: float = setting(
         30.0,

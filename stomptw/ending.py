@@ -74,7 +74,7 @@ class SessionEnding:
             # No frame is read meanwhile. Check again on the next turn, when
             # every RECEIPT of this commit has gone out.
             self.draining = True
-            self.broker.sync().addBoth(
+            self.receipts.drained().addBoth(
                 lambda _: self.transport.call_soon(self.fail, error, reason, receipt)
             )
             return

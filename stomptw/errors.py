@@ -89,6 +89,14 @@ def destination_full(destination: str, error: DestinationFull, more: str = "") -
     )
 
 
+def no_application_handler(destination: str) -> ProtocolError:
+    """The ERROR for a SEND to an application destination nothing handles."""
+    return ProtocolError(
+        f"no application handler for {destination}",
+        "Nothing in the application handles this destination; check its name.",
+    )
+
+
 def parse_heartbeat(value: str) -> tuple[int, int]:
     """CONNECT's ``heart-beat`` header as ``(cx, cy)`` milliseconds."""
     parts = value.split(",")

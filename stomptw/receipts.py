@@ -40,6 +40,7 @@ class Receipts:
         self._failed = failed
         # [receipt id, ready to send], oldest first.
         self._waiting: deque[list] = deque()
+        self._drained: list[Deferred] = []
         #: False once the session is closing: nothing more is sent.
         self.open = True
 
@@ -47,27 +48,62 @@ class Receipts:
         """True while some RECEIPT waits for the store."""
         return bool(self._waiting)
 
-    def add(self, receipt: str, needs_sync: bool) -> None:
-        """Owe a RECEIPT for ``receipt``; after a store sync if ``needs_sync``."""
-        if not needs_sync and not self._waiting:
+    def add(self, receipt: str, needs_sync: bool, after: Deferred | None = None) -> None:
+        """
+        Owe a RECEIPT for ``receipt``; after a store sync if ``needs_sync``.
+
+        ``after`` (an application handler's work) delays it further: it
+        fires True to send the RECEIPT once due, or False to drop it because
+        the frame failed after all (its ERROR carries the receipt id). It
+        must not fail.
+        """
+        if not needs_sync and after is None and not self._waiting:
             self._send(receipt)
             return
-        entry = [receipt, not needs_sync]
+        entry = [receipt, not needs_sync and after is None]
         self._waiting.append(entry)
-        if needs_sync:
+        if after is not None:
+            if needs_sync:
+                after.addCallback(lambda keep: self._sync().addCallback(lambda _: keep))
+            after.addCallbacks(
+                self._settled, self._store_failed, callbackArgs=(entry,), errbackArgs=(entry,)
+            )
+        elif needs_sync:
             self._sync().addCallbacks(
                 self._stored, self._store_failed, callbackArgs=(entry,), errbackArgs=(entry,)
             )
+
+    def drained(self) -> Deferred:
+        """A Deferred that fires once no RECEIPT waits any more (now, if none does)."""
+        d: Deferred = Deferred()
+        if self._waiting:
+            self._drained.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def _settled(self, keep: bool, entry: list) -> None:
+        if not keep:
+            entry[0] = None
+        self._stored(None, entry)
 
     def _stored(self, result: object, entry: list) -> None:
         entry[1] = True
         waiting = self._waiting
         while waiting and waiting[0][1]:
             receipt = waiting.popleft()[0]
-            if self.open:
+            if self.open and receipt is not None:
                 self._send(receipt)
+        if not waiting:
+            self._fire_drained()
 
     def _store_failed(self, failure: Failure, entry: list) -> None:
         self._waiting.clear()
         if self.open:
             self._failed(entry[0], failure)
+        self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        drained, self._drained = self._drained, []
+        for d in drained:
+            d.callback(None)

@@ -97,6 +97,9 @@ class StompSession(SessionAccess, SessionEnding):
         #: A persistent message (or durable subscription) was accepted by the
         #: frame being handled: its RECEIPT waits for the store.
         self.needs_sync = False
+        #: The application handlers' work started by the frame being handled
+        #: (SENDs to --app-prefix destinations): its RECEIPT waits for it.
+        self.handler_work: list[Deferred] = []
         self.writable = True
         self.parser = FrameParser(config.limits)
         # Replies written while over the high-water mark, past this limit,
