@@ -37,6 +37,7 @@ from stomptw.model import (
     durable_owner,
     message_size,
 )
+from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
 
 if TYPE_CHECKING:
     from stomptw.config import BrokerConfig
@@ -186,6 +187,11 @@ class Broker(BrokerLifetime):
         """
         if not name:
             raise DestinationError("destination is empty")
+        if name.startswith(TEMP_PREFIX):
+            raise DestinationError(
+                f"{name} names a client connection's temporary queue, which only "
+                "that connection's own frames can use"
+            )
         for prefix in (QUEUE_PREFIX, TOPIC_PREFIX):
             if name.startswith(prefix) and len(name) == len(prefix):
                 raise DestinationError(f"destination {name!r} has no name after the prefix")
@@ -195,6 +201,8 @@ class Broker(BrokerLifetime):
         dest = self.destinations.get(name)
         if dest is None:
             self.check_destination(name)
+            if name.startswith(REPLY_PREFIX):
+                raise DestinationError(f"{name}: no such temporary queue (its connection ended)")
             if name.startswith(TOPIC_PREFIX):
                 dest = Topic(name, self.context)
             else:
@@ -222,6 +230,11 @@ class Broker(BrokerLifetime):
         """
         dest = self.destinations.get(destination)
         if dest is None:
+            if destination.startswith(REPLY_PREFIX):
+                # Its connection has ended: nothing takes the message.
+                self.stats["published"] += 1
+                self.stats["dropped"] += 1
+                return Message(self.new_message_id(), destination, headers, body)
             dest = self.destination(destination)
         raw = headers.get("expires")
         expires = int(raw) if raw else 0

@@ -36,6 +36,7 @@ from stomptw.model import (
     durable_name,
     message_size,
 )
+from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
 
 if TYPE_CHECKING:
     from stomptw.session import StompSession
@@ -189,15 +190,35 @@ def _check_destination(session: StompSession, destination: str) -> None:
         raise ProtocolError(f"invalid destination: {e}", DESTINATION_HELP) from None
 
 
+def _temp_queue(session: StompSession, alias: str) -> str:
+    """The public name of the session's temporary queue ``alias``, made on first use."""
+    try:
+        queue = session.temp_queues.queue(session.broker, alias)
+    except DestinationError as e:
+        raise ProtocolError(f"invalid destination: {e}", DESTINATION_HELP) from None
+    if alias not in session.subscriptions:
+        # Replies reach the client without a SUBSCRIBE of its own (RabbitMQ's rule).
+        sub = Subscription(session, alias, queue.name)
+        session.subscriptions[alias] = sub
+        session.broker.subscribe(sub)
+    return queue.name
+
+
 def send(session: StompSession, headers: Headers, body: bytes) -> None:
     """SEND: publish now, or hold the message in its transaction."""
     destination = require(headers, "SEND", "destination")
-    if destination not in session.broker.destinations:
-        # A destination that exists has passed this check.
-        _check_destination(session, destination)
     user = session.user
-    if not user.unrestricted and destination not in session.write_allowed:
-        authorize_use(session, "write", destination)
+    if destination.startswith(TEMP_PREFIX):
+        destination = _temp_queue(session, destination)
+    elif destination.startswith(REPLY_PREFIX):
+        # Anyone given a temporary queue's name may reply to it.
+        pass
+    else:
+        if destination not in session.broker.destinations:
+            # A destination that exists has passed this check.
+            _check_destination(session, destination)
+        if not user.unrestricted and destination not in session.write_allowed:
+            authorize_use(session, "write", destination)
     expires = headers.get("expires")
     if expires is not None and not expires.isdigit():
         raise ProtocolError(
@@ -207,6 +228,9 @@ def send(session: StompSession, headers: Headers, body: bytes) -> None:
     forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
     if user.name:
         forwarded["user-id"] = user.name
+    reply_to = forwarded.get("reply-to")
+    if reply_to is not None and reply_to.startswith(TEMP_PREFIX):
+        forwarded["reply-to"] = _temp_queue(session, reply_to)
     actions = session.transactions.named(headers)
     prefix = session.config.app_prefix
     if prefix and destination.startswith(prefix):
@@ -282,9 +306,22 @@ def subscribe(session: StompSession, headers: Headers, body: bytes) -> None:
                 "prefetch-count must be a non-negative integer (0 means no limit).",
             )
         prefetch = int(raw)
-    _check_destination(session, destination)
-    if not session.user.unrestricted:
-        authorize_use(session, "read", destination)
+    if destination.startswith(TEMP_PREFIX):
+        # The session's own, made on first use: no permission to ask for.
+        try:
+            destination = session.temp_queues.queue(session.broker, destination).name
+        except DestinationError as e:
+            raise ProtocolError(f"invalid destination: {e}", DESTINATION_HELP) from None
+    elif destination.startswith(REPLY_PREFIX):
+        raise ProtocolError(
+            f"{destination} is private",
+            "A temporary queue can be read only by the connection that made it; send "
+            "to it instead, or use reply-to:/temp-queue/NAME to get one of your own.",
+        )
+    else:
+        _check_destination(session, destination)
+        if not session.user.unrestricted:
+            authorize_use(session, "read", destination)
     durable = None
     if destination.startswith("/topic/"):
         name = durable_name(headers, sub_id)

@@ -127,3 +127,5 @@ class SessionEnding:
             sub.active = False
         for sub in subs:
             self.broker.unsubscribe(sub)
+        # Their messages came back to the temporary queues, which go now.
+        self.temp_queues.close(self.broker)

@@ -36,6 +36,7 @@ from stomptw.interfaces import IDeadlineTarget, IMessageConsumer, IStompTranspor
 from stomptw.liveness import Liveness
 from stomptw.model import Message, Subscription, encode_delivery
 from stomptw.receipts import Receipts
+from stomptw.tempqueues import TempQueues
 from stomptw.transactions import Transactions
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ class StompSession(SessionAccess, SessionEnding):
         #: The application handlers' work started by the frame being handled
         #: (SENDs to --app-prefix destinations): its RECEIPT waits for it.
         self.handler_work: list[Deferred] = []
+        #: The connection's temporary queues (reply-to:/temp-queue/NAME).
+        self.temp_queues = TempQueues(self)
         self.writable = True
         self.parser = FrameParser(config.limits)
         # Replies written while over the high-water mark, past this limit,
