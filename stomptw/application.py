@@ -460,6 +460,18 @@ class Messaging:
             return self.broker.sync().addCallback(lambda _: message.message_id)
         return defer.succeed(message.message_id)
 
+    def send_to_user(
+        self, user: str, destination: str, body: Body, headers: dict[str, str] | None = None
+    ) -> defer.Deferred:
+        """
+        :meth:`publish` to every session of ``user`` subscribed to
+        ``/user`` + ``destination`` (``send_to_user("alice", "/queue/notices", ...)``
+        reaches alice's subscriptions to ``/user/queue/notices``).
+        """
+        if not user or "/" in user:
+            return defer.fail(DestinationError(f"no user destinations for user {user!r}"))
+        return self.publish(f"/user/{user}{destination}", body, headers)
+
     # -- subscribing ----------------------------------------------------------------
 
     def subscribe(

@@ -38,6 +38,7 @@ from stomptw.model import (
     message_size,
 )
 from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
+from stomptw.userdest import USER_PREFIX, UserDestination, user_destination
 
 if TYPE_CHECKING:
     from stomptw.config import BrokerConfig
@@ -195,6 +196,8 @@ class Broker(BrokerLifetime):
         for prefix in (QUEUE_PREFIX, TOPIC_PREFIX):
             if name.startswith(prefix) and len(name) == len(prefix):
                 raise DestinationError(f"destination {name!r} has no name after the prefix")
+        if name.startswith(USER_PREFIX):
+            user_destination(name)
 
     def destination(self, name: str) -> IDestination:
         """Return the destination called ``name``, creating it if needed."""
@@ -205,6 +208,8 @@ class Broker(BrokerLifetime):
                 raise DestinationError(f"{name}: no such temporary queue (its connection ended)")
             if name.startswith(TOPIC_PREFIX):
                 dest = Topic(name, self.context)
+            elif name.startswith(USER_PREFIX):
+                dest = UserDestination(name, self.context)
             else:
                 dest = Queue(name, self.context, dead_letter=self.is_dead_letter_queue(name))
             self.destinations[name] = dest

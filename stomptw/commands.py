@@ -37,6 +37,7 @@ from stomptw.model import (
     message_size,
 )
 from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
+from stomptw.userdest import USER_PREFIX, own_destination
 
 if TYPE_CHECKING:
     from stomptw.session import StompSession
@@ -310,6 +311,12 @@ def subscribe(session: StompSession, headers: Headers, body: bytes) -> None:
         # The session's own, made on first use: no permission to ask for.
         try:
             destination = session.temp_queues.queue(session.broker, destination).name
+        except DestinationError as e:
+            raise ProtocolError(f"invalid destination: {e}", DESTINATION_HELP) from None
+    elif destination.startswith(USER_PREFIX):
+        # The user's own: /user/queue/NAME is /user/{name}/queue/NAME.
+        try:
+            destination = own_destination(session.user.name, destination)
         except DestinationError as e:
             raise ProtocolError(f"invalid destination: {e}", DESTINATION_HELP) from None
     elif destination.startswith(REPLY_PREFIX):
