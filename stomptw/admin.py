@@ -89,6 +89,19 @@ def _destination_info(dest: Any) -> dict[str, Any]:
             "bytes": dest.bytes,
             "consumers": len(dest.subscriptions),
         }
+    if dest.kind == "stream":
+        first, following = dest.offsets()
+        return {
+            "name": dest.name,
+            "kind": "stream",
+            "messages": dest.count,
+            "waiting": 0,
+            "bytes": dest.bytes,
+            "consumers": len(dest.subscriptions),
+            "first_offset": first,
+            "next_offset": following,
+            "epoch": dest.epoch,
+        }
     return {
         "name": dest.name,
         "kind": dest.kind,

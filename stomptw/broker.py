@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
@@ -37,6 +38,8 @@ from stomptw.model import (
     durable_owner,
     message_size,
 )
+from stomptw.permissions import compile_patterns
+from stomptw.streams import STREAM_PREFIX, Stream, StreamLimits, parse_limit
 from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
 from stomptw.userdest import USER_PREFIX, UserDestination, user_destination
 
@@ -143,6 +146,14 @@ class Broker(BrokerLifetime):
             self._forget_if_idle,
         )
         self._opened = False
+        self._stream_limits = _stream_limits(
+            StreamLimits(
+                config.stream_max_count,
+                config.stream_max_bytes,
+                int(config.stream_max_age * 1000),
+            ),
+            config.stream_limits,
+        )
         #: The logins (:class:`~stomptw.authenticator.Authenticator`); None: every
         #: session is anonymous and may do everything.
         self.auth = None
@@ -193,7 +204,7 @@ class Broker(BrokerLifetime):
                 f"{name} names a client connection's temporary queue, which only "
                 "that connection's own frames can use"
             )
-        for prefix in (QUEUE_PREFIX, TOPIC_PREFIX):
+        for prefix in (QUEUE_PREFIX, TOPIC_PREFIX, STREAM_PREFIX):
             if name.startswith(prefix) and len(name) == len(prefix):
                 raise DestinationError(f"destination {name!r} has no name after the prefix")
         if name.startswith(USER_PREFIX):
@@ -210,6 +221,8 @@ class Broker(BrokerLifetime):
                 dest = Topic(name, self.context)
             elif name.startswith(USER_PREFIX):
                 dest = UserDestination(name, self.context)
+            elif name.startswith(STREAM_PREFIX):
+                dest = Stream(name, self.context, self._stream_limits(name))
             else:
                 dest = Queue(name, self.context, dead_letter=self.is_dead_letter_queue(name))
             self.destinations[name] = dest
@@ -364,3 +377,21 @@ class Broker(BrokerLifetime):
     def _forget_if_idle(self, dest: IDestination) -> None:
         if dest.is_idle() and self.destinations.get(dest.name) is dest:
             del self.destinations[dest.name]
+
+
+def _stream_limits(
+    default: StreamLimits, overrides: Iterable[str]
+) -> Callable[[str], StreamLimits]:
+    """``name -> limits``: the first matching ``--stream-limit``'s, else ``default``."""
+    compiled = []
+    for text in overrides:
+        pattern, limits = parse_limit(text)
+        compiled.append((compile_patterns([pattern]), limits))
+
+    def lookup(name: str) -> StreamLimits:
+        for matches, limits in compiled:
+            if matches(name):
+                return limits
+        return default
+
+    return lookup

@@ -36,6 +36,7 @@ from stomptw.model import (
     durable_name,
     message_size,
 )
+from stomptw.streams import EPOCH_HEADER, OFFSET_HEADER, STREAM_PREFIX, parse_start
 from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
 from stomptw.userdest import USER_PREFIX, own_destination
 
@@ -329,12 +330,22 @@ def subscribe(session: StompSession, headers: Headers, body: bytes) -> None:
         _check_destination(session, destination)
         if not session.user.unrestricted:
             authorize_use(session, "read", destination)
+    start = None
+    if destination.startswith(STREAM_PREFIX):
+        try:
+            start = parse_start(headers.get(OFFSET_HEADER), headers.get(EPOCH_HEADER))
+        except ValueError as e:
+            raise ProtocolError(
+                f"invalid {OFFSET_HEADER} header",
+                f"{e}. See docs/applications.md, Streams.",
+            ) from None
     durable = None
     if destination.startswith("/topic/"):
         name = durable_name(headers, sub_id)
         if name is not None:
             durable = (session.durable_owner, name)
     sub = Subscription(session, sub_id, destination, ack, prefetch, durable)
+    sub.stream_start = start
     # Registered first: delivering at once may end the session, which
     # must then find and release this subscription too.
     session.subscriptions[sub_id] = sub

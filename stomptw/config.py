@@ -73,12 +73,19 @@ def _dead_letter_queue(value: str) -> None:
         raise ValueError(f"must name a /queue/ destination (or be empty), got {value!r}")
 
 
+def _stream_limits(values: list[str]) -> None:
+    from stomptw.streams import parse_limit
+
+    for value in values:
+        parse_limit(value)
+
+
 def _app_prefix(value: str) -> None:
     if not value:
         return
     if not (value.startswith("/") and value.endswith("/")) or len(value) < 3:
         raise ValueError(f"must start and end with '/', e.g. /app/, got {value!r}")
-    if value in ("/queue/", "/topic/", "/temp-queue/", "/reply-queue/", "/user/"):
+    if value in ("/queue/", "/topic/", "/temp-queue/", "/reply-queue/", "/user/", "/stream/"):
         raise ValueError(f"{value} is the broker's own prefix; use another, e.g. /app/")
 
 
@@ -488,6 +495,36 @@ class DeliverySettings:
         "session with an ERROR. One of: block, drop-oldest, disconnect.",
         checks=[one_of("block", "drop-oldest", "disconnect")],
         metavar="block|drop-oldest|disconnect",
+    )
+    stream_max_count: int = setting(
+        100_000,
+        "--stream-max-count",
+        "Most messages a /stream/ destination keeps; the oldest go first (0 = no limit).",
+        checks=[non_negative],
+        metavar="N",
+    )
+    stream_max_bytes: int = setting(
+        64 * 1024 * 1024,
+        "--stream-max-bytes",
+        "Most bytes a /stream/ destination keeps, counted as for queues (0 = no limit).",
+        checks=[non_negative],
+        metavar="BYTES",
+    )
+    stream_max_age: float = setting(
+        0.0,
+        "--stream-max-age",
+        "Seconds a /stream/ destination keeps a message (0 = no limit).",
+        checks=[non_negative],
+        metavar="SECONDS",
+    )
+    stream_limits: list[str] = repeatable(
+        [],
+        "--stream-limit",
+        "Limits for the streams a pattern matches, instead of the --stream-max-* ones: "
+        "PATTERN:count=N:bytes=B:age=SECONDS (each part optional; * matches within a "
+        "path segment, ** anything), e.g. /stream/prices.*:count=1000. The first match wins.",
+        checks=[_stream_limits],
+        metavar="PATTERN:LIMITS",
     )
     app_prefix: str = setting(
         "",

@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from stomptw.destinations import Queue
-
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -71,7 +69,8 @@ class ExpirySweep:
     def _sweep(self) -> None:
         self._call = None
         now = self._now_ms()
-        queues = [d for d in self._destinations.values() if isinstance(d, Queue)]
+        # Queues, and streams with an age limit.
+        queues = [d for d in self._destinations.values() if hasattr(d, "expire")]
         queues.extend(d.queue for d in self._durables.values())
         for queue in queues:
             if queue.expiring:

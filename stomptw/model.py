@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stomptw.encoding import encode_frame, encode_message, message_parts
 from stomptw.frame import CLIENT_COMMANDS, SERVER_COMMANDS
@@ -190,6 +190,7 @@ class Subscription:
         "dropped",
         "target",
         "active",
+        "stream_start",
     )
 
     def __init__(
@@ -214,6 +215,9 @@ class Subscription:
         self.dropped = 0
         self.target: IDestination | None = None
         self.active = True
+        #: Where a subscription to a stream starts reading
+        #: (:class:`stomptw.streams.StreamStart`); None: new messages only.
+        self.stream_start: Any = None
 
     def is_ready(self) -> bool:
         """Whether this subscription may be handed another message now."""
