@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThread
 
 from stomptw.websocket import EXAMPLES_DIR
 
-PAGES = ("index.html", "chat.html", "work.html", "feed.html")
+PAGES = ("index.html", "chat.html", "work.html", "live.html", "feed.html")
 
 
 async def _get(url: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:
@@ -189,6 +189,62 @@ async def test_work_queue_is_split_between_two_pages(make_broker, chrome):
     await deferToThread(scenario)
     stats = running.broker.stats
     assert stats["published"] == 10 and stats["acked"] == 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_feed_resumes_its_stream_after_the_broker_drops_it(make_broker, chrome):
+    """
+    The live feed page reads a /stream/; the broker closes its WebSocket,
+    updates are published while it is away, and after stomp.js reconnects
+    the page shows every update exactly once, in order.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.threads import blockingCallFromThread
+
+    from stomptw.application import Messaging
+
+    running = await make_broker()
+    messaging = Messaging.of(running.broker)
+    stream = "/stream/live-test"
+    for n in range(3):
+        await messaging.publish(stream, f"before {n}")
+    url = f"http://127.0.0.1:{running.ws_port}/live.html?stream={stream}&reconnect=500"
+
+    def offsets() -> list[int]:
+        return [
+            int(o)
+            for o in run_js(
+                chrome,
+                "return [...document.querySelectorAll('#updates li.update')]"
+                ".map((li) => li.dataset.offset);",
+            )
+        ]
+
+    def drop_and_publish_while_away():
+        (page,) = [s for s in running.broker.sessions if s.transport_name == "ws"]
+        page.close_by_operator("test")
+        # Same reactor turn: the page cannot be back yet.
+        for n in range(4):
+            messaging.publish(stream, f"away {n}")
+
+    def scenario():
+        _open(chrome, url, new_tab=False)
+        wait_until(lambda: len(offsets()) == 3, "the stream's first updates", PAGE_TIMEOUT)
+        blockingCallFromThread(reactor, drop_and_publish_while_away)
+        wait_until(lambda: _text(chrome, "#reconnects") == "1", "a reconnect", PAGE_TIMEOUT)
+        wait_until(lambda: len(offsets()) >= 7, "the missed updates", PAGE_TIMEOUT)
+        for n in range(2):
+            blockingCallFromThread(reactor, messaging.publish, stream, f"after {n}")
+        wait_until(lambda: len(offsets()) >= 9, "live updates again", PAGE_TIMEOUT)
+        shown = offsets()
+        texts = _texts(chrome, "#updates li.update")
+        _no_console_errors(chrome)
+        return shown, texts
+
+    shown, texts = await deferToThread(scenario)
+    assert shown == list(range(8, -1, -1))  # newest first, each exactly once
+    assert texts[-1] == "#0 before 0" and texts[0] == "#8 after 1"
+    assert "#3 away 0" in texts
 
 
 @pytest_twisted.ensureDeferred

@@ -176,13 +176,20 @@ export class FrameParser {
 export class StompClient {
   /**
    * @param {string} [url] defaults to defaultEndpoint().
-   * @param {{heartbeat?: [number, number], protocols?: string[]}} [options]
+   * @param {{heartbeat?: [number, number], protocols?: string[], reconnectDelay?: number}} [options]
    *   heartbeat: [outgoing, incoming] ms offered in CONNECT (default 10000,10000).
+   *   reconnectDelay: ms to wait before connecting again after the connection
+   *   was lost (not after disconnect()); 0, the default, does not reconnect.
+   *   After a reconnect every subscription is made again with its id; a
+   *   /stream/ subscription resumes after the last offset it delivered.
    */
   constructor(url = defaultEndpoint(), options = {}) {
     this.url = url;
     this.heartbeat = options.heartbeat || [10000, 10000];
     this.protocols = options.protocols || SUBPROTOCOLS;
+    this.reconnectDelay = options.reconnectDelay || 0;
+    /** Called after each reconnect, with the CONNECTED frame. */
+    this.onreconnect = null;
     /** Negotiated STOMP version, e.g. "1.2", once connected. */
     this.version = null;
     /** Negotiated heart-beat periods in ms (0 = none). */
@@ -204,6 +211,11 @@ export class StompClient {
     this._parser = null;
     this._connectWaiter = null;
     this._offered = "0,0";
+    /** Subscriptions to make again after a reconnect, by id. */
+    this._wanted = new Map();
+    this._connectHeaders = {};
+    this._stopped = true;
+    this._reconnectTimer = null;
   }
 
   /** @param {string} state */
@@ -220,6 +232,8 @@ export class StompClient {
    */
   connect(headers = {}) {
     if (this.ws) return Promise.reject(new Error("already connected or connecting"));
+    this._connectHeaders = headers;
+    this._stopped = false;
     this._setState("connecting");
     return new Promise((resolve, reject) => {
       let ws;
@@ -332,6 +346,50 @@ export class StompClient {
     this._subscriptions.clear();
     this._setState("closed");
     if (this.onclose) this.onclose(event);
+    if (this.reconnectDelay && !this._stopped && !this._reconnectTimer) {
+      this._reconnectTimer = setTimeout(() => this._reconnect(), this.reconnectDelay);
+    }
+  }
+
+  /** Connect again with the last CONNECT headers, then make every subscription again. */
+  _reconnect() {
+    this._reconnectTimer = null;
+    if (this._stopped || this.ws) return;
+    this.connect(this._connectHeaders).then(
+      (connected) => {
+        for (const [id, entry] of this._wanted) {
+          this._subscriptions.set(id, (frame) => this._deliver(entry, frame));
+          this._transmit("SUBSCRIBE", this._subscribeHeaders(id, entry));
+        }
+        if (this.onreconnect) this.onreconnect(connected);
+      },
+      () => {
+        // _onClose already planned the next try (or the client was stopped).
+      },
+    );
+  }
+
+  /** SUBSCRIBE headers for a subscription; a stream's resume where it stopped. */
+  _subscribeHeaders(id, entry) {
+    const headers = { id, destination: entry.destination, ack: "auto", ...entry.headers };
+    if (entry.offset !== null) {
+      headers["x-stream-offset"] = `offset=${entry.offset + 1}`;
+      headers["x-stream-epoch"] = entry.epoch;
+    }
+    return { ...headers, id, destination: entry.destination };
+  }
+
+  /** Hand a MESSAGE to its subscription's callback, once per stream offset. */
+  _deliver(entry, frame) {
+    const offset = frame.headers["x-stream-offset"];
+    if (offset !== undefined && entry.destination.startsWith("/stream/")) {
+      const n = Number(offset);
+      const epoch = frame.headers["x-stream-epoch"];
+      if (epoch === entry.epoch && entry.offset !== null && n <= entry.offset) return;
+      entry.offset = n;
+      entry.epoch = epoch;
+    }
+    entry.callback(frame);
   }
 
   /**
@@ -389,15 +447,20 @@ export class StompClient {
    */
   subscribe(destination, callback, headers = {}) {
     const id = headers.id !== undefined ? String(headers.id) : this.nextId("sub");
-    this._subscriptions.set(id, callback);
+    const extra = { ...headers };
+    delete extra.receipt; // a reconnect's SUBSCRIBE asks for no RECEIPT
+    const entry = { destination, callback, headers: extra, offset: null, epoch: null };
+    this._wanted.set(id, entry);
+    this._subscriptions.set(id, (frame) => this._deliver(entry, frame));
     const all = { id, destination, ack: "auto", ...headers, id, destination };
     const receipt = this._transmit("SUBSCRIBE", all);
     return {
       id,
       receipt,
-      unsubscribe: (extra = {}) => {
+      unsubscribe: (more = {}) => {
+        this._wanted.delete(id);
         this._subscriptions.delete(id);
-        return this._transmit("UNSUBSCRIBE", { ...extra, id });
+        return this._transmit("UNSUBSCRIBE", { ...more, id });
       },
     };
   }
@@ -428,6 +491,9 @@ export class StompClient {
    * @returns {Promise<void>}
    */
   disconnect(timeoutMs = 5000) {
+    this._stopped = true;
+    clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = null;
     const ws = this.ws;
     if (!ws) return Promise.resolve();
     const closed = new Promise((resolve) => ws.addEventListener("close", () => resolve()));
