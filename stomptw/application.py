@@ -54,7 +54,9 @@ from stomptw.model import (
     DestinationFull,
     Message,
     Subscription,
+    check_priority,
 )
+from stomptw.scheduled import DELAY_HEADER, parse_delay
 
 if TYPE_CHECKING:
     from stomptw.auth import StompUser
@@ -110,6 +112,10 @@ def _headers(headers: dict[str, str] | None) -> dict[str, str]:
     expires = forwarded.get("expires")
     if expires is not None and not expires.isdigit():
         raise ValueError(f"expires is milliseconds since the epoch, got {expires!r}")
+    if "priority" in forwarded:
+        check_priority(forwarded["priority"])
+    if DELAY_HEADER in forwarded:
+        parse_delay(forwarded[DELAY_HEADER])
     return forwarded
 
 

@@ -39,6 +39,7 @@ from stomptw.model import (
     message_size,
 )
 from stomptw.permissions import compile_patterns
+from stomptw.scheduled import DELAY_HEADER, Scheduler
 from stomptw.streams import STREAM_PREFIX, Stream, StreamLimits, parse_limit
 from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
 from stomptw.userdest import USER_PREFIX, UserDestination, user_destination
@@ -146,6 +147,8 @@ class Broker(BrokerLifetime):
             self._forget_if_idle,
         )
         self._opened = False
+        #: Messages held back by AMQ_SCHEDULED_DELAY until they are due.
+        self.scheduled = Scheduler(self.context, self._route_due, self.deadline_sweep)
         self._stream_limits = _stream_limits(
             StreamLimits(
                 config.stream_max_count,
@@ -254,6 +257,9 @@ class Broker(BrokerLifetime):
                 self.stats["dropped"] += 1
                 return Message(self.new_message_id(), destination, headers, body)
             dest = self.destination(destination)
+        delay = headers.get(DELAY_HEADER)
+        if delay and int(delay) > 0:
+            return self._schedule(destination, headers, body, int(delay))
         raw = headers.get("expires")
         expires = int(raw) if raw else 0
         # Only a sender's expiry time can already be past.
@@ -280,6 +286,64 @@ class Broker(BrokerLifetime):
         self.stats["published"] += 1
         self._forget_if_idle(dest)
         return message
+
+    def _schedule(
+        self, destination: str, headers: dict[str, str], body: bytes, delay_ms: int
+    ) -> Message:
+        """Hold a message back for ``delay_ms``; raises :class:`DestinationFull` past the limit."""
+        limit = self.config.max_scheduled_messages
+        if limit and len(self.scheduled) >= limit:
+            raise DestinationFull(
+                destination,
+                f"{len(self.scheduled)} messages are scheduled, the limit is {limit} "
+                "(--max-scheduled-messages)",
+            )
+        raw = headers.get("expires")
+        expires = int(raw) if raw else 0
+        due = self.now_ms() + delay_ms
+        ttl = self.config.default_ttl_ms
+        if not expires and ttl:
+            expires = due + ttl
+            headers["expires"] = str(expires)
+        message = Message(
+            self.new_message_id(),
+            destination,
+            headers,
+            body,
+            persistent=headers.get("persistent") == "true",
+            expires=expires,
+        )
+        self.scheduled.hold(destination, message, due)
+        return message
+
+    def _route_due(self, destination: str, message: Message) -> None:
+        """A scheduled message is due: route it as if it were sent now."""
+        dest = self.destinations.get(destination)
+        if dest is None:
+            try:
+                dest = self.destination(destination)
+            except DestinationError:
+                # A temporary queue whose connection has ended.
+                self.stats["published"] += 1
+                self.stats["dropped"] += 1
+                return
+        self.stats["published"] += 1
+        if message.expires and message.expires <= self.now_ms():
+            self.expire(None, message)
+        else:
+            dest.publish(message, None, False)
+        self._forget_if_idle(dest)
+
+    def deadline_sweep(self):
+        """The broker's shared deadline sweep (:mod:`stomptw.timers`), made on first use."""
+        if self.deadlines is None:
+            from stomptw.timers import DeadlineSweep, resolution_for
+
+            clock = self.clock
+            if clock is None:
+                from twisted.internet import reactor as clock
+            self.deadlines = DeadlineSweep(clock, resolution_for(self.config.heartbeat_send_ms))
+        return self.deadlines
 
     def purge(self, name: str) -> int:
         """

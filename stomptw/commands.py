@@ -33,9 +33,11 @@ from stomptw.model import (
     DestinationError,
     DestinationFull,
     Subscription,
+    check_priority,
     durable_name,
     message_size,
 )
+from stomptw.scheduled import DELAY_HEADER, parse_delay
 from stomptw.streams import EPOCH_HEADER, OFFSET_HEADER, STREAM_PREFIX, parse_start
 from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
 from stomptw.userdest import USER_PREFIX, own_destination
@@ -227,6 +229,25 @@ def send(session: StompSession, headers: Headers, body: bytes) -> None:
             f"invalid expires header {expires[:40]!r}",
             "expires must be a time in milliseconds since the epoch (0 means never).",
         )
+    priority = headers.get("priority")
+    if priority is not None:
+        try:
+            check_priority(priority)
+        except ValueError as e:
+            raise ProtocolError(f"invalid priority header {priority[:40]!r}", f"{e}.") from None
+    delay = headers.get(DELAY_HEADER)
+    if delay is not None:
+        try:
+            held = parse_delay(delay) > 0
+        except ValueError as e:
+            raise ProtocolError(f"invalid {DELAY_HEADER} header", f"{e}.") from None
+        limit = session.config.max_scheduled_messages
+        if held and limit and len(session.broker.scheduled) >= limit:
+            raise ProtocolError(
+                "too many scheduled messages",
+                f"The broker holds {limit} messages for later delivery, its limit "
+                "(--max-scheduled-messages); send again later, or without AMQ_SCHEDULED_DELAY.",
+            )
     forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
     if user.name:
         forwarded["user-id"] = user.name

@@ -526,6 +526,14 @@ class DeliverySettings:
         checks=[_stream_limits],
         metavar="PATTERN:LIMITS",
     )
+    max_scheduled_messages: int = setting(
+        100_000,
+        "--max-scheduled-messages",
+        "Most messages held back by AMQ_SCHEDULED_DELAY at once; a SEND past it gets "
+        "an ERROR (0 = no limit).",
+        checks=[non_negative],
+        metavar="N",
+    )
     app_prefix: str = setting(
         "",
         "--app-prefix",

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from stomptw.interfaces import IDestination
-from stomptw.model import DestinationContext, DestinationFull
+from stomptw.model import DEFAULT_PRIORITY, DestinationContext, DestinationFull, priority_of
 from stomptw.store import StoredMessage
 
 if TYPE_CHECKING:
@@ -164,6 +164,9 @@ class Queue(QueueLimits):
         self.subscriptions: list[Subscription] = []
         self._next = 0
         self._dispatching = False
+        #: Whether a message with a priority other than the default was held:
+        #: until then ``pending`` is plain FIFO, appended to in O(1).
+        self._prioritized = False
 
     # -- IDestination ------------------------------------------------------------------
 
@@ -192,7 +195,7 @@ class Queue(QueueLimits):
                     message.expires,
                 )
             )
-        self.pending.append(message)
+        self._enqueue(message)
         self._dispatch()
         if producer is not None and self.overflow == "block" and self.is_full():
             if self._consumes(producer) and not self._at(2):
@@ -210,7 +213,33 @@ class Queue(QueueLimits):
     def restore(self, message: Message) -> None:
         """Take back a message loaded from the store (at startup)."""
         self._hold(message)
-        self.pending.append(message)
+        self._enqueue(message)
+
+    def _enqueue(self, message: Message) -> None:
+        """Behind every waiting message of its priority or higher, ahead of lower ones."""
+        priority = priority_of(message)
+        pending = self.pending
+        if not self._prioritized:
+            if priority == DEFAULT_PRIORITY:
+                pending.append(message)
+                return
+            self._prioritized = True
+        index = len(pending)
+        while index and priority_of(pending[index - 1]) < priority:
+            index -= 1
+        pending.insert(index, message)
+
+    def _requeue(self, message: Message) -> None:
+        """A returned message: ahead of every waiting message of its priority."""
+        pending = self.pending
+        if not self._prioritized:
+            pending.appendleft(message)
+            return
+        priority = priority_of(message)
+        index, end = 0, len(pending)
+        while index < end and priority_of(pending[index]) > priority:
+            index += 1
+        pending.insert(index, message)
 
     def subscribe(self, subscription: Subscription) -> None:
         self.subscriptions.append(subscription)
@@ -287,7 +316,7 @@ class Queue(QueueLimits):
                 self._release(message)
                 self.context.dead_letter(self, message, "delivery_limit")
             else:
-                self.pending.appendleft(message)
+                self._requeue(message)
         self._dispatch()
         self._check_room()
 

@@ -53,7 +53,7 @@ class BrokerLifetime:
         self._opened = True
         state = self.store.load()
         self._keys = itertools.count(state.next_key)
-        restore(state, self._durables, self.destination, self.store)
+        restore(state, self._durables, self.destination, self.store, self.scheduled.restore)
         self._expiry.start()
         for vhost in self._other_vhosts():
             vhost.open()
@@ -88,6 +88,7 @@ class BrokerLifetime:
     def close(self: Broker) -> Deferred:
         """Stop expiring messages and close the store (every vhost's); a Deferred."""
         self._expiry.stop()
+        self.scheduled.stop()
         closing = [maybeDeferred(self.store.close)]
         closing += [maybeDeferred(v.close) for v in self._other_vhosts()]
         return gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)

@@ -34,6 +34,9 @@ __all__ = [
     "MESSAGE_OVERHEAD",
     "Message",
     "NOT_FORWARDED",
+    "DEFAULT_PRIORITY",
+    "priority_of",
+    "check_priority",
     "QUEUE_PREFIX",
     "STAT_NAMES",
     "Subscription",
@@ -59,6 +62,24 @@ class DestinationFull(Exception):
         super().__init__(f"{name} is full ({reason})")
         self.name = name
         self.reason = reason
+
+
+#: The priority of a message sent without one (JMS's and ActiveMQ's).
+DEFAULT_PRIORITY = 4
+
+
+def priority_of(message: Message) -> int:
+    """A message's ``priority`` header (0-9, checked when it was sent), or the default."""
+    raw = message.headers.get("priority")
+    return int(raw) if raw else DEFAULT_PRIORITY
+
+
+def check_priority(value: str) -> None:
+    """``ValueError`` unless ``value`` is a priority header: one digit, 0 to 9."""
+    if len(value) != 1 or not value.isdigit():
+        raise ValueError(
+            f"priority must be a digit from 0 (lowest) to 9 (highest), got {value[:40]!r}"
+        )
 
 
 class DestinationError(ValueError):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from stomptw.model import Message
+from stomptw.scheduled import SCHEDULED_OWNER
 
 if TYPE_CHECKING:
     from stomptw.durables import Durables
@@ -29,6 +30,7 @@ def restore(
     durables: Durables,
     destination: Callable[[str], IDestination],
     store: IMessageStore,
+    scheduled: Callable[[str, Message, str], None] | None = None,
 ) -> int:
     """
     Recreate the durable subscriptions of ``state``, then put each stored
@@ -41,6 +43,8 @@ def restore(
     :param destination: ``name -> destination``, creating it if needed.
     :param store: the store ``state`` came from; a message whose durable
         subscription was removed is deleted from it.
+    :param scheduled: ``(destination, message, owner)``: take back a message
+        held by the scheduler (owner ``scheduled:DUE_MS``).
     """
     for owner, (client_id, name, topic) in state.subscriptions.items():
         durables.make(owner, client_id, name, topic, persist=False)
@@ -64,6 +68,10 @@ def restore(
         durable = durables.by_owner.get(stored.owner)
         if durable is not None:
             queue = durable.queue
+        elif scheduled is not None and stored.owner.startswith(SCHEDULED_OWNER):
+            scheduled(stored.destination, message, stored.owner)
+            restored += 1
+            continue
         elif stored.owner.startswith("durable:"):
             # Its subscription was removed; it was to be forgotten.
             store.remove(stored.key)
