@@ -260,22 +260,10 @@ class Broker(BrokerLifetime):
         delay = headers.get(DELAY_HEADER)
         if delay and int(delay) > 0:
             return self._schedule(destination, headers, body, int(delay))
-        raw = headers.get("expires")
-        expires = int(raw) if raw else 0
+        now = self.now_ms()
+        message = self._accept(destination, headers, body, now)
         # Only a sender's expiry time can already be past.
-        expired = bool(expires) and expires <= self.now_ms()
-        ttl = self.config.default_ttl_ms
-        if not expires and ttl:
-            expires = self.now_ms() + ttl
-            headers["expires"] = str(expires)
-        message = Message(
-            self.new_message_id(),
-            destination,
-            headers,
-            body,
-            persistent=headers.get("persistent") == "true",
-            expires=expires,
-        )
+        expired = bool(message.expires) and message.expires <= now
         if expired:
             # Accepted, but never delivered.
             self.stats["published"] += 1
@@ -286,6 +274,25 @@ class Broker(BrokerLifetime):
         self.stats["published"] += 1
         self._forget_if_idle(dest)
         return message
+
+    def _accept(
+        self, destination: str, headers: dict[str, str], body: bytes, routed_ms: int
+    ) -> Message:
+        """A new message; ``--default-ttl`` counts from ``routed_ms`` when it has no ``expires``."""
+        raw = headers.get("expires")
+        expires = int(raw) if raw else 0
+        ttl = self.config.default_ttl_ms
+        if not expires and ttl:
+            expires = routed_ms + ttl
+            headers["expires"] = str(expires)
+        return Message(
+            self.new_message_id(),
+            destination,
+            headers,
+            body,
+            persistent=headers.get("persistent") == "true",
+            expires=expires,
+        )
 
     def _schedule(
         self, destination: str, headers: dict[str, str], body: bytes, delay_ms: int
@@ -298,21 +305,8 @@ class Broker(BrokerLifetime):
                 f"{len(self.scheduled)} messages are scheduled, the limit is {limit} "
                 "(--max-scheduled-messages)",
             )
-        raw = headers.get("expires")
-        expires = int(raw) if raw else 0
         due = self.now_ms() + delay_ms
-        ttl = self.config.default_ttl_ms
-        if not expires and ttl:
-            expires = due + ttl
-            headers["expires"] = str(expires)
-        message = Message(
-            self.new_message_id(),
-            destination,
-            headers,
-            body,
-            persistent=headers.get("persistent") == "true",
-            expires=expires,
-        )
+        message = self._accept(destination, headers, body, due)
         self.scheduled.hold(destination, message, due)
         return message
 

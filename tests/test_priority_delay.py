@@ -19,6 +19,21 @@ def send(client, body: str, destination: str = "/queue/jobs", **headers: str) ->
     client.raw(encode_frame("SEND", frame, body.encode(), "1.2", content_length=True))
 
 
+def sqlite_broker(tmp_path):
+    """A broker on the SQLite store in ``tmp_path``, on the real reactor, opened."""
+    from twisted.internet import reactor
+
+    from stomptw.broker import Broker
+    from stomptw.config import BrokerConfig
+    from stomptw.store import SQLiteStore
+
+    broker = Broker(
+        BrokerConfig(data_dir=str(tmp_path)), SQLiteStore(str(tmp_path), reactor, "normal"), reactor
+    )
+    broker.open()
+    return broker
+
+
 # -- priority ---------------------------------------------------------------------------
 
 
@@ -68,18 +83,8 @@ def test_priority_is_checked():
 
 @pytest_twisted.ensureDeferred
 async def test_priorities_come_back_in_order_after_a_restart(tmp_path):
-    from twisted.internet import reactor
-
-    from stomptw.broker import Broker
-    from stomptw.config import BrokerConfig
-    from stomptw.store import SQLiteStore
-
-    config = BrokerConfig(data_dir=str(tmp_path))
-
-    def broker() -> Broker:
-        b = Broker(config, SQLiteStore(str(tmp_path), reactor, "normal"), reactor)
-        b.open()
-        return b
+    def broker():
+        return sqlite_broker(tmp_path)
 
     first = broker()
     for body, priority in [("a", "2"), ("b", "7"), ("c", "2")]:
@@ -159,16 +164,8 @@ async def test_a_delayed_persistent_message_survives_a_restart_and_is_delivered_
 ):
     from twisted.internet import reactor, task
 
-    from stomptw.broker import Broker
-    from stomptw.config import BrokerConfig
-    from stomptw.store import SQLiteStore
-
-    config = BrokerConfig(data_dir=str(tmp_path))
-
-    def broker() -> Broker:
-        b = Broker(config, SQLiteStore(str(tmp_path), reactor, "normal"), reactor)
-        b.open()
-        return b
+    def broker():
+        return sqlite_broker(tmp_path)
 
     first = broker()
     first.send("/queue/jobs", {"persistent": "true", "AMQ_SCHEDULED_DELAY": "400"}, b"due soon")
