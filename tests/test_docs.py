@@ -193,8 +193,14 @@ def test_the_local_tls_recipe_works_as_written(tmp_path):
     command = twistd.replace(".venv/bin/", venv_bin).replace("61614", port)
     command = command.replace("twistd -n ", "twistd -n --pidfile= ") + " --no-ws --store memory"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # exec: the shell becomes twistd, so that terminate() stops the broker itself.
     broker = subprocess.Popen(
-        command, shell=True, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        "exec " + command,
+        shell=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 30

@@ -949,3 +949,52 @@ def test_unreadable_store_file_fails_startup_naming_the_path(brokers, tmp_path):
     assert f"cannot open the message store at {database}" in log, log
     # The broker refused it rather than starting over.
     assert database.read_bytes() == b"this is not an SQLite database" * 100
+
+
+# -- streams and delayed messages --------------------------------------------------------
+
+
+def test_kill9_keeps_a_streams_messages_offsets_and_epoch(brokers):
+    """Every RECEIPTed stream message is back after SIGKILL, at its offset, same epoch."""
+    stream = "/stream/" + unique("dur")
+    broker = brokers.start()
+    # Streams keep every message, persistent:true or not.
+    publish(broker.port, stream, range(50), persistent=False)
+    with ClientPool() as pool:
+        client = pool.tcp(broker.port)
+        client.subscribe(stream, "s", **{"x-stream-offset": "last"})
+        epoch = client.next_message().headers["x-stream-epoch"]
+        broker.kill9()
+    again = brokers.start()
+    with ClientPool() as pool:
+        client = pool.tcp(again.port)
+        client.subscribe(stream, "s", **{"x-stream-offset": "offset=10", "x-stream-epoch": epoch})
+        frames = client.next_messages(40)
+    assert [int(f.headers["x-stream-offset"]) for f in frames] == list(range(10, 50))
+    assert seqs_of(frames) == list(range(10, 50))
+    assert all("x-stream-recovered" not in f.headers for f in frames)
+    assert {f.headers["x-stream-epoch"] for f in frames} == {epoch}
+
+
+def test_kill9_keeps_a_delayed_persistent_message_until_it_is_due(brokers):
+    """A RECEIPTed delayed message survives SIGKILL and still waits for its time."""
+    destination = queue_name("later")
+    broker = brokers.start()
+    with ClientPool() as pool:
+        client = pool.tcp(broker.port)
+        sent = time.monotonic()
+        client.send(
+            destination,
+            "due in 2 s",
+            receipt=True,
+            headers={"persistent": "true", "AMQ_SCHEDULED_DELAY": "2000"},
+        )
+        broker.kill9()
+    again = brokers.start()
+    with ClientPool() as pool:
+        client = pool.tcp(again.port)
+        client.subscribe(destination, "s")
+        message = client.next_message(timeout=15)
+        arrived = time.monotonic()
+    assert message.body == "due in 2 s"
+    assert arrived - sent >= 2.0
