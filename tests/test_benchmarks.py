@@ -204,3 +204,30 @@ def test_auth_cost_benchmark_reports_each_mode():
     out, _ = run_script("benchmarks/auth_cost.py", "--rounds", "1", "--messages", "2000")
     for mode in ("anonymous", "login", "permissions"):
         assert any(line.startswith(mode) and " ns " in line for line in out.splitlines()), out
+
+
+def test_streams_benchmark_reports_publish_replay_and_catch_up():
+    out, _ = run_script(
+        "benchmarks/streams.py",
+        "--messages",
+        "3000",
+        "--behind",
+        "1000",
+        "--stores",
+        "memory",
+        "--twistd",
+        TWISTD,
+    )
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [row[1] for row in rows] == ["publish", "replay", "catch-up"], out
+    publish, replay, catch_up = rows
+    assert publish[2] == replay[2] == "3000", out  # every message read back
+    assert int(catch_up[-5]) >= 1000, out
+
+
+def test_app_publish_benchmark_reports_the_api_and_a_stomp_producer():
+    out, _ = run_script("benchmarks/app_publish.py", "--messages", "500", "--subscribers", "4")
+    rows = out.splitlines()[1:]
+    assert rows[0].startswith("application API") and rows[1].startswith("STOMP over TCP"), out
+    for row in rows:
+        assert " 500       2000 " in row, out  # 500 messages, 4 subscribers: all delivered
