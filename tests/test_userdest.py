@@ -95,6 +95,7 @@ def test_user_destinations_are_per_vhost():
 
     env = on_clock(vhosts=["team"])
     env.broker.add_vhost("team", MemoryStore())
+
     def connect(login, passcode, host):
         client = env.connect(version=None)
         client.send("CONNECT", accept_version="1.2", host=host, login=login, passcode=passcode)
