@@ -209,6 +209,15 @@ class ListenerSettings:
     ws_path: str = setting(
         "/ws", "--ws-path", "URL path of the WebSocket endpoint.", metavar="PATH"
     )
+    max_connections_per_ip: int = setting(
+        0,
+        "--max-connections-per-ip",
+        "Most connections at once from one client address on each --tcp and each "
+        "--ws listener (0 = no limit). For listeners facing the internet; behind a "
+        "proxy every connection comes from the proxy's address, so leave it off there.",
+        checks=[non_negative],
+        metavar="N",
+    )
     max_connections: int = setting(
         10_000,
         "--max-connections",

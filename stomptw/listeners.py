@@ -59,6 +59,7 @@ class ConnectionLimit:
         description: str,
         clock: IReactorTime,
         on_refused: Callable[[], None] | None = None,
+        per_ip: int = 0,
     ) -> None:
         """
         :param limit: the most connections at once; 0 means no limit.
@@ -66,10 +67,15 @@ class ConnectionLimit:
         :param clock: the time source of the log rate limit.
         :param on_refused: called for every refused connection (the broker
             counts them in its stats).
+        :param per_ip: the most connections at once from one address; 0
+            means no limit.
         """
-        if limit < 0:
+        if limit < 0 or per_ip < 0:
             raise ValueError("the connection limit must not be negative")
         self.limit = limit
+        self.per_ip = per_ip
+        #: Open connections by client address (with ``per_ip``).
+        self.by_address: dict[str, int] = {}
         self.description = description
         self.count = 0
         self.refused = 0
@@ -83,16 +89,32 @@ class ConnectionLimit:
         """Whether one more connection would be over the limit."""
         return bool(self.limit) and self.count >= self.limit
 
-    def acquire(self) -> None:
-        """Count one more open connection."""
-        self.count += 1
+    def refusal(self, address: str | None) -> str | None:
+        """Why one more connection from ``address`` is refused; None if it is not."""
+        if self.full:
+            return f"too many connections on this listener (limit {self.limit})"
+        if self.per_ip and address and self.by_address.get(address, 0) >= self.per_ip:
+            return f"too many connections from {address} (limit {self.per_ip} per address)"
+        return None
 
-    def release(self) -> None:
+    def acquire(self, address: str | None = None) -> None:
+        """Count one more open connection (from ``address``)."""
+        self.count += 1
+        if self.per_ip and address:
+            self.by_address[address] = self.by_address.get(address, 0) + 1
+
+    def release(self, address: str | None = None) -> None:
         """Count one connection fewer (it closed)."""
         if self.count > 0:
             self.count -= 1
+        if self.per_ip and address:
+            left = self.by_address.get(address, 0) - 1
+            if left > 0:
+                self.by_address[address] = left
+            else:
+                self.by_address.pop(address, None)
 
-    def refuse(self, peer: object) -> None:
+    def refuse(self, peer: object, reason: str = "") -> None:
         """Count (and log, rate-limited) a connection refused from ``peer``."""
         self.refused += 1
         self._unlogged += 1
@@ -102,11 +124,12 @@ class ConnectionLimit:
         if self._last_log is not None and now - self._last_log < LOG_INTERVAL:
             return
         log.warn(
-            "refused {refused} connection(s) on {endpoint}: limit of {limit} connections "
-            "reached (last from {peer}); raise --max-connections and the file descriptor "
-            "limit if this is expected",
+            "refused {refused} connection(s) on {endpoint}: {reason} (last from {peer}); "
+            "raise --max-connections (or --max-connections-per-ip) and the file "
+            "descriptor limit if this is expected",
             refused=self._unlogged,
             endpoint=self.description,
+            reason=reason or f"limit of {self.limit} connections reached",
             limit=self.limit,
             peer=format_peer(peer),
         )
@@ -118,11 +141,12 @@ class _CountedStompProtocol(StompProtocol):
     """A STOMP session that its listener's :class:`ConnectionLimit` counts."""
 
     limit: ConnectionLimit | None = None
+    address: str | None = None
 
     def connectionLost(self, reason: Failure = None) -> None:
         limit, self.limit = self.limit, None
         if limit is not None:
-            limit.release()
+            limit.release(self.address)
         super().connectionLost(reason)
 
 
@@ -137,18 +161,15 @@ class _RefusedStompProtocol(Protocol):
     ``close_linger`` seconds.
     """
 
-    def __init__(self, limit: int, clock: IReactorTime, linger: float) -> None:
-        self._limit = limit
+    def __init__(self, message: str, clock: IReactorTime, linger: float) -> None:
+        self._message = message
         self._clock = clock
         self._linger = linger
         self._timer = None
 
     def connectionMade(self) -> None:
-        message = f"too many connections on this listener (limit {self._limit})"
-        body = (
-            f"The broker accepts at most {self._limit} connections on this listener "
-            "and all are in use. Try again later.\n"
-        ).encode()
+        message = self._message
+        body = (f"The broker refused this connection: {message}. Try again later.\n").encode()
         self.transport.write(
             encode_frame(
                 "ERROR", {"message": message, "content-type": "text/plain"}, body, version="1.0"
@@ -184,13 +205,16 @@ class LimitedStompFactory(StompFactory):
 
     def buildProtocol(self, addr: object) -> Protocol:
         limit = self.limit
-        if limit.full:
-            limit.refuse(addr)
-            return _RefusedStompProtocol(limit.limit, self.clock, self.config.close_linger)
+        address = getattr(addr, "host", None)
+        refusal = limit.refusal(address)
+        if refusal is not None:
+            limit.refuse(addr, refusal)
+            return _RefusedStompProtocol(refusal, self.clock, self.config.close_linger)
         proto = _CountedStompProtocol(
             self.broker, self.config, self.clock, self.transport_name, self.sweep
         )
         proto.factory = self
-        limit.acquire()
+        limit.acquire(address)
         proto.limit = limit
+        proto.address = address
         return proto

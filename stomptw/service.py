@@ -411,7 +411,13 @@ def makeService(
     for description in config.tcp_endpoints:
         endpoint = serverFromString(reactor, description)
         label = "tls" if description.split(":", 1)[0] in ("ssl", "tls", "mtls") else "tcp"
-        limit = ConnectionLimit(config.max_connections, description, reactor, count_refused)
+        limit = ConnectionLimit(
+            config.max_connections,
+            description,
+            reactor,
+            count_refused,
+            per_ip=config.max_connections_per_ip,
+        )
         factory = LimitedStompFactory(broker, config, reactor, label, limit)
         listener = _Listener(endpoint, factory, description, "stomp")
         listener.connection_limit = limit
@@ -419,7 +425,13 @@ def makeService(
         listener.setServiceParent(service)
     for description in config.ws_endpoints:
         endpoint = serverFromString(reactor, description)
-        limit = ConnectionLimit(config.max_connections, description, reactor, count_refused)
+        limit = ConnectionLimit(
+            config.max_connections,
+            description,
+            reactor,
+            count_refused,
+            per_ip=config.max_connections_per_ip,
+        )
         site = websocket_site(broker, config, reactor, limit)
         listener = _Listener(endpoint, site, description, "ws")
         listener.connection_limit = limit

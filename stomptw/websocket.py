@@ -22,6 +22,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -115,6 +116,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     session: StompSession | None = None
     name = "ws"
     peer = "?"
+    #: The client address it is counted under (with a per-address limit).
+    counted_address: str | None = None
     #: The listener's connection limit while this connection counts against it.
     counted: ConnectionLimit | None = None
     #: Whether this connection is registered as the socket's producer.
@@ -242,14 +245,16 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(403, f"origin {origin} is not allowed")
         limit = self.factory.connection_limit
         if limit is not None:
-            if limit.full:
-                limit.refuse(self.transport.getPeer())
-                raise ConnectionDeny(
-                    503, f"too many connections on this listener (limit {limit.limit})"
-                )
+            peer = self.transport.getPeer()
+            address = getattr(peer, "host", None)
+            refusal = limit.refusal(address)
+            if refusal is not None:
+                limit.refuse(peer, refusal)
+                raise ConnectionDeny(503, refusal)
             # Counted from here until the connection is lost (onClose).
-            limit.acquire()
+            limit.acquire(address)
             self.counted = limit
+            self.counted_address = address
         for name in STOMP_SUBPROTOCOLS:
             if name in request.protocols:
                 return name
@@ -361,7 +366,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         counted, self.counted = self.counted, None
         if counted is not None:
-            counted.release()
+            counted.release(self.counted_address)
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
@@ -469,6 +474,70 @@ def websocket_resource(
     return WebSocketResource(StompWebSocketFactory(broker, config, reactor, connection_limit))
 
 
+class _DeadlineChannel(HTTPChannel):
+    """
+    An HTTP connection that must deliver each request, headers and body,
+    within the site's ``request_deadline`` seconds of starting it, however it
+    trickles. twisted.web's idle timeout is reset by every byte, so a client
+    sending one byte a second would otherwise hold the connection forever.
+    A WebSocket upgrade is a request like any other: once it has arrived,
+    Autobahn's opening handshake timeout and then the STOMP login timeout
+    take over, both absolute too.
+    """
+
+    _deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        super().connectionMade()
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        site = self.site
+        self._deadline = site.clock.callLater(site.request_deadline, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def allContentReceived(self) -> None:  # noqa: N802
+        self._disarm()
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:  # noqa: N802
+        super().requestDone(request)
+        if self.transport is not None and not self._handlingRequest:
+            self._arm()  # the next request on this connection has the same time
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self._disarm()
+        super().connectionLost(reason)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        transport = self.transport
+        if transport is None or getattr(transport, "protocol", self) is not self:
+            return  # upgraded: the WebSocket has the connection now
+        log.info(
+            "HTTP request from {peer} not complete after {seconds}s: connection dropped",
+            peer=format_peer(transport.getPeer()),
+            seconds=self.site.request_deadline,
+        )
+        transport.abortConnection()
+
+
+class _DeadlineSite(Site):
+    """A :class:`Site` whose connections have :class:`_DeadlineChannel`'s deadline."""
+
+    protocol = _DeadlineChannel
+
+    def __init__(self, resource: Resource, clock: IReactorTime, request_deadline: float) -> None:
+        super().__init__(resource, timeout=request_deadline)
+        self.clock = clock
+        self.request_deadline = request_deadline
+
+
 def websocket_site(
     broker: Broker,
     config: BrokerConfig,
@@ -492,11 +561,10 @@ def websocket_site(
         parent.putChild(segment, child)
         parent = child
     parent.putChild(segments[-1], websocket_resource(broker, config, reactor, connection_limit))
-    # An HTTP request (a WebSocket handshake before it reaches Autobahn)
-    # that stalls for the handshake timeout is dropped; twisted.web's own
-    # default would keep it for a minute. Once a request has arrived, this
-    # idle timeout is off (and never comes back on an upgraded connection).
-    site = Site(root, timeout=config.ws_open_handshake_timeout)
+    # An HTTP request (a WebSocket handshake before it reaches Autobahn) that
+    # is not complete within the handshake timeout is dropped, trickling or
+    # not; twisted.web's idle timeout alone would keep a trickle forever.
+    site = _DeadlineSite(root, reactor, config.ws_open_handshake_timeout)
     site.noisy = False
     site.displayTracebacks = False
     return site
