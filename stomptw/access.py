@@ -107,9 +107,16 @@ def _logged_in(session: StompSession, result: Any, receipt: str | None = None) -
     return False
 
 
-def _creatable(destination: str) -> bool:
-    """Topics exist whenever they are named; other destinations are created."""
-    return not destination.startswith("/topic/")
+def _creatable(session: StompSession, destination: str) -> bool:
+    """
+    Topics (and user destinations, which are topics) exist whenever they are
+    named, and application destinations are handlers; other destinations
+    (queues, streams) are created.
+    """
+    if destination.startswith(("/topic/", "/user/")):
+        return False
+    prefix = session.config.app_prefix
+    return not (prefix and destination.startswith(prefix))
 
 
 def authorize_use(session: StompSession, action: str, destination: str) -> None:
@@ -121,7 +128,7 @@ def authorize_use(session: StompSession, action: str, destination: str) -> None:
     if user is None or user.unrestricted:
         return
     authorize(session, action, destination)
-    if _creatable(destination):
+    if _creatable(session, destination):
         if destination not in session.broker.destinations:
             authorize(session, "create", destination)
         elif session.permissions.get(("create", destination)) is not True:

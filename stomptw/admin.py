@@ -55,7 +55,8 @@ from stomptw.adminhttp import (
 )
 from stomptw.destinations import Queue
 from stomptw.metrics import MAX_DESTINATION_SERIES, METRICS_CONTENT_TYPE, render_metrics
-from stomptw.model import NOT_FORWARDED, DestinationError, DestinationFull
+from stomptw.model import NOT_FORWARDED, DestinationError, DestinationFull, check_priority
+from stomptw.scheduled import DELAY_HEADER, parse_delay
 
 if TYPE_CHECKING:
     from stomptw.broker import Broker
@@ -326,6 +327,13 @@ class AdminResource(JsonResource):
         expires = headers.get("expires")
         if expires is not None and not expires.isdigit():
             raise HTTPError(400, "expires must be milliseconds since the epoch")
+        try:
+            if "priority" in headers:
+                check_priority(headers["priority"])
+            if DELAY_HEADER in headers:
+                parse_delay(headers[DELAY_HEADER])
+        except ValueError as e:
+            raise HTTPError(400, str(e)) from None
         forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
         existing = broker.destinations.get(name)
         if isinstance(existing, Queue) and existing.is_full():

@@ -57,6 +57,7 @@ from stomptw.model import (
     check_priority,
 )
 from stomptw.scheduled import DELAY_HEADER, parse_delay
+from stomptw.tempqueues import REPLY_PREFIX
 
 if TYPE_CHECKING:
     from stomptw.auth import StompUser
@@ -271,6 +272,26 @@ class Request:
         headers = dict(headers or {})
         if "correlation-id" in self.headers:
             headers.setdefault("correlation-id", self.headers["correlation-id"])
+        principal = self.principal
+        if principal.unrestricted or reply_to.startswith(REPLY_PREFIX):
+            # A temporary queue's name is its own permission.
+            return self.messaging.publish(reply_to, body, headers)
+        # Otherwise the sender chose where the reply goes: it must be a
+        # destination the sender may write to, or the application would
+        # write there on the sender's behalf.
+        return defer.maybeDeferred(principal.allows, "write", reply_to).addCallback(
+            self._reply_if_allowed, reply_to, body, headers
+        )
+
+    def _reply_if_allowed(
+        self, allowed: bool, reply_to: str, body: Body, headers: dict[str, str]
+    ) -> defer.Deferred:
+        if not allowed:
+            raise ApplicationError(
+                f"no write permission for reply-to {reply_to}",
+                "The reply goes where reply-to says, which must be a destination you may "
+                "write to, or a /temp-queue/.",
+            )
         return self.messaging.publish(reply_to, body, headers)
 
 

@@ -39,7 +39,7 @@ from stomptw.model import (
     message_size,
 )
 from stomptw.permissions import compile_patterns
-from stomptw.scheduled import DELAY_HEADER, Scheduler
+from stomptw.scheduled import DELAY_HEADER, SCHEDULED_OWNER, Scheduler
 from stomptw.streams import STREAM_PREFIX, Stream, StreamLimits, parse_limit
 from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
 from stomptw.userdest import USER_PREFIX, UserDestination, user_destination
@@ -63,6 +63,10 @@ __all__ = [
     "durable_owner",
     "message_size",
 ]
+
+
+#: Destination names the message store's owners use for the broker's own records.
+RESERVED_PREFIXES = ("durable:", SCHEDULED_OWNER)
 
 
 class Broker(BrokerLifetime):
@@ -202,6 +206,11 @@ class Broker(BrokerLifetime):
         """
         if not name:
             raise DestinationError("destination is empty")
+        if name.startswith(RESERVED_PREFIXES):
+            raise DestinationError(
+                f"{name!r}: names starting with {' or '.join(RESERVED_PREFIXES)} are the "
+                "broker's own (its message store uses them)"
+            )
         if name.startswith(TEMP_PREFIX):
             raise DestinationError(
                 f"{name} names a client connection's temporary queue, which only "
@@ -258,7 +267,7 @@ class Broker(BrokerLifetime):
                 return Message(self.new_message_id(), destination, headers, body)
             dest = self.destination(destination)
         delay = headers.get(DELAY_HEADER)
-        if delay and int(delay) > 0:
+        if delay and delay.isdigit() and int(delay) > 0:
             return self._schedule(destination, headers, body, int(delay))
         now = self.now_ms()
         message = self._accept(destination, headers, body, now)
@@ -312,6 +321,8 @@ class Broker(BrokerLifetime):
 
     def _route_due(self, destination: str, message: Message) -> None:
         """A scheduled message is due: route it as if it were sent now."""
+        # Delivered without it: a client that relays its headers must not delay it again.
+        message.headers.pop(DELAY_HEADER, None)
         dest = self.destinations.get(destination)
         if dest is None:
             try:
@@ -358,6 +369,8 @@ class Broker(BrokerLifetime):
         now, or (with ``count``) if ``count`` messages of ``size`` bytes in
         all would take it over its limits.
         """
+        if destination.startswith(REPLY_PREFIX) and destination not in self.destinations:
+            return  # its connection has ended: the message will be dropped
         dest = self.destination(destination)
         try:
             if isinstance(dest, Queue):

@@ -94,10 +94,15 @@ def handle(
     if work:
         session.handler_work = []
     receipt = headers.get("receipt")
-    if receipt is not None and command != "DISCONNECT" and not session.closing:
+    if command == "DISCONNECT" or session.closing:
+        return
+    if receipt is not None:
         # Even when this frame made the session fail (an ERROR waiting for
         # the store): it took effect, and its RECEIPT goes out first.
         session.receipts.add(receipt, needs_sync, _all_done(work) if work else None)
+    elif work:
+        # No RECEIPT asked for, but later ones still wait for this handler.
+        session.receipts.add(None, False, _all_done(work))
 
 
 def _all_done(work: list[Deferred]) -> Deferred:
@@ -200,7 +205,8 @@ def _temp_queue(session: StompSession, alias: str) -> str:
         queue = session.temp_queues.queue(session.broker, alias)
     except DestinationError as e:
         raise ProtocolError(f"invalid destination: {e}", DESTINATION_HELP) from None
-    if alias not in session.subscriptions:
+    subscribed = any(s.destination == queue.name for s in session.subscriptions.values())
+    if not subscribed and alias not in session.subscriptions:
         # Replies reach the client without a SUBSCRIBE of its own (RabbitMQ's rule).
         sub = Subscription(session, alias, queue.name)
         session.subscriptions[alias] = sub
@@ -243,11 +249,7 @@ def send(session: StompSession, headers: Headers, body: bytes) -> None:
             raise ProtocolError(f"invalid {DELAY_HEADER} header", f"{e}.") from None
         limit = session.config.max_scheduled_messages
         if held and limit and len(session.broker.scheduled) >= limit:
-            raise ProtocolError(
-                "too many scheduled messages",
-                f"The broker holds {limit} messages for later delivery, its limit "
-                "(--max-scheduled-messages); send again later, or without AMQ_SCHEDULED_DELAY.",
-            )
+            raise _too_many_scheduled(limit)
     forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
     if user.name:
         forwarded["user-id"] = user.name
@@ -495,18 +497,47 @@ def commit(session: StompSession, headers: Headers, body: bytes) -> None:
     actions, needed = session.transactions.end("COMMIT", headers)
     # All or nothing: a full queue refuses the whole transaction before
     # any of it takes effect (and then takes all of it).
+    prefix = session.config.app_prefix
     for destination, (count, size) in needed.items():
+        if prefix and destination.startswith(prefix):
+            continue  # a handler's, not a queue
         try:
             session.broker.check_room(destination, count, size)
         except DestinationFull as e:
             raise destination_full(
                 destination, e, " None of the transaction took effect."
             ) from None
+    _check_scheduled_room(session, actions)
     for action, args in actions:
         if action is _publish:
             _publish(*args, reject=False)
+        elif action is _to_application:
+            # A handler's failure is reported against the COMMIT.
+            _to_application(*args[:-1], headers.get("receipt"))
         else:
             action(*args)
+
+
+def _check_scheduled_room(session: StompSession, actions: list) -> None:
+    """Refuse the whole transaction if its delayed SENDs would pass --max-scheduled-messages."""
+    limit = session.config.max_scheduled_messages
+    if not limit:
+        return
+    delayed = 0
+    for action, args in actions:
+        if action is _publish:
+            delay = args[2].get(DELAY_HEADER, "")
+            delayed += delay.isdigit() and int(delay) > 0
+    if delayed and len(session.broker.scheduled) + delayed > limit:
+        raise _too_many_scheduled(limit, " None of the transaction took effect.")
+
+
+def _too_many_scheduled(limit: int, more: str = "") -> ProtocolError:
+    return ProtocolError(
+        "too many scheduled messages",
+        f"The broker holds {limit} messages for later delivery, its limit "
+        "(--max-scheduled-messages); send again later, or without AMQ_SCHEDULED_DELAY." + more,
+    )
 
 
 def abort(session: StompSession, headers: Headers, body: bytes) -> None:

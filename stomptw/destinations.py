@@ -155,8 +155,12 @@ class Queue(QueueLimits):
         context: DestinationContext,
         overflow: str | None = None,
         dead_letter: bool = False,
+        priorities: bool = True,
     ) -> None:
         super().__init__(name, context)
+        #: Whether waiting messages are ordered by priority (not for a
+        #: durable subscription's queue: topics ignore priority).
+        self.priorities = priorities
         self.overflow = overflow or context.config.overflow
         #: A dead-letter queue: its messages never die again.
         self.dead_letter = dead_letter
@@ -217,8 +221,11 @@ class Queue(QueueLimits):
 
     def _enqueue(self, message: Message) -> None:
         """Behind every waiting message of its priority or higher, ahead of lower ones."""
-        priority = priority_of(message)
         pending = self.pending
+        if not self.priorities:
+            pending.append(message)
+            return
+        priority = priority_of(message)
         if not self._prioritized:
             if priority == DEFAULT_PRIORITY:
                 pending.append(message)

@@ -93,7 +93,7 @@ class Durables:
         self, owner: str, client_id: str, name: str, topic_name: str, persist: bool = True
     ) -> DurableSubscription:
         """A new durable subscription to ``topic_name`` (stored unless restoring)."""
-        queue = Queue(owner, self._context, overflow="drop-head")
+        queue = Queue(owner, self._context, overflow="drop-head", priorities=False)
         durable = DurableSubscription(owner, client_id, name, topic_name, queue)
         self.by_owner[owner] = durable
         topic = self._destination(topic_name)

@@ -70,6 +70,8 @@ class SessionEnding:
         RECEIPTs still waiting for the store go out first: the client must
         know which of its persistent messages were accepted.
         """
+        # Application handlers may never finish: their RECEIPTs are not waited for.
+        self.receipts.forget_handlers()
         if self.receipts:
             # No frame is read meanwhile. Check again on the next turn, when
             # every RECEIPT of this commit has gone out.

@@ -68,15 +68,17 @@ class DestinationFull(Exception):
 DEFAULT_PRIORITY = 4
 
 
+_PRIORITIES = {str(n): n for n in range(10)}
+
+
 def priority_of(message: Message) -> int:
-    """A message's ``priority`` header (0-9, checked when it was sent), or the default."""
-    raw = message.headers.get("priority")
-    return int(raw) if raw else DEFAULT_PRIORITY
+    """A message's ``priority`` header (0-9), or the default for none or any other value."""
+    return _PRIORITIES.get(message.headers.get("priority", ""), DEFAULT_PRIORITY)
 
 
 def check_priority(value: str) -> None:
     """``ValueError`` unless ``value`` is a priority header: one digit, 0 to 9."""
-    if len(value) != 1 or not value.isdigit():
+    if value not in _PRIORITIES:
         raise ValueError(
             f"priority must be a digit from 0 (lowest) to 9 (highest), got {value[:40]!r}"
         )

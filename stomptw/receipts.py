@@ -48,19 +48,22 @@ class Receipts:
         """True while some RECEIPT waits for the store."""
         return bool(self._waiting)
 
-    def add(self, receipt: str, needs_sync: bool, after: Deferred | None = None) -> None:
+    def add(self, receipt: str | None, needs_sync: bool, after: Deferred | None = None) -> None:
         """
         Owe a RECEIPT for ``receipt``; after a store sync if ``needs_sync``.
 
         ``after`` (an application handler's work) delays it further: it
         fires True to send the RECEIPT once due, or False to drop it because
         the frame failed after all (its ERROR carries the receipt id). It
-        must not fail.
+        must not fail. A ``receipt`` of None sends nothing but holds back
+        the RECEIPTs after it all the same.
         """
         if not needs_sync and after is None and not self._waiting:
-            self._send(receipt)
+            if receipt is not None:
+                self._send(receipt)
             return
-        entry = [receipt, not needs_sync and after is None]
+        # [receipt id or None, ready to send, waits for a handler]
+        entry = [receipt, not needs_sync and after is None, after is not None]
         self._waiting.append(entry)
         if after is not None:
             if needs_sync:
@@ -83,12 +86,34 @@ class Receipts:
         return d
 
     def _settled(self, keep: bool, entry: list) -> None:
-        if not keep:
-            entry[0] = None
-        self._stored(None, entry)
+        if keep:
+            self._stored(None, entry)
+            return
+        # The frame failed: neither its RECEIPT nor any later one is owed
+        # (the session ends with an ERROR, after the RECEIPTs before it).
+        waiting = self._waiting
+        if any(e is entry for e in waiting):
+            while waiting.pop() is not entry:
+                pass
+        self._flush()
+
+    def forget_handlers(self) -> None:
+        """
+        The session ends: RECEIPTs that wait for an application handler will
+        never be sent; those that wait for the store still are.
+        """
+        for entry in self._waiting:
+            if entry[2] and not entry[1]:
+                entry[0] = None
+                entry[1] = True
+        self._flush()
 
     def _stored(self, result: object, entry: list) -> None:
         entry[1] = True
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send the RECEIPTs at the head that are due; tell who waits once none is left."""
         waiting = self._waiting
         while waiting and waiting[0][1]:
             receipt = waiting.popleft()[0]

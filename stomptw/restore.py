@@ -51,7 +51,8 @@ def restore(
     restored = 0
     for stored in state.messages:
         count = stored.delivery_count
-        if state.unclean and not count:
+        held = stored.owner.startswith(SCHEDULED_OWNER)
+        if state.unclean and not count and not held:
             # After a crash nobody knows which deliveries had started
             # (they are recorded lazily): say it may be a redelivery.
             count = 1
@@ -68,7 +69,7 @@ def restore(
         durable = durables.by_owner.get(stored.owner)
         if durable is not None:
             queue = durable.queue
-        elif scheduled is not None and stored.owner.startswith(SCHEDULED_OWNER):
+        elif held and scheduled is not None:
             scheduled(stored.destination, message, stored.owner)
             restored += 1
             continue

@@ -175,6 +175,7 @@ class Stream:
         offset = self.next_offset
         now = self.context.now_ms()
         headers = message.headers
+        headers.pop(RECOVERED_HEADER, None)  # the broker's to say, not a producer's
         headers[OFFSET_HEADER] = str(offset)
         headers[EPOCH_HEADER] = self.epoch
         headers[TIMESTAMP_HEADER] = str(now)
@@ -245,7 +246,7 @@ class Stream:
 
     def _start(self, start: StreamStart) -> _Reader:
         first, end = self.first_offset, self.next_offset
-        if start.epoch is not None and start.epoch != self.epoch:
+        if start.kind == "offset" and start.epoch is not None and start.epoch != self.epoch:
             # Offsets of another incarnation mean nothing here.
             return _Reader(first, True)
         if start.kind == "first":
@@ -296,6 +297,8 @@ class Stream:
                 # Trimmed while it was behind.
                 reader.cursor = self.first_offset
                 reader.lost = True
+                if reader.cursor >= self.next_offset:
+                    return  # trimmed to nothing: the next message says so
             message = self._log[self._head + reader.cursor - self.first_offset]
             if reader.lost:
                 flagged = Message(

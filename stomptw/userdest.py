@@ -44,6 +44,10 @@ def own_destination(user: str, destination: str) -> str:
             f"{destination} is a user destination: it needs a login (anonymous "
             "sessions have no user name to receive under)"
         )
+    if "/" in user:
+        raise DestinationError(
+            f"{destination}: user destinations need a user name without '/', and {user!r} has one"
+        )
     return f"{USER_PREFIX}{user}/{rest}"
 
 

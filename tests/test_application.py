@@ -470,3 +470,84 @@ async def test_the_chat_application_example():
     assert "time" in json.loads(tick.split("\n\n", 1)[1].rstrip("\x00"))
     error = frames[-1]
     assert "message:no such room\n" in error and "receipt-id:e\n" in error
+
+
+# -- found in review ---------------------------------------------------------------------
+
+
+def test_a_handler_that_never_finishes_does_not_keep_its_session_from_closing():
+    env, messaging = app_env()
+    messaging.route("/app/stuck", lambda request: defer.Deferred())
+    client = env.connect()
+    client.send("SEND", b"x", destination="/app/stuck", receipt="r1")
+    closed = results(client.session.close_by_operator("maintenance"))
+    (error,) = client.frames()
+    assert error.command == "ERROR" and client.closing
+    client.lose()
+    assert closed == [None]
+
+
+def test_later_receipts_wait_for_a_handler_even_when_its_send_asked_for_none():
+    env, messaging = app_env()
+    pending: list[defer.Deferred] = []
+    messaging.route("/app/slow", lambda request: pending.append(defer.Deferred()) or pending[-1])
+    client = env.connect()
+    client.send("SEND", b"x", destination="/app/slow")
+    client.send("SEND", b"y", destination="/queue/q", receipt="r2")
+    assert client.frames() == []
+    pending[0].callback(None)
+    assert client.frame().headers["receipt-id"] == "r2"
+
+
+def test_when_a_handler_fails_no_later_receipt_is_sent_before_or_after_its_error():
+    env, messaging = app_env()
+    pending: list[defer.Deferred] = []
+    messaging.route("/app/slow", lambda request: pending.append(defer.Deferred()) or pending[-1])
+    client = env.connect()
+    client.send("SEND", b"x", destination="/app/slow", receipt="r1")
+    client.send("SEND", b"y", destination="/queue/q", receipt="r2")
+    pending[0].errback(ApplicationError("refused"))
+    env.advance(0)
+    frames = client.frames()
+    assert [(f.command, f.headers.get("receipt-id")) for f in frames] == [("ERROR", "r1")]
+
+
+def test_in_a_transaction_a_handler_failure_answers_the_commit():
+    env, messaging = app_env(max_queue_length=1, overflow="reject")
+    pending: list[defer.Deferred] = []
+    messaging.route("/app/slow", lambda request: pending.append(defer.Deferred()) or pending[-1])
+    client = env.connect()
+    client.send("BEGIN", transaction="t")
+    for _ in range(2):  # not a queue: no queue limit applies
+        client.send("SEND", b"x", destination="/app/slow", transaction="t", receipt="s")
+    client.frames()
+    client.send("COMMIT", transaction="t", receipt="c")
+    assert len(pending) == 2 and "/app/slow" not in env.broker.destinations
+    pending[0].errback(ApplicationError("refused"))
+    env.advance(0)
+    (error,) = client.frames()
+    assert error.command == "ERROR" and error.headers["receipt-id"] == "c"
+
+
+def test_a_reply_goes_only_where_the_sender_may_write(tmp_path):
+    from stomptw.auth import make_checker
+    from stomptw.authenticator import build_authenticator
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[users.alice]\nwrite = ["/app/**", "/queue/alice.*"]\n')
+    env, messaging = app_env(permissions_file=str(rules))
+    env.broker.auth = build_authenticator(env.config, [make_checker("memory:alice:a")], env.clock)
+    messaging.route("/app/echo", lambda request: request.reply(request.body))
+    client = env.connect(login="alice", passcode="a")
+    client.send(
+        "SEND", b"ok", destination="/app/echo", receipt="r1", **{"reply-to": "/queue/alice.in"}
+    )
+    assert client.frame().headers["receipt-id"] == "r1"
+    assert env.broker.destinations["/queue/alice.in"].count == 1
+    client.send(
+        "SEND", b"no", destination="/app/echo", receipt="r2", **{"reply-to": "/queue/bob.in"}
+    )
+    error = client.frame()
+    assert error.command == "ERROR" and error.headers["receipt-id"] == "r2"
+    assert "reply-to" in error.headers["message"]
+    assert "/queue/bob.in" not in env.broker.destinations

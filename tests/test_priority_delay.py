@@ -220,3 +220,92 @@ async def test_stomp_py_sends_a_delayed_message(make_broker, transport):
     message, waited = await deferToThread(run)
     assert message.body == "hello"
     assert waited >= 0.3
+
+
+# -- found in review ---------------------------------------------------------------------
+
+
+def test_the_stores_own_owner_prefixes_are_not_destination_names():
+    env = BrokerOnClock()
+    for name in ("scheduled:99", "durable:x"):
+        client = env.connect()
+        send(client, "x", destination=name, persistent="true", receipt="r")
+        error = client.frame()
+        assert error.command == "ERROR" and error.headers["receipt-id"] == "r", name
+        assert "the broker's own" in error.headers["message"]
+    assert not env.broker.store.messages
+
+
+def test_a_priority_the_broker_did_not_check_is_the_default_not_a_crash():
+    """What an older store kept, or a caller of Broker.send, cannot poison a queue."""
+    env = BrokerOnClock()
+    env.broker.send("/queue/jobs", {"priority": "high", "persistent": "true"}, b"odd")
+    env.broker.send("/queue/jobs", {"priority": "9"}, b"urgent")
+    consumer = env.connect()
+    consumer.send("SUBSCRIBE", destination="/queue/jobs", id="1")
+    assert [f.body for f in consumer.frames()] == [b"urgent", b"odd"]
+
+
+def test_a_transactions_delayed_sends_past_the_limit_refuse_all_of_it():
+    env = BrokerOnClock(max_scheduled_messages=1)
+    client = env.connect()
+    client.send("BEGIN", transaction="t")
+    for body in ("a", "b"):
+        send(client, body, transaction="t", AMQ_SCHEDULED_DELAY="1000")
+    send(client, "c", transaction="t")
+    client.send("COMMIT", transaction="t", receipt="c")
+    error = client.frame()
+    assert error.command == "ERROR" and error.headers["message"] == "too many scheduled messages"
+    assert b"None of the transaction took effect" in error.body
+    env.advance(2)
+    assert "/queue/jobs" not in env.broker.destinations and not len(env.broker.scheduled)
+
+
+def test_a_durable_subscription_keeps_topic_order_whatever_the_priority():
+    env = BrokerOnClock()
+    client = env.connect(**{"client-id": "app"})
+    client.send(
+        "SUBSCRIBE",
+        destination="/topic/t",
+        id="d",
+        receipt="s",
+        **{"durable-subscription-name": "d"},
+    )
+    client.frames()
+    client.lose()
+    producer = env.connect()
+    send(producer, "low", destination="/topic/t", priority="1")
+    send(producer, "high", destination="/topic/t", priority="9")
+    back = env.connect(**{"client-id": "app"})
+    back.send("SUBSCRIBE", destination="/topic/t", id="d", **{"durable-subscription-name": "d"})
+    assert [f.body for f in back.frames()] == [b"low", b"high"]
+
+
+def test_a_delayed_message_is_delivered_without_the_delay_header():
+    env = BrokerOnClock()
+    consumer = env.connect()
+    consumer.send("SUBSCRIBE", destination="/queue/jobs", id="1")
+    send(env.connect(), "later", AMQ_SCHEDULED_DELAY="100")
+    env.advance(0.2)
+    (message,) = consumer.frames()
+    assert "AMQ_SCHEDULED_DELAY" not in message.headers
+
+
+def test_after_a_crash_a_held_message_is_not_marked_redelivered():
+    from stomptw.broker import Broker
+    from stomptw.config import BrokerConfig
+    from stomptw.store import MemoryStore, StoredMessage, StoredState
+
+    class Crashed(MemoryStore):
+        def load(self) -> StoredState:
+            state = super().load()
+            return StoredState(state.messages, state.subscriptions, unclean=True)
+
+    env = BrokerOnClock()
+    store = Crashed()
+    store.put(StoredMessage(1, "scheduled:0", "m-1", "/queue/jobs", {}, b"held", 0, 0))
+    broker = Broker(BrokerConfig(store="memory"), store, env.clock)
+    broker.open()
+    env.clock.advance(1)
+    (message,) = broker.destinations["/queue/jobs"].pending
+    assert message.delivery_count == 0 and message.body == b"held"

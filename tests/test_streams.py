@@ -289,3 +289,51 @@ async def test_stomp_py_resumes_a_stream_after_its_connection_dropped(make_broke
     assert [m.body for m in seen] == ["p0", "p1", "p2"]
     assert [m.body for m in resumed] == ["p3", "p4", "p5", "p6"]
     assert [m.headers["x-stream-offset"] for m in resumed] == ["3", "4", "5", "6"]
+
+
+# -- found in review ---------------------------------------------------------------------
+
+
+def test_a_reader_behind_a_stream_that_age_trims_to_nothing_is_told_on_the_next_message():
+    env = BrokerOnClock(stream_max_age=1.0)
+    reader = env.connect()
+    reader.send(
+        "SUBSCRIBE",
+        destination="/stream/feed",
+        id="1",
+        ack="client-individual",
+        **{"x-stream-offset": "first", "prefetch-count": "1"},
+    )
+    publish(env, 3)
+    (first,) = reader.frames()
+    env.advance(5)  # all three trimmed by age
+    reader.send("ACK", id=first.headers["ack"])
+    assert reader.frames() == [] and not reader.closing
+    publish(env, 1, start=3)
+    (message,) = reader.frames()
+    assert message.headers["x-stream-offset"] == "3"
+    assert message.headers["x-stream-recovered"] == "false"
+
+
+def test_a_producer_cannot_say_x_stream_recovered():
+    env = BrokerOnClock()
+    reader = env.connect()
+    reader.send("SUBSCRIBE", destination="/stream/feed", id="1")
+    producer = env.connect()
+    producer.send("SEND", b"x", destination="/stream/feed", **{"x-stream-recovered": "false"})
+    (message,) = reader.frames()
+    assert "x-stream-recovered" not in message.headers
+
+
+def test_an_old_epoch_with_next_or_last_replays_nothing():
+    env = BrokerOnClock()
+    publish(env, 3)
+    for start, expected in (("next", []), ("last", [2])):
+        reader = env.connect()
+        reader.send(
+            "SUBSCRIBE",
+            destination="/stream/feed",
+            id="1",
+            **{"x-stream-offset": start, "x-stream-epoch": "0123456789ab"},
+        )
+        assert [o for o, _ in read(reader)] == expected

@@ -178,3 +178,26 @@ def test_the_application_and_the_admin_api_cannot_use_a_connections_temporary_na
     with pytest.raises(DestinationError):
         messaging.subscribe("/temp-queue/x", print)
     assert not env.broker.destinations
+
+
+def test_the_clients_own_subscription_is_the_only_one():
+    env = BrokerOnClock()
+    client = env.connect()
+    client.send("SUBSCRIBE", destination="/temp-queue/r", id="mine")
+    client.send("SEND", b"x", destination="/queue/rpc", **{"reply-to": "/temp-queue/r"})
+    assert list(client.session.subscriptions) == ["mine"]
+    reply_to = env.broker.destinations["/queue/rpc"].pending[0].headers["reply-to"]
+    for n in range(3):
+        Messaging.of(env.broker).publish(reply_to, str(n))
+    assert {f.headers["subscription"] for f in client.frames()} == {"mine"}
+
+
+def test_a_transactions_reply_to_an_ended_connection_is_dropped_not_an_error():
+    env = BrokerOnClock()
+    service, client, request = request_reply(env)
+    client.lose()
+    service.send("BEGIN", transaction="t")
+    service.send("SEND", b"late", destination=request.headers["reply-to"], transaction="t")
+    service.send("COMMIT", transaction="t", receipt="c")
+    assert service.frame().headers["receipt-id"] == "c"
+    assert not service.closing and env.broker.stats["dropped"] == 1

@@ -165,3 +165,11 @@ async def test_a_stomp_py_service_notifies_a_users_websocket_sessions(make_broke
         assert "destination:/user/queue/notices\n" in frame
         assert "user-id:svc\n" in frame
         assert frame.endswith("your order shipped\x00")
+
+
+def test_a_user_name_with_a_slash_has_no_user_destinations():
+    env = on_clock("memory:bob/topic:x:bob:b")
+    odd = env.connect(login="bob/topic", passcode="x")
+    odd.send("SUBSCRIBE", destination="/user/queue/alerts", id="1", receipt="r")
+    error = odd.frame()
+    assert error.command == "ERROR" and "without '/'" in error.headers["message"]
