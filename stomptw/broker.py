@@ -22,6 +22,7 @@ from stomptw.durables import Durables
 from stomptw.expiry import ExpirySweep
 from stomptw.interfaces import IDestination, IMessageConsumer, IMessageStore
 from stomptw.lifetime import BrokerLifetime
+from stomptw.logging import ConnectionLogBudget
 from stomptw.model import (
     ACK_MODES,
     COUNTED_COMMANDS,
@@ -164,6 +165,11 @@ class Broker(BrokerLifetime):
         #: The logins (:class:`~stomptw.authenticator.Authenticator`); None: every
         #: session is anonymous and may do everything.
         self.auth = None
+        #: How many per-connection lines the sessions may log (``--log-level``,
+        #: ``--log-connections-per-second``), shared by every vhost.
+        self.connection_log = ConnectionLogBudget(
+            config.log_connections_per_second, config.log_level
+        )
         #: The application API (:class:`stomptw.application.Messaging`) once
         #: the embedding application asked for it (``Messaging.of``).
         self.messaging = None

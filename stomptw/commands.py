@@ -178,18 +178,19 @@ def connect(session: StompSession, headers: Headers) -> None:
         connected["heart-beat"] = f"{send_ms},{receive_ms}"
     session.send_frame("CONNECTED", connected)
     session.connected(send_ms, receive_ms)
-    session.log.info(
-        "session {session} established: peer={peer} transport={transport} "
-        "user={user} vhost={vhost} version={version} heart-beat={send_ms},{receive_ms}",
-        session=session.session_id,
-        peer=session.peer,
-        transport=session.transport_name,
-        user=session.user.name or "-",
-        vhost=session.user.vhost,
-        version=version,
-        send_ms=send_ms,
-        receive_ms=receive_ms,
-    )
+    if session.log_connection():
+        session.log.info(
+            "session {session} established: peer={peer} transport={transport} "
+            "user={user} vhost={vhost} version={version} heart-beat={send_ms},{receive_ms}",
+            session=session.session_id,
+            peer=session.peer,
+            transport=session.transport_name,
+            user=session.user.name or "-",
+            vhost=session.user.vhost,
+            version=version,
+            send_ms=send_ms,
+            receive_ms=receive_ms,
+        )
 
 
 def _check_destination(session: StompSession, destination: str) -> None:

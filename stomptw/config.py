@@ -209,6 +209,14 @@ class ListenerSettings:
     ws_path: str = setting(
         "/ws", "--ws-path", "URL path of the WebSocket endpoint.", metavar="PATH"
     )
+    tls_min_version: str = setting(
+        "1.2",
+        "--tls-min-version",
+        "Oldest TLS version the ssl: and mtls: listeners accept; older clients are "
+        "refused in the handshake.",
+        checks=[one_of("1.2", "1.3")],
+        metavar="1.2|1.3",
+    )
     max_connections_per_ip: int = setting(
         0,
         "--max-connections-per-ip",
@@ -362,6 +370,23 @@ class SessionSettings:
         "Seconds a new connection has to send CONNECT before it is closed.",
         checks=[positive],
         metavar="SECONDS",
+    )
+    log_level: str = setting(
+        "info",
+        "--log-level",
+        "The least severe of the broker's own events that are logged: 'debug' adds a "
+        "line for every connection opened; 'warn' leaves out the per-connection lines.",
+        checks=[one_of("debug", "info", "warn", "error")],
+        metavar="debug|info|warn|error",
+    )
+    log_connections_per_second: int = setting(
+        100,
+        "--log-connections-per-second",
+        "At most this many per-connection log lines (session established, connection "
+        "closed) a second; past it they are counted and summarized in one line "
+        "(0 = no limit).",
+        checks=[non_negative],
+        metavar="N",
     )
     close_linger: float = setting(
         5.0,

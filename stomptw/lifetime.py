@@ -37,6 +37,7 @@ class BrokerLifetime:
         vhost.counters = self.counters
         vhost.auth = self.auth
         vhost.deadlines = self.deadlines
+        vhost.connection_log = self.connection_log
         vhost.vhosts = self.vhosts
         self.vhosts[name] = vhost
         return vhost

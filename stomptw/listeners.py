@@ -218,3 +218,21 @@ class LimitedStompFactory(StompFactory):
         proto.limit = limit
         proto.address = address
         return proto
+
+
+def require_tls_version(endpoint: object, version: str) -> object:
+    """
+    ``endpoint`` made to refuse TLS older than ``version`` (``"1.2"`` or
+    ``"1.3"``) when it is a TLS server endpoint (``ssl:``, ``mtls:``);
+    other endpoints are returned as they are. Twisted's own default minimum
+    is TLS 1.0, and a machine's OpenSSL configuration may or may not raise it.
+    """
+    from OpenSSL import SSL
+
+    factory = getattr(endpoint, "_sslContextFactory", None)
+    if factory is not None:
+        wanted = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}[version]
+        # Twisted's CertificateOptions makes its context once and keeps it for
+        # every connection: setting the floor on it here is setting it for all.
+        factory.getContext().set_min_proto_version(wanted)
+    return endpoint

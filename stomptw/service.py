@@ -34,7 +34,7 @@ from stomptw.authenticator import build_authenticator
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig, is_loopback_address
 from stomptw.interfaces import IMessageStore
-from stomptw.listeners import ConnectionLimit, LimitedStompFactory
+from stomptw.listeners import ConnectionLimit, LimitedStompFactory, require_tls_version
 from stomptw.model import format_peer
 from stomptw.store import MemoryStore, SQLiteStore, StoreError
 from stomptw.systemd import SystemdNotifications
@@ -409,7 +409,9 @@ def makeService(
 
     # Each listener counts its own connections (config.max_connections).
     for description in config.tcp_endpoints:
-        endpoint = serverFromString(reactor, description)
+        endpoint = require_tls_version(
+            serverFromString(reactor, description), config.tls_min_version
+        )
         label = "tls" if description.split(":", 1)[0] in ("ssl", "tls", "mtls") else "tcp"
         limit = ConnectionLimit(
             config.max_connections,
@@ -424,7 +426,9 @@ def makeService(
         listener.guard_loopback = guard
         listener.setServiceParent(service)
     for description in config.ws_endpoints:
-        endpoint = serverFromString(reactor, description)
+        endpoint = require_tls_version(
+            serverFromString(reactor, description), config.tls_min_version
+        )
         limit = ConnectionLimit(
             config.max_connections,
             description,

@@ -127,11 +127,12 @@ class StompSession(SessionAccess, SessionEnding):
         """The transport is open: count the session and start the login clock."""
         self.broker.sessions.add(self)
         self._schedule()
-        self.log.debug(
-            "connection opened from {peer} over {transport}",
-            peer=self.peer,
-            transport=self.transport_name,
-        )
+        if self.broker.connection_log.debug:
+            self.log.debug(
+                "connection opened from {peer} over {transport}",
+                peer=self.peer,
+                transport=self.transport_name,
+            )
 
     def connection_lost(self, reason: str) -> None:
         """The transport is gone (``reason`` says why, if the broker did not close it)."""
@@ -143,15 +144,30 @@ class StompSession(SessionAccess, SessionEnding):
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
             waiter.callback(None)
-        self.log.info(
-            "connection closed: peer={peer} transport={transport} session={session} "
-            "duration={duration:.1f}s reason={reason}",
-            peer=self.peer,
-            transport=self.transport_name,
-            session=self.session_id or "-",
-            duration=self.now() - self.opened,
-            reason=self.close_reason or reason,
-        )
+        if self.log_connection():
+            self.log.info(
+                "connection closed: peer={peer} transport={transport} session={session} "
+                "duration={duration:.1f}s reason={reason}",
+                peer=self.peer,
+                transport=self.transport_name,
+                session=self.session_id or "-",
+                duration=self.now() - self.opened,
+                reason=self.close_reason or reason,
+            )
+
+    def log_connection(self) -> bool:
+        """
+        Whether a per-connection line may be written now (see
+        :class:`~stomptw.logging.ConnectionLogBudget`); logs how many were
+        left out before it, if any.
+        """
+        skipped = self.broker.connection_log.allow(self.now())
+        if skipped > 0:
+            self.log.info(
+                "{skipped} connection log line(s) left out (over --log-connections-per-second)",
+                skipped=skipped,
+            )
+        return skipped >= 0
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the client, cut anywhere."""

@@ -157,7 +157,7 @@ def test_twistd_json_observer_logs_structured_connection_events(tmp_path):
     text, events, peers = _run(
         tmp_path,
         [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "--logger=stomptw.logging.json_observer"]
-        + ["stomptw"],
+        + ["stomptw", "--log-level", "debug"],
         _json_lines,
     )
     _assert_no_secrets(text)
@@ -236,3 +236,49 @@ def test_operations_guide_sample_line_is_a_close_event():
     sample = json.loads(section.split("```json\n", 1)[1].split("\n```", 1)[0])
     assert {"peer", "transport", "session", "duration", "reason"} <= sample.keys()
     assert sample["log_format"].startswith("connection closed")
+
+
+def _captured(run) -> list[dict]:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        run()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return [e for e in events if e.get("log_namespace", "").startswith("stomptw")]
+
+
+def _formats(events: list[dict]) -> list[str]:
+    return [e["log_format"].split(":")[0].split(" ")[0] for e in events]
+
+
+def test_connection_lines_are_rate_limited_and_summarized():
+    from stomptw.testing import BrokerOnClock
+
+    env = BrokerOnClock(log_connections_per_second=3)
+
+    def burst():
+        for _ in range(5):  # 10 lines: established and closed, in the same second
+            env.connect().lose()
+        env.advance(1.5)
+        env.connect()  # a new second: the summary, then its own line
+
+    events = _captured(burst)
+    lines = [e["log_format"] for e in events]
+    assert sum(f.startswith("session ") for f in lines) == 3, lines
+    assert sum(f.startswith("connection closed") for f in lines) == 1, lines
+    summary = [e for e in events if "left out" in e["log_format"]]
+    assert [e["skipped"] for e in summary] == [7]
+
+
+def test_log_level_warn_leaves_out_every_connection_line_and_debug_adds_one():
+    from stomptw.testing import BrokerOnClock
+
+    quiet = BrokerOnClock(log_level="warn")
+    assert _captured(lambda: quiet.connect().lose()) == []
+    loud = BrokerOnClock(log_level="debug")
+    lines = [e["log_format"] for e in _captured(lambda: loud.connect().lose())]
+    assert [line.split(" ")[0] for line in lines] == ["connection", "session", "connection"]
+    assert lines[0].startswith("connection opened")

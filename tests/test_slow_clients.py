@@ -147,3 +147,47 @@ async def test_connections_per_address_are_limited_on_each_listener(make_broker)
         return "accepted"
 
     assert await deferToThread(ws) == "503"
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_listeners_refuse_versions_older_than_the_minimum(make_broker, tmp_path):
+    """TLS 1.0 is refused by default; with --tls-min-version 1.3, TLS 1.2 is too."""
+    import ssl
+    import subprocess
+    import warnings
+
+    subprocess.run(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost"
+        " -keyout key.pem -out cert.pem",
+        shell=True,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    endpoint = (
+        f"ssl:0:interface=127.0.0.1:privateKey={tmp_path}/key.pem:certKey={tmp_path}/cert.pem"
+    )
+
+    def handshake(port: int, version: ssl.TLSVersion) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = context.maximum_version = version
+        if version < ssl.TLSVersion.TLSv1_2:
+            context.set_ciphers("ALL:@SECLEVEL=0")  # let the client offer old versions
+        try:
+            with context.wrap_socket(socket.create_connection(("127.0.0.1", port))) as tls:
+                return tls.version()
+        except (ssl.SSLError, OSError) as e:
+            return f"refused: {e}"
+
+    default = await make_broker(tcp_endpoints=[endpoint])
+    old = await deferToThread(handshake, default.tcp_port, ssl.TLSVersion.TLSv1)
+    assert old.startswith("refused"), old
+    assert await deferToThread(handshake, default.tcp_port, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    strict = await make_broker(tcp_endpoints=[endpoint], tls_min_version="1.3")
+    refused = await deferToThread(handshake, strict.tcp_port, ssl.TLSVersion.TLSv1_2)
+    assert refused.startswith("refused") and "VERSION" in refused.upper(), refused
+    assert await deferToThread(handshake, strict.tcp_port, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
