@@ -265,6 +265,15 @@ class SQLiteStore:
                     "SELECT owner, client_id, name, destination FROM subscriptions"
                 )
             }
+        except sqlite3.DatabaseError as e:
+            self._release_lock()
+            raise StoreError(
+                f"cannot open the message store at {self.path}: {e}. The file is damaged, "
+                "or is not a stomptw store. Copy what is readable into a new store with "
+                f"`stomptw-store salvage {self.directory} NEW_DIR` and start with "
+                "--data-dir NEW_DIR, or move the file aside to start with an empty store "
+                "(docs/operations.md, 'A damaged message store')"
+            ) from e
         except (sqlite3.Error, OSError, ValueError) as e:
             self._release_lock()
             raise StoreError(f"cannot open the message store at {self.path}: {e}") from e
