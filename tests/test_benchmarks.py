@@ -231,3 +231,21 @@ def test_app_publish_benchmark_reports_the_api_and_a_stomp_producer():
     assert rows[0].startswith("application API") and rows[1].startswith("STOMP over TCP"), out
     for row in rows:
         assert " 500       2000 " in row, out  # 500 messages, 4 subscribers: all delivered
+
+
+def test_live_fuzz_benchmark_keeps_the_broker_serving():
+    out, _ = run_script(
+        "benchmarks/live_fuzz.py",
+        "--frames",
+        "3000",
+        "--good",
+        "300",
+        "--seconds",
+        "60",
+        "--max-rss-growth",
+        "100",
+        "--twistd",
+        TWISTD,
+    )
+    assert "well-behaved: 300/300 delivered, 0 duplicate(s), 0 lost" in out, out
+    assert "broker alive: True; fresh client served: True; tracebacks in log: 0" in out, out
