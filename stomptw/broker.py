@@ -170,6 +170,9 @@ class Broker(BrokerLifetime):
         self.connection_log = ConnectionLogBudget(
             config.log_connections_per_second, config.log_level
         )
+        #: The disk alarm (:class:`stomptw.diskalarm.DiskAlarm`) when the store
+        #: is on disk and ``--disk-free-limit`` is set; None otherwise.
+        self.disk_alarm = None
         #: The application API (:class:`stomptw.application.Messaging`) once
         #: the embedding application asked for it (``Messaging.of``).
         self.messaging = None

@@ -292,6 +292,9 @@ def _publish(
         raise destination_full(destination, e) from None
     if message.persistent:
         session.needs_sync = True
+        alarm = session.broker.disk_alarm
+        if alarm is not None and alarm.active:
+            alarm.hold(session)
 
 
 def _to_application(

@@ -447,6 +447,15 @@ class DeliverySettings:
         "paths are under the working directory).",
         metavar="DIR",
     )
+    disk_free_limit: int = setting(
+        50_000_000,
+        "--disk-free-limit",
+        "Bytes of free disk space under --data-dir below which connections that send "
+        "persistent messages are held (not read from) until space is freed; other "
+        "traffic goes on (0 = off; the memory store has no limit).",
+        checks=[non_negative],
+        metavar="BYTES",
+    )
     store_sync: str = setting(
         "full",
         "--store-sync",

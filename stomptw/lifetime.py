@@ -38,6 +38,7 @@ class BrokerLifetime:
         vhost.auth = self.auth
         vhost.deadlines = self.deadlines
         vhost.connection_log = self.connection_log
+        vhost.disk_alarm = self.disk_alarm
         vhost.vhosts = self.vhosts
         self.vhosts[name] = vhost
         return vhost

@@ -33,6 +33,7 @@ from stomptw.auth import make_checker
 from stomptw.authenticator import build_authenticator
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig, is_loopback_address
+from stomptw.diskalarm import DiskAlarm
 from stomptw.interfaces import IMessageStore
 from stomptw.listeners import ConnectionLimit, LimitedStompFactory, require_tls_version
 from stomptw.model import format_peer
@@ -279,6 +280,8 @@ class BrokerService(MultiService):
         # Embedding code may call startService without privilegedStartService.
         self._announce()
         self.broker.open()
+        if self.broker.disk_alarm is not None:
+            self.broker.disk_alarm.start()  # the store has made its directory
         self._install_sighup()
         super().startService()
 
@@ -320,6 +323,8 @@ class BrokerService(MultiService):
             count=len(self.broker.sessions),
         )
         self.systemd.stopping()
+        if self.broker.disk_alarm is not None:
+            self.broker.disk_alarm.stop()
         d = defer.maybeDeferred(super().stopService)
 
         def close_sessions(result: object) -> defer.Deferred:
@@ -388,6 +393,8 @@ def makeService(
     if token is None and config.admin_token_file:
         token = load_token(config.admin_token_file)
     broker = Broker(config, make_store(config, reactor), reactor)
+    if config.disk_free_limit and broker.store.durable:
+        broker.disk_alarm = DiskAlarm(config.data_dir, config.disk_free_limit, reactor)
     if checkers is None:
         checkers = [make_checker(description) for description in config.auth]
     broker.auth = build_authenticator(config, checkers, reactor, [socket.gethostname()])

@@ -272,7 +272,9 @@ class StompSession(SessionAccess, SessionEnding):
         if self.gate.block(queue):
             kind = getattr(queue, "kind", "queue")
             self.log.info(
-                "producer {peer} (session {session}) blocked: {queue} is full"
+                "producer {peer} (session {session}) held: free disk space is under {queue}"
+                if kind == "disk"
+                else "producer {peer} (session {session}) blocked: {queue} is full"
                 if kind == "queue"
                 else "producer {peer} (session {session}) blocked: a subscriber of {queue} "
                 "is --slow-topic-limit messages behind",
