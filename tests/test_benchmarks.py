@@ -249,3 +249,8 @@ def test_live_fuzz_benchmark_keeps_the_broker_serving():
     )
     assert "well-behaved: 300/300 delivered, 0 duplicate(s), 0 lost" in out, out
     assert "broker alive: True; fresh client served: True; tracebacks in log: 0" in out, out
+
+
+def test_log_bytes_benchmark_reports_bytes_per_connection():
+    out, _ = run_script("benchmarks/log_bytes.py", "--connections", "50", "--twistd", TWISTD)
+    assert out.startswith("defaults: 50 connections in ") and "bytes per connection" in out, out
