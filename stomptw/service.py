@@ -414,40 +414,33 @@ def makeService(
     def count_refused() -> None:
         broker.stats["connections_refused"] = broker.stats.get("connections_refused", 0) + 1
 
-    # Each listener counts its own connections (config.max_connections).
+    def client_listener(description: str, kind: str, serve) -> None:
+        """A --tcp or --ws listener with its own connection limit (config.max_connections)."""
+        endpoint = require_tls_version(
+            serverFromString(reactor, description), config.tls_min_version
+        )
+        limit = ConnectionLimit(
+            config.max_connections,
+            description,
+            reactor,
+            count_refused,
+            per_ip=config.max_connections_per_ip,
+        )
+        listener = _Listener(endpoint, serve(description, limit), description, kind)
+        listener.connection_limit = limit
+        listener.guard_loopback = guard
+        listener.setServiceParent(service)
+
+    def stomp_factory(description: str, limit: ConnectionLimit) -> LimitedStompFactory:
+        tls = description.split(":", 1)[0] in ("ssl", "tls", "mtls")
+        return LimitedStompFactory(broker, config, reactor, "tls" if tls else "tcp", limit)
+
     for description in config.tcp_endpoints:
-        endpoint = require_tls_version(
-            serverFromString(reactor, description), config.tls_min_version
-        )
-        label = "tls" if description.split(":", 1)[0] in ("ssl", "tls", "mtls") else "tcp"
-        limit = ConnectionLimit(
-            config.max_connections,
-            description,
-            reactor,
-            count_refused,
-            per_ip=config.max_connections_per_ip,
-        )
-        factory = LimitedStompFactory(broker, config, reactor, label, limit)
-        listener = _Listener(endpoint, factory, description, "stomp")
-        listener.connection_limit = limit
-        listener.guard_loopback = guard
-        listener.setServiceParent(service)
+        client_listener(description, "stomp", stomp_factory)
     for description in config.ws_endpoints:
-        endpoint = require_tls_version(
-            serverFromString(reactor, description), config.tls_min_version
+        client_listener(
+            description, "ws", lambda _, limit: websocket_site(broker, config, reactor, limit)
         )
-        limit = ConnectionLimit(
-            config.max_connections,
-            description,
-            reactor,
-            count_refused,
-            per_ip=config.max_connections_per_ip,
-        )
-        site = websocket_site(broker, config, reactor, limit)
-        listener = _Listener(endpoint, site, description, "ws")
-        listener.connection_limit = limit
-        listener.guard_loopback = guard
-        listener.setServiceParent(service)
     if config.admin_endpoints:
         admin = admin_site(broker, service.unbound_listeners, token, reactor)
         for description in config.admin_endpoints:
