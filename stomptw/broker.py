@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
 
+from stomptw.brokerschedule import BrokerScheduling
 from stomptw.deadletters import DeadLetters
 from stomptw.destinations import DestinationContext, Queue, Topic
 from stomptw.durables import Durables
@@ -70,7 +71,7 @@ __all__ = [
 RESERVED_PREFIXES = ("durable:", SCHEDULED_OWNER)
 
 
-class Broker(BrokerLifetime):
+class Broker(BrokerScheduling, BrokerLifetime):
     """
     Routes messages between client sessions.
 
@@ -311,53 +312,6 @@ class Broker(BrokerLifetime):
             persistent=headers.get("persistent") == "true",
             expires=expires,
         )
-
-    def _schedule(
-        self, destination: str, headers: dict[str, str], body: bytes, delay_ms: int
-    ) -> Message:
-        """Hold a message back for ``delay_ms``; raises :class:`DestinationFull` past the limit."""
-        limit = self.config.max_scheduled_messages
-        if limit and len(self.scheduled) >= limit:
-            raise DestinationFull(
-                destination,
-                f"{len(self.scheduled)} messages are scheduled, the limit is {limit} "
-                "(--max-scheduled-messages)",
-            )
-        due = self.now_ms() + delay_ms
-        message = self._accept(destination, headers, body, due)
-        self.scheduled.hold(destination, message, due)
-        return message
-
-    def _route_due(self, destination: str, message: Message) -> None:
-        """A scheduled message is due: route it as if it were sent now."""
-        # Delivered without it: a client that relays its headers must not delay it again.
-        message.headers.pop(DELAY_HEADER, None)
-        dest = self.destinations.get(destination)
-        if dest is None:
-            try:
-                dest = self.destination(destination)
-            except DestinationError:
-                # A temporary queue whose connection has ended.
-                self.stats["published"] += 1
-                self.stats["dropped"] += 1
-                return
-        self.stats["published"] += 1
-        if message.expires and message.expires <= self.now_ms():
-            self.expire(None, message)
-        else:
-            dest.publish(message, None, False)
-        self._forget_if_idle(dest)
-
-    def deadline_sweep(self):
-        """The broker's shared deadline sweep (:mod:`stomptw.timers`), made on first use."""
-        if self.deadlines is None:
-            from stomptw.timers import DeadlineSweep, resolution_for
-
-            clock = self.clock
-            if clock is None:
-                from twisted.internet import reactor as clock
-            self.deadlines = DeadlineSweep(clock, resolution_for(self.config.heartbeat_send_ms))
-        return self.deadlines
 
     def purge(self, name: str) -> int:
         """
