@@ -10,7 +10,8 @@ Endpoints:
 ``GET /healthz``
     ``200 ok`` while the reactor runs.
 ``GET /readyz``
-    200 once every listener is bound and the message store is loaded, else 503.
+    200 once every listener is bound and the message store is loaded, and while
+    no alarm is raised; else 503 with the reasons.
 ``GET /metrics``
     Prometheus text format 0.0.4 (see :func:`render_metrics`).
 ``GET /api/connections``, ``GET /api/connections/<session id>``
@@ -25,6 +26,9 @@ Endpoints:
     Purge a queue's waiting messages; returns how many.
 ``GET /api/subscriptions``
     Every subscription, and durable subscriptions without a subscriber.
+``GET /api/alarms``
+    The memory and disk alarms: raised or not, what they measure, how many
+    connections they hold (null for an alarm that is off).
 
 Destination names go in the path URL-encoded (``%2Fqueue%2Forders``).
 ``POST`` and ``DELETE`` need ``Authorization: Bearer <token>`` with the token
@@ -153,6 +157,7 @@ class AdminResource(JsonResource):
                 {"POST": self._publish, "DELETE": self._purge},
             ),
             (("api", "subscriptions"), {"GET": self._subscriptions}),
+            (("api", "alarms"), {"GET": self._alarms_api}),
         ]
 
     # -- routing -------------------------------------------------------------------------
@@ -207,9 +212,37 @@ class AdminResource(JsonResource):
             problems.append("broker is stopping")
         if self.readiness is not None:
             problems.extend(self.readiness())
+        failing = getattr(self.broker.store, "failing", None)
+        if failing:
+            problems.append(f"message store writes fail: {failing}")
+        problems.extend(
+            f"{alarm.kind} alarm raised" for alarm in self._alarms().values() if alarm.active
+        )
         if problems:
             return self._text(request, 503, "\n".join(problems) + "\n", "text/plain; charset=utf-8")
         return self._text(request, 200, "ready\n", "text/plain; charset=utf-8")
+
+    def _alarms(self) -> dict[str, Any]:
+        """The broker's alarms that are configured, by kind."""
+        alarms = {}
+        for alarm in (
+            getattr(self.broker, "memory_alarm", None),
+            getattr(self.broker, "disk_alarm", None),
+        ):
+            if alarm is not None:
+                alarms[alarm.kind] = alarm
+        return alarms
+
+    def _alarms_api(self, request: Request) -> bytes:
+        alarms = self._alarms()
+        return self._json(
+            request,
+            200,
+            {
+                kind: alarms[kind].status() if kind in alarms else None
+                for kind in ("memory", "disk")
+            },
+        )
 
     def _metrics(self, request: Request) -> bytes:
         return self._text(request, 200, render_metrics(self.broker), METRICS_CONTENT_TYPE)

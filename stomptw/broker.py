@@ -174,6 +174,9 @@ class Broker(BrokerScheduling, BrokerLifetime):
         #: The disk alarm (:class:`stomptw.diskalarm.DiskAlarm`) when the store
         #: is on disk and ``--disk-free-limit`` is set; None otherwise.
         self.disk_alarm = None
+        #: The memory alarm (:class:`stomptw.memalarm.MemoryAlarm`) when
+        #: ``--memory-high-watermark`` is set; None otherwise.
+        self.memory_alarm = None
         #: The application API (:class:`stomptw.application.Messaging`) once
         #: the embedding application asked for it (``Messaging.of``).
         self.messaging = None

@@ -290,9 +290,15 @@ def _publish(
         message = session.broker.send(destination, headers, body, session, reject)
     except DestinationFull as e:
         raise destination_full(destination, e) from None
+    broker = session.broker
+    memory = broker.memory_alarm
+    if memory is not None:
+        memory.account(message.size)
+        if memory.active:
+            memory.hold(session)
     if message.persistent:
         session.needs_sync = True
-        alarm = session.broker.disk_alarm
+        alarm = broker.disk_alarm
         if alarm is not None and alarm.active:
             alarm.hold(session)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stomptw.memalarm import check_watermark
 from stomptw.settings import (
     at_least,
     non_negative,
@@ -74,6 +75,16 @@ class DeliverySettings:
         "traffic goes on (0 = off; the memory store has no limit).",
         checks=[non_negative],
         metavar="BYTES",
+    )
+    memory_high_watermark: str = setting(
+        "0.4",
+        "--memory-high-watermark",
+        "Memory use past which the broker stops reading from every connection that "
+        "publishes (consumers, ACKs and heart-beats go on) until it is under 0.9 of "
+        "this: a share of the machine's memory or of the cgroup's limit (0.4), or a "
+        "size (512MiB, 2GB); 0 = off.",
+        checks=[check_watermark],
+        metavar="FRACTION|SIZE",
     )
     store_sync: str = setting(
         "full",

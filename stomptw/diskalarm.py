@@ -17,8 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from stomptw.alarm import Alarm
 
 __all__ = ["DiskAlarm"]
 
@@ -28,7 +29,7 @@ log = Logger()
 CLEAR_ABOVE = 1.1
 
 
-class DiskAlarm:
+class DiskAlarm(Alarm):
     """
     Free disk space under the store, against ``limit`` bytes.
 
@@ -49,25 +50,10 @@ class DiskAlarm:
         interval: float = 1.0,
         statvfs: Callable[[str], Any] = os.statvfs,
     ) -> None:
+        super().__init__(limit, clock, interval)
         self.directory = directory
-        self.limit = limit
-        self.interval = interval
-        self.active = False
         self.free = -1
-        self.blocked: set[Any] = set()
         self._statvfs = statvfs
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = clock
-
-    def start(self) -> None:
-        """Look now, then every ``interval`` seconds."""
-        if self.limit and not self._loop.running:
-            self._loop.start(self.interval, now=True)
-
-    def stop(self) -> None:
-        """Look no more."""
-        if self._loop.running:
-            self._loop.stop()
 
     def check(self) -> None:
         """Look at the free space; raise or clear the alarm."""
@@ -94,12 +80,14 @@ class DiskAlarm:
                 dir=self.directory,
                 count=len(self.blocked),
             )
-            blocked, self.blocked = self.blocked, set()
-            for producer in blocked:
-                producer.unblock(self)
+            self._release_all()
 
-    def hold(self, producer: Any) -> None:
-        """``producer`` sent a persistent message during the alarm: stop reading from it."""
-        if producer not in self.blocked:
-            self.blocked.add(producer)
-            producer.block(self)
+    def status(self) -> dict[str, Any]:
+        """The alarm as the admin API shows it."""
+        return {
+            "active": self.active,
+            "free_bytes": self.free,
+            "limit_bytes": self.limit,
+            "clear_above_bytes": int(self.limit * CLEAR_ABOVE),
+            "held_connections": len(self.blocked),
+        }

@@ -39,6 +39,7 @@ class BrokerLifetime:
         vhost.deadlines = self.deadlines
         vhost.connection_log = self.connection_log
         vhost.disk_alarm = self.disk_alarm
+        vhost.memory_alarm = self.memory_alarm
         vhost.vhosts = self.vhosts
         self.vhosts[name] = vhost
         return vhost

@@ -292,4 +292,54 @@ def render_metrics(broker: Broker, max_destinations: int = MAX_DESTINATION_SERIE
         "Commits (group commits of persistent messages) by the message store.",
         [(None, int(store_stats.get("batches", 0)))],
     )
+    out.family(
+        "stomptw_store_failed_commits",
+        "gauge",
+        "Commits of the message store that failed in a row (disk full, I/O error); "
+        "0 once one succeeds.",
+        [(None, int(store_stats.get("failed_commits", 0)))],
+    )
+    _alarms(out, broker)
     return out.text()
+
+
+def _alarms(out: _Exposition, broker: Broker) -> None:
+    """The memory and disk alarms: raised or not, and what they measure against what."""
+    memory = getattr(broker, "memory_alarm", None)
+    disk = getattr(broker, "disk_alarm", None)
+    out.family(
+        "stomptw_alarm",
+        "gauge",
+        "1 while an alarm holds publishing connections (memory: "
+        "--memory-high-watermark; disk: --disk-free-limit), else 0.",
+        [
+            ({"alarm": "memory"}, int(bool(memory is not None and memory.active))),
+            ({"alarm": "disk"}, int(bool(disk is not None and disk.active))),
+        ],
+    )
+    if memory is not None:
+        out.family(
+            "stomptw_memory_used_bytes",
+            "gauge",
+            "The broker's memory use as the memory alarm last measured it (RSS).",
+            [(None, memory.used)],
+        )
+        out.family(
+            "stomptw_memory_limit_bytes",
+            "gauge",
+            "The memory high watermark in bytes.",
+            [(None, memory.limit)],
+        )
+    if disk is not None:
+        out.family(
+            "stomptw_disk_free_bytes",
+            "gauge",
+            "Free disk space under --data-dir as the disk alarm last saw it.",
+            [(None, max(disk.free, 0))],
+        )
+        out.family(
+            "stomptw_disk_free_limit_bytes",
+            "gauge",
+            "The disk free limit in bytes.",
+            [(None, disk.limit)],
+        )

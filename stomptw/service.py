@@ -36,6 +36,7 @@ from stomptw.config import BrokerConfig, is_loopback_address
 from stomptw.diskalarm import DiskAlarm
 from stomptw.interfaces import IMessageStore
 from stomptw.listeners import ConnectionLimit, LimitedStompFactory, require_tls_version
+from stomptw.memalarm import MemoryAlarm, resolve_watermark
 from stomptw.model import format_peer
 from stomptw.store import MemoryStore, SQLiteStore, StoreError
 from stomptw.systemd import SystemdNotifications
@@ -282,6 +283,8 @@ class BrokerService(MultiService):
         self.broker.open()
         if self.broker.disk_alarm is not None:
             self.broker.disk_alarm.start()  # the store has made its directory
+        if self.broker.memory_alarm is not None:
+            self.broker.memory_alarm.start()
         self._install_sighup()
         super().startService()
 
@@ -325,6 +328,8 @@ class BrokerService(MultiService):
         self.systemd.stopping()
         if self.broker.disk_alarm is not None:
             self.broker.disk_alarm.stop()
+        if self.broker.memory_alarm is not None:
+            self.broker.memory_alarm.stop()
         d = defer.maybeDeferred(super().stopService)
 
         def close_sessions(result: object) -> defer.Deferred:
@@ -395,6 +400,9 @@ def makeService(
     broker = Broker(config, make_store(config, reactor), reactor)
     if config.disk_free_limit and broker.store.durable:
         broker.disk_alarm = DiskAlarm(config.data_dir, config.disk_free_limit, reactor)
+    watermark = resolve_watermark(config.memory_high_watermark)
+    if watermark:
+        broker.memory_alarm = MemoryAlarm(watermark, reactor)
     if checkers is None:
         checkers = [make_checker(description) for description in config.auth]
     broker.auth = build_authenticator(config, checkers, reactor, [socket.gethostname()])

@@ -274,6 +274,8 @@ class StompSession(SessionAccess, SessionEnding):
             self.log.info(
                 "producer {peer} (session {session}) held: free disk space is under {queue}"
                 if kind == "disk"
+                else "producer {peer} (session {session}) held: memory use is over {queue}"
+                if kind == "memory"
                 else "producer {peer} (session {session}) blocked: {queue} is full"
                 if kind == "queue"
                 else "producer {peer} (session {session}) blocked: a subscriber of {queue} "

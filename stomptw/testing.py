@@ -189,6 +189,9 @@ class BrokerOnClock:
 
     :param config: the broker configuration (:class:`BrokerConfig`'s
         defaults with the in-memory store when omitted).
+    :param store: the message store (an :class:`IMessageStore`); a fresh
+        :class:`~stomptw.store.MemoryStore` when omitted. A test can give one
+        that fails, to see what clients get when the disk does.
     :param overrides: :class:`BrokerConfig` fields to change, e.g.
         ``heartbeat_send_ms=100``.
 
@@ -197,13 +200,15 @@ class BrokerOnClock:
     :ivar config: its configuration.
     """
 
-    def __init__(self, config: BrokerConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, config: BrokerConfig | None = None, store: Any = None, **overrides: Any
+    ) -> None:
         config = config or BrokerConfig(store="memory")
         if overrides:
             config = dataclasses.replace(config, **overrides)
         self.config = config
         self.clock = Clock()
-        self.broker = Broker(config, MemoryStore(), self.clock)
+        self.broker = Broker(config, store if store is not None else MemoryStore(), self.clock)
         self.broker.open()
         self._sweep = shared_sweep(self.broker, config, self.clock)
 

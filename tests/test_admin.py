@@ -213,6 +213,7 @@ async def test_metrics_bound_per_destination_series(make_broker):
                 "action",
                 "outcome",
                 "permission",
+                "alarm",
             } | {
                 "destination",
                 "kind",
