@@ -164,6 +164,9 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+#: After a failed commit, the next one is tried this many seconds later.
+RETRY_SECONDS = 1.0
+
 #: The schema version written to ``meta``; a newer one is refused.
 SCHEMA_VERSION = 1
 
@@ -183,6 +186,34 @@ class _Batch:
 
     def __bool__(self) -> bool:
         return bool(self.puts or self.counts or self.deletes or self.sub_puts or self.sub_deletes)
+
+    def take_back(self, failed: _Batch) -> None:
+        """
+        Put the writes of ``failed``, an older batch whose commit failed,
+        under this one's, so that the next commit writes both and the store
+        ends up as if the failed commit had worked. What this batch did
+        later to the same keys wins.
+        """
+        for key, message in failed.puts.items():
+            if key in self.deletes or key in self.puts:
+                continue
+            count = self.counts.pop(key, None)
+            if count is not None:
+                message.delivery_count = count
+            self.puts[key] = message
+        for key, count in failed.counts.items():
+            if key not in self.counts and key not in self.deletes and key not in self.puts:
+                self.counts[key] = count
+        for key in failed.deletes:
+            if key not in self.puts:
+                self.deletes.add(key)
+                self.counts.pop(key, None)
+        for owner, record in failed.sub_puts.items():
+            if owner not in self.sub_puts and owner not in self.sub_deletes:
+                self.sub_puts[owner] = record
+        for owner in failed.sub_deletes:
+            if owner not in self.sub_puts:
+                self.sub_deletes.add(owner)
 
 
 @implementer(IMessageStore)
@@ -223,6 +254,10 @@ class SQLiteStore:
         self._batches = 0
         self._last_commit = 0.0
         self._commit_seconds = 0.0
+        #: Why the last commit failed, until one succeeds again.
+        self.failing: str | None = None
+        self._failures = 0
+        self._retry = None
 
     # -- opening -------------------------------------------------------------------
 
@@ -367,10 +402,17 @@ class SQLiteStore:
 
     def close(self) -> defer.Deferred:
         """Commit what is pending, then close the database and its thread."""
+        if self._retry is not None and self._retry.active():
+            # Closing: one last try now, not later.
+            self._retry.cancel()
+            self._retry = None
         d = self.sync()
 
         def closed(result: object) -> object:
             self._closed = True
+            if self._retry is not None and self._retry.active():
+                self._retry.cancel()
+            self._retry = None
             if self._thread is not None:
                 self._jobs.put(None)
                 self._thread.join()
@@ -388,13 +430,17 @@ class SQLiteStore:
         return d.addBoth(closed)
 
     def stats(self) -> dict[str, float]:
-        """Commit counters: batches committed and the last commit's duration."""
-        return {"batches": self._batches, "last_commit_seconds": self._last_commit}
+        """Commit counters: batches committed, the last commit's duration, failures in a row."""
+        return {
+            "batches": self._batches,
+            "last_commit_seconds": self._last_commit,
+            "failed_commits": self._failures,
+        }
 
     # -- the writer --------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        if self._scheduled or self._in_flight is not None:
+        if self._scheduled or self._in_flight is not None or self._retry is not None:
             return
         self._scheduled = True
         # Start at the next reactor turn, so that everything this turn
@@ -472,21 +518,67 @@ class SQLiteStore:
                 )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite has rolled back by itself after some errors (a full disk).
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def _committed(self, result: object, batch: _Batch, started: float) -> None:
         self._in_flight = None
         self._last_commit = time.monotonic() - started
-        self._batches += 1
         failure = result if isinstance(result, Failure) else None
-        if failure is not None:
-            log.failure("message store commit failed ({path})", failure, path=self.path)
-            error = Failure(StoreError(f"message store commit failed: {failure.getErrorMessage()}"))
-        for d in batch.waiters:
-            if failure is None:
+        waiters = batch.waiters
+        batch.waiters = []
+        if failure is None:
+            self._batches += 1
+            if self.failing is not None:
+                log.info(
+                    "message store writes succeed again ({path}) after {count} failed "
+                    "commit(s); nothing that got a RECEIPT was lost",
+                    path=self.path,
+                    count=self._failures,
+                )
+                self.failing = None
+                self._failures = 0
+            for d in waiters:
                 d.callback(None)
-            else:
-                d.errback(error)
+        else:
+            self._failed(failure, batch, waiters)
+        if self._retry is None and (self._batch or self._batch.waiters):
+            self._start()
+
+    def _failed(self, failure: Failure, batch: _Batch, waiters: list[defer.Deferred]) -> None:
+        """
+        A commit failed (disk full, I/O error): the frames waiting for it get
+        their ERROR; its writes are kept for the next commit, tried again
+        every :data:`RETRY_SECONDS` until one succeeds.
+        """
+        why = failure.getErrorMessage()
+        self._failures += 1
+        if self.failing is None:
+            log.error(
+                "message store commit failed ({path}): {why}; persistent messages get an "
+                "ERROR instead of a RECEIPT until writes succeed again (tried every "
+                "{retry:g} s); everything else goes on",
+                path=self.path,
+                why=why,
+                retry=RETRY_SECONDS,
+            )
+        self.failing = why
+        error = Failure(StoreError(f"message store commit failed: {why}"))
+        if failure.check(sqlite3.OperationalError, OSError):
+            # The disk or the file system: its writes may work next time.
+            self._batch.take_back(batch)
+            if not self._closed:
+                self._retry = self._reactor.callLater(RETRY_SECONDS, self._retry_now)
+        else:
+            # The batch itself cannot be written (a bug): trying it again would
+            # block every later commit behind it.
+            log.failure("message store commit failed ({path})", failure, path=self.path)
+        for d in waiters:
+            d.errback(error)
+
+    def _retry_now(self) -> None:
+        self._retry = None
         if self._batch or self._batch.waiters:
             self._start()
