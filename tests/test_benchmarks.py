@@ -254,3 +254,36 @@ def test_live_fuzz_benchmark_keeps_the_broker_serving():
 def test_log_bytes_benchmark_reports_bytes_per_connection():
     out, _ = run_script("benchmarks/log_bytes.py", "--connections", "50", "--twistd", TWISTD)
     assert out.startswith("defaults: 50 connections in ") and "bytes per connection" in out, out
+
+
+def test_soak_benchmark_holds_websocket_sessions_and_loses_nothing():
+    # A few seconds of the 10-minute soak: the mechanics, not the figures (a
+    # slope over 5 s is noise, hence the loose --max-rss-slope).
+    out, records = run_script(
+        "benchmarks/soak.py",
+        "--twistd",
+        TWISTD,
+        "--connections",
+        "40",
+        "--workers",
+        "2",
+        "--seconds",
+        "5",
+        "--rate",
+        "50",
+        "--subscribers",
+        "2",
+        "--heartbeat-ms",
+        "2000",
+        "--sample-every",
+        "2",
+        "--drain-seconds",
+        "10",
+        "--max-rss-slope",
+        "1000",
+    )
+    (soak,) = records
+    assert soak["ok"] and soak["opened"] == 40, out[-2000:]
+    assert soak["disconnects"] == 0 and soak["heartbeat_timeouts_broker_metrics"] == 0
+    assert soak["queue_lost"] == soak["queue_duplicates"] == soak["queue_left"] == 0
+    assert soak["topic_lost"] == 0
