@@ -90,7 +90,8 @@ def _destination_info(dest: Any) -> dict[str, Any]:
             "name": dest.name,
             "kind": "queue",
             "messages": dest.count,
-            "waiting": len(dest.pending),
+            "waiting": dest.waiting(),
+            "paged": dest.paged,
             "bytes": dest.bytes,
             "consumers": len(dest.subscriptions),
         }

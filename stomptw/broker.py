@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from stomptw.brokerschedule import BrokerScheduling
 from stomptw.deadletters import DeadLetters
-from stomptw.destinations import DestinationContext, Queue, Topic
+from stomptw.destinations import DestinationContext, Queue
 from stomptw.durables import Durables
 from stomptw.expiry import ExpirySweep
 from stomptw.interfaces import IDestination, IMessageConsumer, IMessageStore
@@ -44,6 +44,7 @@ from stomptw.permissions import compile_patterns
 from stomptw.scheduled import DELAY_HEADER, SCHEDULED_OWNER, Scheduler
 from stomptw.streams import STREAM_PREFIX, Stream, StreamLimits, parse_limit
 from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
+from stomptw.topics import Topic
 from stomptw.userdest import USER_PREFIX, UserDestination, user_destination
 
 if TYPE_CHECKING:

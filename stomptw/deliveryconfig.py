@@ -143,6 +143,16 @@ class DeliverySettings:
         checks=[non_negative],
         metavar="BYTES",
     )
+    queue_memory_window: int = setting(
+        1000,
+        "--queue-memory-window",
+        "Persistent messages a queue (or durable subscription) keeps waiting in memory; "
+        "those behind them stay only in the SQLite store and are read back in order as "
+        "consumers make room, so a backlog is bounded by disk, not memory (0 = all in "
+        "memory; with --store memory all are).",
+        checks=[non_negative],
+        metavar="MESSAGES",
+    )
     overflow: str = setting(
         "block",
         "--overflow",

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stomptw.destinations import DestinationContext, Queue, Topic
+from stomptw.destinations import DestinationContext, Queue
 from stomptw.interfaces import IDestination, IMessageStore
 from stomptw.model import DestinationError, DurableSubscription, Subscription, durable_owner
+from stomptw.topics import Topic
 
 __all__ = ["Durables"]
 

@@ -107,11 +107,14 @@ class IMessageStore(Interface):
 
     durable = Attribute("True if what is written survives a restart.")
 
-    def load():
+    def load(window=0, pageable=None):  # noqa: N805
         """
         Open the store and return a :class:`stomptw.store.StoredState` with
         the messages and durable subscriptions it holds. Called once, before
-        the broker accepts connections; it may block.
+        the broker accepts connections; it may block. With a ``window``, a
+        durable store may leave each ``pageable(owner)`` owner's messages
+        beyond the first ``window`` on disk, described by
+        :attr:`~stomptw.store.StoredState.pages`.
         """
 
     def put(message):  # noqa: N805
@@ -128,6 +131,20 @@ class IMessageStore(Interface):
 
     def remove_subscription(owner):  # noqa: N805
         """Forget the durable subscription ``owner``."""
+
+    def read(owner, first_key, last_key, limit):  # noqa: N805
+        """
+        Read back up to ``limit`` of ``owner``'s messages with keys from
+        ``first_key`` to ``last_key``, in key order, after every write made
+        before the call: a Deferred firing with a list of
+        :class:`stomptw.store.StoredMessage` (a paged backlog coming back).
+        """
+
+    def remove_range(owner, first_key, last_key):  # noqa: N805
+        """Forget ``owner``'s messages with keys from ``first_key`` to ``last_key``."""
+
+    def remove_oldest(owner, first_key, last_key, count):  # noqa: N805
+        """Forget the oldest ``count`` of ``owner``'s messages in that key range."""
 
     def sync():
         """

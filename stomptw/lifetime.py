@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 
-from stomptw.restore import restore
+from stomptw.restore import restore, revive
+from stomptw.scheduled import SCHEDULED_OWNER
 
 if TYPE_CHECKING:
     from stomptw.broker import Broker
@@ -54,8 +55,16 @@ class BrokerLifetime:
         if self._opened:
             return
         self._opened = True
-        state = self.store.load()
+        window = self.config.queue_memory_window if self.store.durable else 0
+        if window:
+            state = self.store.load(window=window, pageable=_pageable)
+        else:
+            state = self.store.load()
         self._keys = itertools.count(state.next_key)
+        if state.unclean:
+            # Messages the crashed broker stored, read back later from a page.
+            unclean_below = state.next_key
+            self.context.revive = lambda stored: revive(stored, unclean_below)
         restore(state, self._durables, self.destination, self.store, self.scheduled.restore)
         self._expiry.start()
         for vhost in self._other_vhosts():
@@ -95,3 +104,8 @@ class BrokerLifetime:
         closing = [maybeDeferred(self.store.close)]
         closing += [maybeDeferred(v.close) for v in self._other_vhosts()]
         return gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)
+
+
+def _pageable(owner: str) -> bool:
+    """Whether the store may leave ``owner``'s backlog on disk: not the scheduler's."""
+    return not owner.startswith(SCHEDULED_OWNER)

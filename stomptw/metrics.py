@@ -217,6 +217,9 @@ def render_metrics(broker: Broker, max_destinations: int = MAX_DESTINATION_SERIE
             queued += dest.count
             queued_bytes += dest.bytes
     durable_messages = sum(d.queue.count for d in broker.durables.values())
+    paged = sum(dest.paged for dest in destinations if isinstance(dest, Queue)) + sum(
+        d.queue.paged for d in broker.durables.values()
+    )
     out.family(
         "stomptw_destinations",
         "gauge",
@@ -234,6 +237,13 @@ def render_metrics(broker: Broker, max_destinations: int = MAX_DESTINATION_SERIE
         "gauge",
         "Bytes held in queues as counted against --max-queue-bytes, all queues together.",
         [(None, queued_bytes)],
+    )
+    out.family(
+        "stomptw_messages_paged",
+        "gauge",
+        "Persistent messages held only in the store, beyond their queues' "
+        "--queue-memory-window, all queues and durable subscriptions together.",
+        [(None, paged)],
     )
     out.family(
         "stomptw_durable_subscriptions",

@@ -468,6 +468,8 @@ class DestinationContext:
     :ivar now_ms: ``() -> int``, the time in milliseconds since the epoch.
     :ivar expire: ``(queue, message)``: ``message`` (out of ``queue``) expired.
     :ivar dead_letter: ``(queue, message, reason)``: ``message`` died.
+    :ivar revive: ``(stored) -> Message``: a message read back from the store
+        (a paged backlog).
     """
 
     __slots__ = (
@@ -480,6 +482,7 @@ class DestinationContext:
         "now_ms",
         "expire",
         "dead_letter",
+        "revive",
     )
 
     def __init__(
@@ -502,3 +505,19 @@ class DestinationContext:
         self.now_ms = now_ms
         self.expire = expire
         self.dead_letter = dead_letter
+        self.revive: Callable[[Any], Message] = _revive_clean
+
+
+def _revive_clean(stored: Any) -> Message:
+    """A stored message as a live one, with the delivery count it was stored with."""
+    message = Message(
+        stored.message_id,
+        stored.destination,
+        stored.headers,
+        stored.body,
+        persistent=True,
+        expires=stored.expires,
+        delivery_count=stored.delivery_count,
+    )
+    message.key = stored.key
+    return message

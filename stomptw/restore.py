@@ -20,9 +20,9 @@ from stomptw.scheduled import SCHEDULED_OWNER
 if TYPE_CHECKING:
     from stomptw.durables import Durables
     from stomptw.interfaces import IDestination, IMessageStore
-    from stomptw.store import StoredState
+    from stomptw.store import StoredMessage, StoredState
 
-__all__ = ["restore"]
+__all__ = ["restore", "revive"]
 
 
 def restore(
@@ -34,8 +34,8 @@ def restore(
 ) -> int:
     """
     Recreate the durable subscriptions of ``state``, then put each stored
-    message back in its queue, in key order; return how many messages went
-    back.
+    message back in its queue, in key order, and behind them the pages of
+    messages left in the store; return how many messages went back.
 
     :param state: what the store held when it was opened.
     :param durables: the broker's durable subscriptions, to recreate them in
@@ -49,23 +49,10 @@ def restore(
     for owner, (client_id, name, topic) in state.subscriptions.items():
         durables.make(owner, client_id, name, topic, persist=False)
     restored = 0
+    unclean_below = state.next_key if state.unclean else 0
     for stored in state.messages:
-        count = stored.delivery_count
         held = stored.owner.startswith(SCHEDULED_OWNER)
-        if state.unclean and not count and not held:
-            # After a crash nobody knows which deliveries had started
-            # (they are recorded lazily): say it may be a redelivery.
-            count = 1
-        message = Message(
-            stored.message_id,
-            stored.destination,
-            stored.headers,
-            stored.body,
-            persistent=True,
-            expires=stored.expires,
-            delivery_count=count,
-        )
-        message.key = stored.key
+        message = revive(stored, unclean_below)
         durable = durables.by_owner.get(stored.owner)
         if durable is not None:
             queue = durable.queue
@@ -81,4 +68,38 @@ def restore(
             queue = destination(stored.owner)
         queue.restore(message)
         restored += 1
+    for owner, page in state.pages.items():
+        durable = durables.by_owner.get(owner)
+        if durable is not None:
+            durable.queue.restore_page(page)
+        elif owner.startswith("durable:"):
+            store.remove_range(owner, page.first_key, page.last_key)
+            continue
+        else:
+            destination(owner).restore_page(page)
+        restored += page.count
     return restored
+
+
+def revive(stored: StoredMessage, unclean_below: int = 0) -> Message:
+    """
+    The live message for a stored one. A key under ``unclean_below`` was
+    stored by a broker that crashed: nobody knows which of its deliveries
+    had started (they are recorded lazily), so a message never marked
+    delivered is said to be a possible redelivery; a message the scheduler
+    held had not been delivered at all.
+    """
+    count = stored.delivery_count
+    if stored.key < unclean_below and not count and not stored.owner.startswith(SCHEDULED_OWNER):
+        count = 1
+    message = Message(
+        stored.message_id,
+        stored.destination,
+        stored.headers,
+        stored.body,
+        persistent=True,
+        expires=stored.expires,
+        delivery_count=count,
+    )
+    message.key = stored.key
+    return message

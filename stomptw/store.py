@@ -25,6 +25,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
@@ -33,8 +34,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stomptw.interfaces import IMessageStore
+from stomptw.model import message_size
 
-__all__ = ["MemoryStore", "SQLiteStore", "StoredMessage", "StoredState", "StoreError"]
+__all__ = [
+    "MemoryStore",
+    "SQLiteStore",
+    "StoredMessage",
+    "StoredPage",
+    "StoredState",
+    "StoreError",
+]
 
 log = Logger()
 
@@ -76,6 +85,30 @@ class StoredMessage:
 
 
 @dataclass
+class StoredPage:
+    """
+    The messages of one queue beyond its in-memory window, left in the store
+    when it was opened (see :meth:`SQLiteStore.load`): the queue reads them
+    back in key order as its consumers make room.
+
+    :ivar owner: the queue holding them.
+    :ivar first_key: the first of their keys.
+    :ivar last_key: the last of their keys (keys in between may belong to
+        other queues).
+    :ivar count: how many there are.
+    :ivar size: what they count for against the queue's byte limit.
+    :ivar expiring: how many of them have an expiry time.
+    """
+
+    owner: str
+    first_key: int
+    last_key: int
+    count: int = 0
+    size: int = 0
+    expiring: int = 0
+
+
+@dataclass
 class StoredState:
     """
     What a store held when it was opened.
@@ -85,16 +118,23 @@ class StoredState:
         ``{owner: (client_id, name, destination)}``.
     :ivar unclean: the broker that last used the store did not close it (it
         crashed or was killed): deliveries it started may not be recorded.
+    :ivar pages: by owner, the messages left in the store beyond each
+        queue's in-memory window (empty unless :meth:`SQLiteStore.load` was
+        given a window).
     """
 
     messages: list[StoredMessage] = field(default_factory=list)
     subscriptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     unclean: bool = False
+    pages: dict[str, StoredPage] = field(default_factory=dict)
 
     @property
     def next_key(self) -> int:
         """The first key not used by a stored message."""
-        return (self.messages[-1].key + 1) if self.messages else 1
+        last = self.messages[-1].key if self.messages else 0
+        for page in self.pages.values():
+            last = max(last, page.last_key)
+        return last + 1
 
 
 @implementer(IMessageStore)
@@ -110,9 +150,28 @@ class MemoryStore:
         self.messages: dict[int, StoredMessage] = {}
         self.subscriptions: dict[str, tuple[str, str, str]] = {}
 
-    def load(self) -> StoredState:
+    def load(self, window: int = 0, pageable: Callable[[str], bool] | None = None) -> StoredState:
+        # Everything is in memory anyway: nothing is left behind in pages.
         messages = [self.messages[k] for k in sorted(self.messages)]
         return StoredState(messages, dict(self.subscriptions))
+
+    def read(self, owner: str, first_key: int, last_key: int, limit: int) -> defer.Deferred:
+        found = [
+            self.messages[k]
+            for k in sorted(self.messages)
+            if first_key <= k <= last_key and self.messages[k].owner == owner
+        ]
+        return defer.succeed(found[:limit])
+
+    def remove_range(self, owner: str, first_key: int, last_key: int) -> None:
+        for key in [k for k, m in self.messages.items() if m.owner == owner]:
+            if first_key <= key <= last_key:
+                del self.messages[key]
+
+    def remove_oldest(self, owner: str, first_key: int, last_key: int, count: int) -> None:
+        keys = sorted(k for k, m in self.messages.items() if m.owner == owner)
+        for key in [k for k in keys if first_key <= k <= last_key][:count]:
+            del self.messages[key]
 
     def put(self, message: StoredMessage) -> None:
         self.messages[message.key] = message
@@ -152,6 +211,7 @@ CREATE TABLE IF NOT EXISTS messages (
     delivery_count INTEGER NOT NULL DEFAULT 0,
     expires INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS messages_by_owner ON messages(owner, key);
 CREATE TABLE IF NOT EXISTS subscriptions (
     owner TEXT PRIMARY KEY,
     client_id TEXT NOT NULL,
@@ -171,21 +231,92 @@ RETRY_SECONDS = 1.0
 SCHEMA_VERSION = 1
 
 
+def _load_all(conn: sqlite3.Connection) -> list[StoredMessage]:
+    return [
+        StoredMessage(key, owner, mid, dest, json.loads(headers), bytes(body), count, exp)
+        for key, owner, mid, dest, headers, body, count, exp in conn.execute(
+            "SELECT key, owner, message_id, destination, headers, body, "
+            "delivery_count, expires FROM messages ORDER BY key"
+        )
+    ]
+
+
+def _load_windowed(
+    conn: sqlite3.Connection, window: int, pageable: Callable[[str], bool]
+) -> tuple[list[StoredMessage], dict[str, StoredPage]]:
+    """The first ``window`` messages of each pageable owner, and a page for the rest."""
+    held: dict[str, int] = {}
+    keys: list[int] = []
+    pages: dict[str, StoredPage] = {}
+    # length() of a BLOB is read from the row's header: the bodies left on
+    # disk are never read here.
+    for key, owner, headers, body_length, expires in conn.execute(
+        "SELECT key, owner, headers, length(body), expires FROM messages ORDER BY key"
+    ):
+        if not pageable(owner) or held.get(owner, 0) < window:
+            held[owner] = held.get(owner, 0) + 1
+            keys.append(key)
+            continue
+        page = pages.get(owner)
+        if page is None:
+            page = pages[owner] = StoredPage(owner, key, key)
+        page.last_key = key
+        page.count += 1
+        page.size += message_size(json.loads(headers), b"") + body_length
+        if expires:
+            page.expiring += 1
+    messages: list[StoredMessage] = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        messages.extend(
+            StoredMessage(key, owner, mid, dest, json.loads(headers), bytes(body), count, exp)
+            for key, owner, mid, dest, headers, body, count, exp in conn.execute(
+                "SELECT key, owner, message_id, destination, headers, body, delivery_count, "
+                f"expires FROM messages WHERE key IN ({marks}) ORDER BY key",
+                chunk,
+            )
+        )
+    return messages, pages
+
+
 class _Batch:
     """The writes collected since the last commit started."""
 
-    __slots__ = ("puts", "counts", "deletes", "sub_puts", "sub_deletes", "waiters")
+    __slots__ = (
+        "puts",
+        "counts",
+        "deletes",
+        "ranges",
+        "oldest",
+        "sub_puts",
+        "sub_deletes",
+        "waiters",
+    )
 
     def __init__(self) -> None:
         self.puts: dict[int, StoredMessage] = {}
         self.counts: dict[int, int] = {}
         self.deletes: set[int] = set()
+        #: ``(owner, first_key, last_key)``: a paged backlog purged.
+        self.ranges: list[tuple[str, int, int]] = []
+        #: ``(owner, first_key, last_key, count)``: the oldest of a paged
+        #: backlog dropped (drop-head).
+        self.oldest: list[tuple[str, int, int, int]] = []
         self.sub_puts: dict[str, tuple[str, str, str]] = {}
         self.sub_deletes: set[str] = set()
         self.waiters: list[defer.Deferred] = []
 
     def __bool__(self) -> bool:
-        return bool(self.puts or self.counts or self.deletes or self.sub_puts or self.sub_deletes)
+        return bool(
+            self.puts
+            or self.counts
+            or self.deletes
+            or self.ranges
+            or self.oldest
+            or self.sub_puts
+            or self.sub_deletes
+        )
 
     def take_back(self, failed: _Batch) -> None:
         """
@@ -208,12 +339,33 @@ class _Batch:
             if key not in self.puts:
                 self.deletes.add(key)
                 self.counts.pop(key, None)
+        self.ranges[:0] = failed.ranges
+        self.oldest[:0] = failed.oldest
         for owner, record in failed.sub_puts.items():
             if owner not in self.sub_puts and owner not in self.sub_deletes:
                 self.sub_puts[owner] = record
         for owner in failed.sub_deletes:
             if owner not in self.sub_puts:
                 self.sub_deletes.add(owner)
+
+
+class _Read:
+    """A read of paged messages, for the store's thread."""
+
+    __slots__ = ("owner", "first_key", "last_key", "limit", "deferred")
+
+    def __init__(self, owner: str, first_key: int, last_key: int, limit: int, reactor) -> None:
+        self.owner = owner
+        self.first_key = first_key
+        self.last_key = last_key
+        self.limit = limit
+        self.deferred: defer.Deferred = defer.Deferred()
+
+    def done(self, result: object) -> None:
+        if isinstance(result, Failure):
+            self.deferred.errback(result)
+        else:
+            self.deferred.callback(result)
 
 
 @implementer(IMessageStore)
@@ -261,10 +413,15 @@ class SQLiteStore:
 
     # -- opening -------------------------------------------------------------------
 
-    def load(self) -> StoredState:
+    def load(self, window: int = 0, pageable: Callable[[str], bool] | None = None) -> StoredState:
         """
         Open (or create) the database and return what it holds. Called once,
         on the reactor thread, before the broker accepts connections.
+
+        With a ``window``, only the first ``window`` messages of each owner
+        that ``pageable`` accepts are read into memory; the rest stay in the
+        file and are described by one :class:`StoredPage` per owner, so that
+        a backlog larger than memory can be opened.
         """
         try:
             os.makedirs(self.directory, exist_ok=True)
@@ -287,13 +444,10 @@ class SQLiteStore:
             unclean = row is not None and row[0] != "1"
             # Until close() says otherwise, this run counts as a crash.
             conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('closed', '0')")
-            messages = [
-                StoredMessage(key, owner, mid, dest, json.loads(headers), bytes(body), count, exp)
-                for key, owner, mid, dest, headers, body, count, exp in conn.execute(
-                    "SELECT key, owner, message_id, destination, headers, body, "
-                    "delivery_count, expires FROM messages ORDER BY key"
-                )
-            ]
+            if window > 0:
+                messages, pages = _load_windowed(conn, window, pageable or (lambda owner: True))
+            else:
+                messages, pages = _load_all(conn), {}
             subscriptions = {
                 owner: (client_id, name, dest)
                 for owner, client_id, name, dest in conn.execute(
@@ -320,14 +474,17 @@ class SQLiteStore:
         # crash as far as the store knows, and must not hang the process.
         self._thread = threading.Thread(target=self._run, name="stomptw-store", daemon=True)
         self._thread.start()
+        paged = sum(page.count for page in pages.values())
         log.info(
-            "message store {path}: {messages} message(s), {subs} durable subscription(s){unclean}",
+            "message store {path}: {messages} message(s), {subs} durable subscription(s)"
+            "{paged}{unclean}",
             path=self.path,
-            messages=len(messages),
+            messages=len(messages) + paged,
             subs=len(subscriptions),
+            paged=f" ({paged} left on disk until consumers need them)" if paged else "",
             unclean="; the last broker did not stop cleanly" if unclean else "",
         )
-        return StoredState(messages, subscriptions, unclean)
+        return StoredState(messages, subscriptions, unclean, pages)
 
     def _take_lock(self) -> None:
         path = os.path.join(self.directory, LOCK_NAME)
@@ -387,6 +544,43 @@ class SQLiteStore:
         self._batch.sub_puts.pop(owner, None)
         self._batch.sub_deletes.add(owner)
         self._schedule()
+
+    def remove_range(self, owner: str, first_key: int, last_key: int) -> None:
+        """Forget ``owner``'s messages from ``first_key`` to ``last_key`` (a purged page)."""
+        batch = self._batch
+        for key in [k for k, m in batch.puts.items() if m.owner == owner]:
+            if first_key <= key <= last_key:
+                del batch.puts[key]
+                batch.counts.pop(key, None)
+        batch.ranges.append((owner, first_key, last_key))
+        self._schedule()
+
+    def remove_oldest(self, owner: str, first_key: int, last_key: int, count: int) -> None:
+        """Forget the oldest ``count`` of ``owner``'s messages in that key range (drop-head)."""
+        oldest = self._batch.oldest
+        if oldest and oldest[-1][:3] == (owner, first_key, last_key):
+            oldest[-1] = (owner, first_key, last_key, oldest[-1][3] + count)
+        else:
+            oldest.append((owner, first_key, last_key, count))
+        self._schedule()
+
+    def read(self, owner: str, first_key: int, last_key: int, limit: int) -> defer.Deferred:
+        """
+        Read back up to ``limit`` of ``owner``'s messages from ``first_key``
+        to ``last_key``, in key order: a Deferred firing with a list of
+        :class:`StoredMessage`. The read runs in the store's thread once what
+        was written before it is committed, so it sees every message put so
+        far.
+        """
+        read = _Read(owner, first_key, last_key, limit, self._reactor)
+
+        def start(_: object) -> defer.Deferred:
+            if self._thread is None:
+                raise StoreError("the message store is closed")
+            self._jobs.put(read)
+            return read.deferred
+
+        return self.sync().addCallback(start)
 
     def sync(self) -> defer.Deferred:
         """Fire once everything written so far is committed to disk."""
@@ -466,6 +660,13 @@ class SQLiteStore:
             job = self._jobs.get()
             if job is None:
                 return
+            if isinstance(job, _Read):
+                try:
+                    found: object = self._select(job)
+                except BaseException:
+                    found = Failure()
+                self._reactor.callFromThread(job.done, found)
+                continue
             batch, started = job
             try:
                 self._commit(batch)
@@ -473,6 +674,19 @@ class SQLiteStore:
             except BaseException:
                 result = Failure()
             self._reactor.callFromThread(self._committed, result, batch, started)
+
+    def _select(self, job: _Read) -> list[StoredMessage]:
+        # Runs in the store's thread, between two commits.
+        conn = self._conn
+        assert conn is not None
+        return [
+            StoredMessage(key, job.owner, mid, dest, json.loads(headers), bytes(body), count, exp)
+            for key, mid, dest, headers, body, count, exp in conn.execute(
+                "SELECT key, message_id, destination, headers, body, delivery_count, expires "
+                "FROM messages WHERE owner = ? AND key BETWEEN ? AND ? ORDER BY key LIMIT ?",
+                (job.owner, job.first_key, job.last_key, job.limit),
+            )
+        ]
 
     def _commit(self, batch: _Batch) -> None:
         # Runs in the store's thread, the only one that writes.
@@ -505,6 +719,16 @@ class SQLiteStore:
             if batch.deletes:
                 conn.executemany(
                     "DELETE FROM messages WHERE key = ?", [(key,) for key in batch.deletes]
+                )
+            if batch.ranges:
+                conn.executemany(
+                    "DELETE FROM messages WHERE owner = ? AND key BETWEEN ? AND ?", batch.ranges
+                )
+            for owner, first, last, count in batch.oldest:
+                conn.execute(
+                    "DELETE FROM messages WHERE key IN (SELECT key FROM messages "
+                    "WHERE owner = ? AND key BETWEEN ? AND ? ORDER BY key LIMIT ?)",
+                    (owner, first, last, count),
                 )
             if batch.sub_puts:
                 conn.executemany(

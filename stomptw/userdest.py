@@ -12,9 +12,10 @@ are none.
 
 from __future__ import annotations
 
-from stomptw.destinations import DestinationContext, Topic
+from stomptw.destinations import DestinationContext
 from stomptw.interfaces import IMessageConsumer
 from stomptw.model import DestinationError, Message
+from stomptw.topics import Topic
 
 __all__ = ["USER_PREFIX", "UserDestination", "own_destination", "user_destination"]
 

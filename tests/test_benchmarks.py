@@ -287,3 +287,10 @@ def test_soak_benchmark_holds_websocket_sessions_and_loses_nothing():
     assert soak["disconnects"] == 0 and soak["heartbeat_timeouts_broker_metrics"] == 0
     assert soak["queue_lost"] == soak["queue_duplicates"] == soak["queue_left"] == 0
     assert soak["topic_lost"] == 0
+
+
+def test_paging_benchmark_drains_a_backlog_in_order():
+    out, _ = run_script(
+        "benchmarks/paging.py", "--mib", "8", "--window", "100", "--restart", "--twistd", TWISTD
+    )
+    assert '"lost": 0' in out and '"out_of_order": 0' in out and out.rstrip().endswith("PASS"), out

@@ -13,8 +13,9 @@ import pytest
 from fakes import FakeConsumer, make_broker, settle, stored, subscribe
 
 from stomptw.broker import Broker, DestinationError, DestinationFull, durable_owner
-from stomptw.destinations import Queue, Topic
+from stomptw.destinations import Queue
 from stomptw.store import MemoryStore
+from stomptw.topics import Topic
 
 
 def test_destinations_are_created_on_first_use_topics_by_their_prefix():

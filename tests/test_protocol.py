@@ -27,9 +27,10 @@ from zope.interface.verify import verifyObject
 
 from stomptw.broker import Broker
 from stomptw.config import BrokerConfig
-from stomptw.destinations import Queue, Topic
+from stomptw.destinations import Queue
 from stomptw.interfaces import IDeadlineTarget, IDestination, IMessageConsumer, IStompTransport
 from stomptw.protocol import StompFactory, StompProtocol
+from stomptw.topics import Topic
 
 TIMEOUT = 5.0
 
