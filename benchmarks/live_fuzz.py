@@ -163,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         help="fail when the RSS after is more than this share above the baseline",
     )
     parser.add_argument(
+        "--settle",
+        type=float,
+        default=35.0,
+        help="seconds to wait after the fuzzing before the RSS is read (the broker trims "
+        "its heap every 30 s)",
+    )
+    parser.add_argument(
         "--twistd", default=str(Path(__file__).resolve().parent.parent / ".venv/bin/twistd")
     )
     args = parser.parse_args(argv)
@@ -211,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             fuzz_seconds = time.monotonic() - t0
             done.wait(120)
             alive = broker.proc.poll() is None
-            time.sleep(5)  # closing connections let go of their memory
+            # Closing connections let go of their memory, and the broker gives
+            # freed heap back to the system every 30 s.
+            time.sleep(args.settle)
             after = memory(broker.pid)[0] if alive else 0
             probe_ok = False
             if alive:

@@ -202,6 +202,12 @@ def render_metrics(broker: Broker, max_destinations: int = MAX_DESTINATION_SERIE
         [(None, stats.get("connections_refused", 0))],
     )
     out.family(
+        "stomptw_connections_closed_total",
+        "counter",
+        "Client connections that ended, for whatever reason.",
+        [(None, counters.sessions_ended)],
+    )
+    out.family(
         "stomptw_heartbeat_timeouts_total",
         "counter",
         "Connections closed because the client's heart-beats stopped.",

@@ -336,6 +336,7 @@ class Counters:
     :ivar bytes_sent: bytes of STOMP data written, heart-beats included.
     :ivar heartbeat_timeouts: sessions closed because the client's
         heart-beats stopped.
+    :ivar sessions_ended: connections that ended, for whatever reason.
     """
 
     __slots__ = (
@@ -344,6 +345,7 @@ class Counters:
         "bytes_received",
         "bytes_sent",
         "heartbeat_timeouts",
+        "sessions_ended",
     )
 
     def __init__(self) -> None:
@@ -352,6 +354,7 @@ class Counters:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.heartbeat_timeouts = 0
+        self.sessions_ended = 0
 
 
 #: Headers of a SEND frame that do not travel on to MESSAGE frames; the

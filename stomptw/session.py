@@ -141,6 +141,7 @@ class StompSession(SessionAccess, SessionEnding):
         self._end_session()
         self._end_access()
         self.broker.sessions.discard(self)
+        self.counters.sessions_ended += 1
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
             waiter.callback(None)

@@ -39,6 +39,7 @@ from stomptw.configfile import (
     origin_of,
 )
 from stomptw.credentials import ICertificateCredentials
+from stomptw.memalarm import heap_trim_service
 from stomptw.permissions import PermissionsError
 
 __all__ = ["Options", "busy_listeners", "makeService", "config_from_options"]
@@ -374,4 +375,6 @@ def makeService(options: Options, reactor=None) -> IService:
     service.freeze_heap_when_ready = not options["no-gc-freeze"]
     service.reload_on_sighup = True
     service.exit_on_start_error = True
+    counters = service.broker.counters
+    heap_trim_service(reactor, lambda: counters.sessions_ended).setServiceParent(service)
     return service

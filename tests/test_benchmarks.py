@@ -244,6 +244,8 @@ def test_live_fuzz_benchmark_keeps_the_broker_serving():
         "60",
         "--max-rss-growth",
         "100",
+        "--settle",
+        "1",
         "--twistd",
         TWISTD,
     )

@@ -324,3 +324,50 @@ def test_a_real_broker_holds_its_publisher_at_the_watermark_and_loses_nothing(
     assert "Traceback" not in broker.log()
     consumer.sock.close()
     producer.client.sock.close()
+
+
+def test_twistd_gives_freed_heap_back_every_thirty_seconds():
+    from twisted.application.internet import TimerService
+    from twisted.internet.task import Clock
+
+    from stomptw import memalarm
+    from stomptw.tap import Options, makeService
+
+    options = Options()
+    options.parseOptions(["--store", "memory", "--no-tcp", "--no-ws"])
+    clock = Clock()
+    service = makeService(options, reactor=clock)
+    (trim,) = [s for s in service if isinstance(s, TimerService)]
+    assert trim.step == memalarm.HEAP_TRIM_SECONDS == 30
+    assert isinstance(trim.call[0], memalarm.HeapTrim)
+    assert trim.clock is clock
+
+
+def test_the_heap_is_trimmed_every_time_and_collected_after_connection_churn():
+    from stomptw.memalarm import COLLECT_AFTER_SESSIONS, HeapTrim
+
+    ended = [5]
+    calls: list[str] = []
+    heap = HeapTrim(
+        ended=lambda: ended[0],
+        trim=lambda: calls.append("trim"),
+        collect=lambda: calls.append("collect"),
+    )
+    heap()
+    assert calls == ["trim"]
+    ended[0] += COLLECT_AFTER_SESSIONS - 1
+    heap()
+    assert calls == ["trim", "trim"]
+    ended[0] += 1  # a storm of short connections left their cycles behind
+    heap()
+    assert calls == ["trim", "trim", "collect", "trim"] and heap.collections == 1
+    heap()
+    assert calls[-2:] == ["trim", "trim"] and heap.collections == 1
+
+
+def test_an_ended_connection_is_counted():
+    env = BrokerOnClock()
+    client = env.connect()
+    client.lose()
+    assert env.broker.counters.sessions_ended == 1
+    assert "stomptw_connections_closed_total 1" in render_metrics(env.broker)
