@@ -24,14 +24,21 @@ Endpoints:
     Publish ``{"body": "...", "headers": {...}}``; 201 with the message id.
 ``DELETE /api/destinations/<name>/messages``
     Purge a queue's waiting messages; returns how many.
+``GET /api/destinations/<name>/messages?count=N``
+    Peek at the first N (10, at most 100) messages waiting in a queue's
+    memory without consuming them: ids, headers and a body preview. Needs
+    the same credentials as ``POST`` and ``DELETE`` (bodies are sensitive).
 ``GET /api/subscriptions``
     Every subscription, and durable subscriptions without a subscriber.
 ``GET /api/alarms``
     The memory and disk alarms: raised or not, what they measure, how many
     connections they hold (null for an alarm that is off).
 
+The operator's console (:mod:`stomptw.console`) is served beside them: its
+page at ``/``, its files under ``/console/``, and its own endpoints.
+
 Destination names go in the path URL-encoded (``%2Fqueue%2Forders``).
-``POST`` and ``DELETE`` need ``Authorization: Bearer <token>`` with the token
+``POST``, ``DELETE`` and the peek need ``Authorization: Bearer <token>`` with the token
 from ``admin_token_file``, or, on a broker with ``--auth``, the credentials
 of a user with the ``administrator`` tag (HTTP Basic, or a bearer JWT);
 without them they are refused.
@@ -39,6 +46,8 @@ without them they are refused.
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -57,9 +66,16 @@ from stomptw.adminhttp import (
     JsonResource,
     load_token,
 )
+from stomptw.console import console_site
 from stomptw.destinations import Queue
 from stomptw.metrics import MAX_DESTINATION_SERIES, METRICS_CONTENT_TYPE, render_metrics
-from stomptw.model import NOT_FORWARDED, DestinationError, DestinationFull, check_priority
+from stomptw.model import (
+    NOT_FORWARDED,
+    DestinationError,
+    DestinationFull,
+    Message,
+    check_priority,
+)
 from stomptw.scheduled import DELAY_HEADER, parse_delay
 
 if TYPE_CHECKING:
@@ -82,6 +98,50 @@ __all__ = [
 ]
 
 log = Logger()
+
+#: How many messages a peek shows unless ``?count=`` says, and at most.
+PEEK_DEFAULT = 10
+PEEK_MAX = 100
+#: How much of each body a peek shows.
+PEEK_BODY_BYTES = 1024
+
+
+def _body_preview(body: bytes) -> dict[str, Any]:
+    """
+    The first :data:`PEEK_BODY_BYTES` of ``body``: as text when they are
+    UTF-8 (a character cut at the limit is left out), else base64.
+    """
+    head = body[:PEEK_BODY_BYTES]
+    truncated = len(body) > len(head)
+    try:
+        text: str | None = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        cut = truncated and e.reason == "unexpected end of data" and e.start >= len(head) - 3
+        text = head[: e.start].decode("utf-8") if cut else None
+    if text is None:
+        preview, encoding = base64.b64encode(head).decode("ascii"), "base64"
+    else:
+        preview, encoding = text, "text"
+    return {
+        "body_size": len(body),
+        "body": preview,
+        "body_encoding": encoding,
+        "body_truncated": truncated,
+    }
+
+
+def _peeked(message: Message) -> dict[str, Any]:
+    """What a peek shows of one waiting message."""
+    return {
+        "message_id": message.message_id,
+        "destination": message.destination,
+        "headers": dict(message.headers),
+        "persistent": message.persistent,
+        "expires": message.expires or None,
+        "delivery_count": message.delivery_count,
+        "redelivered": message.delivery_count > 0,
+        **_body_preview(message.body),
+    }
 
 
 def _destination_info(dest: Any) -> dict[str, Any]:
@@ -155,7 +215,7 @@ class AdminResource(JsonResource):
             (("api", "destinations", "*"), {"GET": self._destination}),
             (
                 ("api", "destinations", "*", "messages"),
-                {"POST": self._publish, "DELETE": self._purge},
+                {"GET": self._peek, "POST": self._publish, "DELETE": self._purge},
             ),
             (("api", "subscriptions"), {"GET": self._subscriptions}),
             (("api", "alarms"), {"GET": self._alarms_api}),
@@ -384,6 +444,57 @@ class AdminResource(JsonResource):
             return broker.sync().addCallback(lambda _: result)
         return self._json(request, *result)
 
+    def _peek(self, request: Request, name: str) -> defer.Deferred | bytes:
+        # GET, so JsonResource lets it through: authorize it here as
+        # render() does POST and DELETE, since bodies are sensitive.
+        try:
+            allowed = self.authorizer.authorize(request)
+        except Denied as e:
+            raise self._refused(request, "GET", e) from None
+        if isinstance(allowed, defer.Deferred):
+
+            def denied(failure: Any) -> Any:
+                if failure.check(Denied):
+                    raise self._refused(request, "GET", failure.value)
+                return failure
+
+            return allowed.addCallbacks(lambda _: self._peek_now(request, name), denied)
+        return self._peek_now(request, name)
+
+    def _peek_now(self, request: Request, name: str) -> bytes:
+        """The first ``?count=`` messages in ``name``'s memory, left where they are."""
+        count = PEEK_DEFAULT
+        raw = request.args.get(b"count")
+        if raw:
+            try:
+                count = int(raw[0])
+            except ValueError:
+                count = 0
+            if count < 1:
+                raise HTTPError(400, f"count must be a whole number from 1 to {PEEK_MAX}")
+            count = min(count, PEEK_MAX)
+        broker = self._vhost(request)
+        dest = broker.destinations.get(name)
+        if dest is None:
+            raise HTTPError(404, f"no destination {name!r}")
+        if not isinstance(dest, Queue):
+            raise HTTPError(400, f"{name} is a {dest.kind}; only queues can be peeked at")
+        shown = [_peeked(m) for m in itertools.islice(dest.pending, count)]
+        waiting = dest.waiting()
+        return self._json(
+            request,
+            200,
+            {
+                "destination": name,
+                "waiting": waiting,
+                "in_memory": len(dest.pending),
+                "paged": dest.paged,
+                "shown": len(shown),
+                "more": waiting - len(shown),
+                "messages": shown,
+            },
+        )
+
     def _purge(self, request: Request, name: str) -> bytes:
         try:
             count = self._vhost(request).purge(name)
@@ -421,7 +532,8 @@ def admin_site(
             authorizer = AdministratorAuthorizer(token, auth)
         else:
             authorizer = BearerTokenAuthorizer(token)
-    site = Site(AdminResource(readiness, broker, authorizer, reactor), reactor=reactor)
+    # The operator's console at / (stomptw.console), beside the API.
+    site = console_site(AdminResource(readiness, broker, authorizer, reactor), token, reactor)
     site.noisy = False
     site.displayTracebacks = False
     # No access log: scrapes every few seconds would drown everything else.

@@ -67,6 +67,7 @@ def handle(
     if not again:
         received = session.counters.frames_received
         received[command if command in received else "OTHER"] += 1
+        session.frames_in += 1
     try:
         if body and command not in _BODY_ALLOWED:
             raise body_not_allowed(command)

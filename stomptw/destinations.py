@@ -145,6 +145,9 @@ class Queue(QueueLimits, QueuePaging):
     """
 
     kind = "queue"
+    #: Traffic through the queue (for the operator's console): messages and
+    #: body bytes published to it and delivered from it.
+    messages_in = bytes_in = messages_out = bytes_out = 0
     #: A queue message is delivered once as a rule: an encoded copy kept for
     #: later deliveries would double the memory its body holds.
     shares_encodings = False
@@ -189,6 +192,8 @@ class Queue(QueueLimits, QueuePaging):
                         self._drop_paged()
                     self.context.stats["dropped"] += 1
         self._hold(message)
+        self.messages_in += 1
+        self.bytes_in += len(message.body)
         if message.persistent:
             key = message.key = self.context.new_key()
             self.context.store.put(
@@ -384,6 +389,8 @@ class Queue(QueueLimits, QueuePaging):
                     declined.add(id(sub))
                     continue
                 stats["delivered"] += 1
+                self.messages_out += 1
+                self.bytes_out += len(message.body)
                 if message.delivery_count > 1:
                     stats["redelivered"] += 1
                 if sub.ack_mode == "auto":

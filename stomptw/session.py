@@ -117,6 +117,13 @@ class StompSession(SessionAccess, SessionEnding):
         self.close_reason = ""
         self._closed_waiters: list[Deferred] = []
         self.opened = now()
+        #: Frames from the client, frames and bytes to it (the parser counts
+        #: the bytes from it), and the heart-beats agreed on CONNECT (ms
+        #: between beats to send and to expect): for the operator's console.
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_out = 0
+        self.heartbeat = (0, 0)
         self.liveness = Liveness(self.opened, config.login_timeout, sweep.resolution)
         self.counters = broker.counters
         self._init_access()
@@ -204,6 +211,7 @@ class StompSession(SessionAccess, SessionEnding):
         and the clock of credentials that expire.
         """
         now = self.now()
+        self.heartbeat = (send_ms, receive_ms)
         self.liveness.connected(send_ms, receive_ms, self.config.heartbeat_grace, now)
         self._start_credentials_clock(now)
         self._schedule()
@@ -307,6 +315,7 @@ class StompSession(SessionAccess, SessionEnding):
     def send_frame(self, command: str, headers: dict[str, str], body: bytes = b"") -> None:
         """Encode and write one frame in the session's version."""
         self.counters.frames_sent[command] += 1
+        self.frames_out += 1
         self._write(
             encode_frame(command, headers, body, self.version or "1.0", content_length=bool(body))
         )
@@ -318,6 +327,7 @@ class StompSession(SessionAccess, SessionEnding):
         """Write one frame (or heart-beat) and note when, for heart-beats."""
         self._transport_write(data)
         self.counters.bytes_sent += len(data)
+        self.bytes_out += len(data)
         self.liveness.last_sent = self.now()
         if not self.writable:
             # Not messages (they wait), but RECEIPTs and the like: a client
@@ -347,6 +357,7 @@ class StompSession(SessionAccess, SessionEnding):
             subscription.unacked[ack_id] = message
             self.pending[ack_id] = subscription
         self.counters.frames_sent["MESSAGE"] += 1
+        self.frames_out += 1
         self._write(data)
         return True
 

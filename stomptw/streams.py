@@ -145,6 +145,9 @@ class Stream:
     """
 
     kind = "stream"
+    #: Traffic through the stream (for the operator's console): messages and
+    #: body bytes appended to it and delivered from it.
+    messages_in = bytes_in = messages_out = bytes_out = 0
     #: Many subscribers read each message: its MESSAGE parts are encoded once.
     shares_encodings = True
 
@@ -180,6 +183,8 @@ class Stream:
         headers[EPOCH_HEADER] = self.epoch
         headers[TIMESTAMP_HEADER] = str(now)
         message.size = message_size(headers, message.body)
+        self.messages_in += 1
+        self.bytes_in += len(message.body)
         # Kept until trimmed, whatever the sender said: the log is the point.
         message.persistent = True
         message.expires = 0
@@ -313,6 +318,8 @@ class Stream:
             elif not sub.consumer.deliver(sub, message):
                 return
             stats["delivered"] += 1
+            self.messages_out += 1
+            self.bytes_out += len(message.body)
             if readers.get(sub) is not reader:
                 return  # the delivery ended the subscription
             reader.cursor += 1

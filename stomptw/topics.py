@@ -53,6 +53,9 @@ class Topic:
     """
 
     kind = "topic"
+    #: Traffic through the topic (for the operator's console): messages and
+    #: body bytes published to it and delivered from it (each copy).
+    messages_in = bytes_in = messages_out = bytes_out = 0
     #: Every subscriber gets the same MESSAGE but for its subscription and
     #: ack headers: the shared parts are encoded once for all of them.
     shares_encodings = True
@@ -76,6 +79,8 @@ class Topic:
         self, message: Message, producer: IMessageConsumer | None = None, reject: bool = True
     ) -> None:
         stats = self.context.stats
+        self.messages_in += 1
+        self.bytes_in += len(message.body)
         for sub in tuple(self.subscriptions):
             if not sub.active:
                 continue
@@ -85,6 +90,8 @@ class Topic:
                     self.ready(sub)
             elif sub.consumer.deliver(sub, message):
                 stats["delivered"] += 1
+                self.messages_out += 1
+                self.bytes_out += len(message.body)
         for durable in tuple(self.durables.values()):
             durable.queue.publish(message.copy())
         if self._stuck and producer is not None and producer not in self.blocked:
@@ -237,6 +244,8 @@ class Topic:
                     continue
             if consumer.deliver(subscription, message):
                 stats["delivered"] += 1
+                self.messages_out += 1
+                self.bytes_out += len(message.body)
         if (
             subscription in self._heavy
             and len(backlog) < context.config.slow_topic_limit * RESUME_BELOW
