@@ -249,6 +249,11 @@ class AdminResource(JsonResource):
         raise HTTPError(404, f"no connection with session id {session_id!r}")
 
     def _read_json(self, request: Request) -> Any:
+        # Only JSON by its Content-Type: a cross-site form (text/plain,
+        # urlencoded, multipart) is a request browsers send unasked.
+        kind = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise HTTPError(415, "the request body must be sent as Content-Type: application/json")
         limit = self.broker.config.limits.max_frame_size
         data = request.content.read(limit + 1) if request.content is not None else b""
         if len(data) > limit:

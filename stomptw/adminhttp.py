@@ -166,7 +166,10 @@ class AdministratorAuthorizer(BearerTokenAuthorizer):
         return d.addCallbacks(logged_in, refused)
 
 
-_CHALLENGE = {"WWW-Authenticate": 'Basic realm="stomptw", Bearer realm="stomptw"'}
+#: Bearer only: a Basic challenge would make browsers prompt, then send the
+#: cached credentials with any request to the listener, a cross-site form
+#: included. Clients that use Basic (curl -u, stomptw-ctl) send it unasked.
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="stomptw"'}
 
 
 # -- the HTTP resource --------------------------------------------------------------

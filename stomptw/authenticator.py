@@ -59,6 +59,18 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+#: Credentials checks from one address that run at once; more wait.
+CHECKS_PER_ADDRESS = 4
+
+
+class TooManyFailures(Exception):
+    """Refused unchecked: the address failed too often (``wait`` seconds left)."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
+
+
 class FailedLogins:
     """
     Failed logins per peer address in a sliding window: past ``limit`` of
@@ -71,6 +83,36 @@ class FailedLogins:
         self.window = window
         self._now = now
         self._failures: dict[str, deque[float]] = {}
+        self._checking: dict[str, defer.DeferredSemaphore] = {}
+
+    def checked(self, host: str, check: Callable[[], defer.Deferred]) -> defer.Deferred:
+        """
+        Run ``check()`` (a credentials check) when fewer than
+        :data:`CHECKS_PER_ADDRESS` checks from ``host`` are under way, and
+        refuse it unchecked if the address reached the limit meanwhile: a
+        burst of parallel guesses is then checked a few at a time and
+        stops at the limit, instead of all being checked before the first
+        failure is counted. Logins from one address behind a proxy still
+        all go through, in turn.
+        """
+        if not self.limit:
+            return check()
+        gate = self._checking.get(host)
+        if gate is None:
+            gate = self._checking[host] = defer.DeferredSemaphore(CHECKS_PER_ADDRESS)
+
+        def run() -> defer.Deferred:
+            wait = self.blocked_for(host)
+            if wait:
+                return defer.fail(TooManyFailures(wait))
+            return check()
+
+        def done(result: object) -> object:
+            if gate.tokens == gate.limit and not gate.waiting:
+                self._checking.pop(host, None)
+            return result
+
+        return gate.run(run).addBoth(done)
 
     def _recent(self, host: str) -> deque[float] | None:
         times = self._failures.get(host)
@@ -232,19 +274,7 @@ class Authenticator:
             )
         wait = self.failures.blocked_for(peer_host)
         if wait:
-            self.counters.rate_limited += 1
-            self.log.info(
-                "login refused: too many failed logins from {peer} (user {user})",
-                peer=peer_host,
-                user=login if login is not None else "-",
-            )
-            return defer.fail(
-                LoginFailed(
-                    "too many failed logins",
-                    f"Too many failed logins from this address; try again in {wait:.0f} s.",
-                    delayed=True,
-                )
-            )
+            return defer.fail(self._rate_limited(wait, login, peer_host))
         passcode = headers.get("passcode")
         if login is not None or passcode is not None:
             # A passcode alone is a bearer token (what stompjs users send).
@@ -256,7 +286,8 @@ class Authenticator:
         else:
             creds = credentials.Anonymous()
         mind = LoginContext(vhost, peer_host, transport, headers)
-        d = self.portal.login(creds, mind, IStompAvatar)
+        portal = self.portal
+        d = self.failures.checked(peer_host, lambda: portal.login(creds, mind, IStompAvatar))
         d.addCallbacks(
             self._succeeded,
             self._failed,
@@ -271,8 +302,23 @@ class Authenticator:
         user.on_logout(logout)
         return user
 
+    def _rate_limited(self, wait: float, login: str | None, peer_host: str) -> LoginFailed:
+        self.counters.rate_limited += 1
+        self.log.info(
+            "login refused: too many failed logins from {peer} (user {user})",
+            peer=peer_host,
+            user=login if login is not None else "-",
+        )
+        return LoginFailed(
+            "too many failed logins",
+            f"Too many failed logins from this address; try again in {wait:.0f} s.",
+            delayed=True,
+        )
+
     def _failed(self, failure: Any, login: str | None, peer_host: str, vhost: str) -> None:
         user = login if login is not None else "-"
+        if failure.check(TooManyFailures):
+            raise self._rate_limited(failure.value.wait, login, peer_host)
         if failure.check(AuthServiceUnavailable):
             self.counters.unavailable += 1
             self.log.warn(

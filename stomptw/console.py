@@ -31,7 +31,6 @@ import json
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from twisted.logger import Logger
 from twisted.web.pages import notFound
@@ -211,6 +210,11 @@ class ConsoleResource(JsonResource):
         user, password = payload.get("user") or "", payload.get("password") or ""
         if not isinstance(user, str) or not isinstance(password, str):
             raise HTTPError(400, "user and password must be strings")
+        try:
+            user.encode("utf-8")
+            password.encode("utf-8")
+        except UnicodeEncodeError:
+            raise HTTPError(400, "user and password must be valid Unicode text") from None
 
         def refused(failure: Any) -> Any:
             failure.trap(LoginError)
@@ -246,7 +250,7 @@ class ConsoleResource(JsonResource):
     def _destination(self, request: Request) -> bytes:
         vhost_name, vhost = self._vhost(request)
         raw = request.args.get(b"name") or [b""]
-        name = unquote(raw[0].decode("utf-8", "replace"))
+        name = raw[0].decode("utf-8", "replace")  # already decoded by twisted.web
         dest = vhost.destinations.get(name)
         if dest is None:
             raise HTTPError(404, f"no destination {name!r}")

@@ -250,6 +250,8 @@ class ConsoleAuthorizer:
 
     def authorize(self, request: Request) -> defer.Deferred | None:
         """See :class:`~stomptw.adminhttp.Authorizer`."""
+        if _cross_site(request):
+            raise Denied(403, "cross-site requests to the admin listener are refused")
         if request.getHeader("authorization") or not request.getCookie(COOKIE):
             return self.fallback.authorize(request)
         session = self.sessions.find(request)
@@ -265,3 +267,22 @@ class ConsoleAuthorizer:
             path=request.path.decode("latin-1"),
         )
         return None
+
+
+def _cross_site(request: Request) -> bool:
+    """
+    Whether a browser says ``request`` comes from another site's page
+    (``Sec-Fetch-Site``), or its ``Origin`` is not the listener's own: such a
+    request may carry credentials the browser attached by itself, so it
+    never changes anything or reads a message. Clients that are not
+    browsers (curl, stomptw-ctl) send neither header.
+    """
+    fetch_site = (request.getHeader("sec-fetch-site") or "").lower()
+    if fetch_site in ("cross-site", "same-site"):
+        return True
+    origin = request.getHeader("origin")
+    if origin is None:
+        return False
+    host = request.getHeader("host") or ""
+    scheme = "https" if request.isSecure() else "http"
+    return origin.lower() != f"{scheme}://{host}".lower()

@@ -504,12 +504,23 @@ async def test_publish_reaches_a_subscriber(make_broker, token_file):
             (json.dumps({"body": "", "extra": 1}).encode(), "unknown fields"),
             (json.dumps({"headers": {"expires": "soon"}}).encode(), "expires"),
         ]
+        as_json = {**AUTH, "Content-Type": "application/json"}
         for data, error in bad:
             response = await treq.post(
-                url(running, dest_path(queue, "/messages")), data=data, headers=AUTH
+                url(running, dest_path(queue, "/messages")), data=data, headers=as_json
             )
             assert response.code == 400, data
             assert error in (await response.json())["error"]
+        # A body that does not say it is JSON is refused whatever it holds:
+        # a cross-site form (text/plain, urlencoded) must not publish.
+        for kind in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {**AUTH, "Content-Type": kind} if kind else AUTH
+            response = await treq.post(
+                url(running, dest_path(queue, "/messages")),
+                data=json.dumps({"body": "forged"}).encode(),
+                headers=headers,
+            )
+            assert response.code == 415, kind
         response = await treq.post(
             url(running, dest_path("/queue/", "/messages")), json={"body": "x"}, headers=AUTH
         )

@@ -379,3 +379,82 @@ async def test_no_login_without_auth_or_token(make_broker):
     whoami = await (await treq.get(url(running, "/api/console/session"))).json()
     assert whoami["mode"] == "disabled"
     await login(running, "", "anything", 403)
+
+
+# -- cross-site requests and bursts of guesses ---------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_browser_request_from_another_site_changes_nothing(make_broker, users_file):
+    running = await start(make_broker, auth=[f"users:{users_file}"])
+    basic = {"Authorization": "Basic " + __import__("base64").b64encode(b"root:r-pw").decode()}
+    target = url(running, "/api/destinations/%2Fqueue%2Fxsite/messages")
+    own = f"http://127.0.0.1:{running.admin_port}"
+    # Credentials a browser attached by itself to another site's request.
+    for extra in (
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://evil.test"},
+    ):
+        response = await treq.post(target, json={"body": "forged"}, headers={**basic, **extra})
+        assert response.code == 403, extra
+        assert "cross-site" in (await response.json())["error"]
+        peek = await treq.get(target, headers={**basic, **extra})
+        assert peek.code == 403, extra
+    assert running.broker.stats["published"] == 0
+    # The listener's own pages, and clients that are not browsers, go on.
+    made = await treq.post(
+        target,
+        json={"body": "ok"},
+        headers={**basic, "Origin": own, "Sec-Fetch-Site": "same-origin"},
+    )
+    assert made.code == 201
+    made = await treq.post(target, json={"body": "ok"}, headers=basic)
+    assert made.code == 201
+    # No Basic challenge: a browser would prompt, then attach what was typed.
+    refused = await treq.get(target)
+    assert refused.code == 401
+    assert refused.headers.getRawHeaders("www-authenticate") == ['Bearer realm="stomptw"']
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_parallel_guesses_stops_at_the_failed_login_limit(make_broker, users_file):
+    from stomptw.authenticator import CHECKS_PER_ADDRESS
+
+    running = await start(
+        make_broker, auth=[f"users:{users_file}"], max_failed_logins=5, failed_login_window=60.0
+    )
+    guesses = [
+        treq.post(
+            url(running, "/api/console/session"), json={"user": "root", "password": f"guess{n}"}
+        )
+        for n in range(40)
+    ]
+    answers = await defer.gatherResults(guesses)
+    assert all(a.code in (401, 429) for a in answers), [a.code for a in answers]
+    counters = running.broker.auth.counters
+    # Checked a few at a time: at most the limit plus the checks under way.
+    assert counters.failed <= 5 + CHECKS_PER_ADDRESS, counters.failed
+    assert counters.failed + counters.rate_limited == 40
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_destination_detail_takes_the_name_as_given(make_broker):
+    running = await start(make_broker)
+    odd, other = "/queue/x%41", "/queue/xA"
+    for name in (odd, other):
+        running.broker.send(name, {}, b"")
+    response = await treq.get(url(running, "/api/console/destination"), params={"name": odd})
+    assert response.code == 200
+    assert (await response.json())["name"] == odd
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_that_is_not_valid_unicode_is_a_bad_request(make_broker, users_file):
+    running = await start(make_broker, auth=[f"users:{users_file}"])
+    response = await treq.post(
+        url(running, "/api/console/session"),
+        data=b'{"user": "root", "password": "\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.code == 400
