@@ -411,6 +411,13 @@ async def test_a_browser_request_from_another_site_changes_nothing(make_broker, 
     assert made.code == 201
     made = await treq.post(target, json={"body": "ok"}, headers=basic)
     assert made.code == 201
+    # Behind a proxy that ends TLS: the page is https, this request is not.
+    made = await treq.post(
+        target,
+        json={"body": "ok"},
+        headers={**basic, "Origin": own.replace("http://", "https://")},
+    )
+    assert made.code == 201
     # No Basic challenge: a browser would prompt, then attach what was typed.
     refused = await treq.get(target)
     assert refused.code == 401
