@@ -176,15 +176,14 @@ class Sampler:
             "version": __version__,
             "uptime_seconds": round(self.clock.seconds() - self.started, 1),
             "started": round(self.started_wall, 3),
+            # Reads are open: say where it listens, not where its keys or
+            # data are kept.
             "listeners": {
-                "tcp": list(config.tcp_endpoints),
-                "ws": list(config.ws_endpoints),
-                "admin": list(config.admin_endpoints),
+                "tcp": [public_endpoint(e) for e in config.tcp_endpoints],
+                "ws": [public_endpoint(e) for e in config.ws_endpoints],
+                "admin": [public_endpoint(e) for e in config.admin_endpoints],
             },
-            "store": {
-                "kind": config.store,
-                "data_dir": config.data_dir if broker.store.durable else None,
-            },
+            "store": {"kind": config.store},
             "auth": bool(getattr(broker, "auth", None) and broker.auth.required),
             "vhosts": sorted(name for name, _ in self.vhosts()),
             "counters": {name: int(value) for name, value in sorted(stats.items())},
@@ -330,3 +329,24 @@ def page(
         "order": order,
         "items": rows[offset : offset + limit],
     }
+
+
+#: Endpoint-string options that say where a listener is, kept by
+#: :func:`public_endpoint`; the others (key and certificate paths) are not.
+_PUBLIC_OPTIONS = ("port", "interface", "address", "host", "backlog")
+
+
+def public_endpoint(description: str) -> str:
+    """
+    An endpoint string without the options an unauthenticated reader has no
+    business seeing (``privateKey=``, ``certKey=``, ``caCertsDir=`` ...):
+    ``ssl:61614:interface=0.0.0.0:privateKey=/etc/k.pem`` is shown as
+    ``ssl:61614:interface=0.0.0.0``.
+    """
+    parts = description.split(":")
+    kept = [parts[0]]
+    for part in parts[1:]:
+        name, sep, _ = part.partition("=")
+        if not sep or name in _PUBLIC_OPTIONS:
+            kept.append(part)
+    return ":".join(kept)

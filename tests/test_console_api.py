@@ -465,3 +465,14 @@ async def test_a_password_that_is_not_valid_unicode_is_a_bad_request(make_broker
         headers={"Content-Type": "application/json"},
     )
     assert response.code == 400
+
+
+def test_the_open_overview_shows_where_it_listens_not_where_its_keys_are():
+    from stomptw.consolestats import public_endpoint
+
+    assert (
+        public_endpoint("ssl:61614:interface=0.0.0.0:privateKey=/etc/k.pem:certKey=/etc/c.pem")
+        == "ssl:61614:interface=0.0.0.0"
+    )
+    assert public_endpoint("tcp:61613:interface=127.0.0.1") == "tcp:61613:interface=127.0.0.1"
+    assert public_endpoint("unix:/run/stomptw.sock") == "unix:/run/stomptw.sock"

@@ -192,7 +192,7 @@ function facts(o, point) {
   const listeners = Object.entries(o.listeners)
     .filter(([, list]) => list.length)
     .map(([kind, list]) => `${kind} ${list.join(", ")}`);
-  const store = o.store.data_dir ? `${o.store.kind} store in ${o.store.data_dir}` : `${o.store.kind} store`;
+  const store = `${o.store.kind} store`;
   $("facts").textContent =
     `stomptw ${o.version} · up ${duration(o.uptime_seconds)} · ${listeners.join(" · ")} · ${store}` +
     ` · ${o.auth ? "logins required" : "anonymous sessions"}`;
