@@ -33,6 +33,11 @@ Endpoints:
 ``GET /api/alarms``
     The memory and disk alarms: raised or not, what they measure, how many
     connections they hold (null for an alarm that is off).
+``GET /api/cluster``
+    With ``--cluster``: this node's id, the Redis it joined, whether it is
+    connected now, and its topic message counts; ``{"enabled": false}``
+    without. (``/readyz`` does not depend on it: a node whose Redis is down
+    still serves its own clients.)
 
 The operator's console (:mod:`stomptw.console`) is served beside them: its
 page at ``/``, its files under ``/console/``, and its own endpoints.
@@ -219,6 +224,7 @@ class AdminResource(JsonResource):
             ),
             (("api", "subscriptions"), {"GET": self._subscriptions}),
             (("api", "alarms"), {"GET": self._alarms_api}),
+            (("api", "cluster"), {"GET": self._cluster_api}),
         ]
 
     # -- routing -------------------------------------------------------------------------
@@ -309,6 +315,10 @@ class AdminResource(JsonResource):
                 for kind in ("memory", "disk")
             },
         )
+
+    def _cluster_api(self, request: Request) -> bytes:
+        cluster = getattr(self.broker, "cluster", None)
+        return self._json(request, 200, cluster.status() if cluster else {"enabled": False})
 
     def _metrics(self, request: Request) -> bytes:
         return self._text(request, 200, render_metrics(self.broker), METRICS_CONTENT_TYPE)

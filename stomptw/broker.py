@@ -183,6 +183,12 @@ class Broker(BrokerScheduling, BrokerLifetime):
         self.messaging = None
         #: The virtual hosts by name, this broker as ``/`` (:meth:`add_vhost`).
         self.vhosts: dict[str, Broker] = {"/": self}
+        #: This node's part of a cluster (:class:`stomptw.cluster.node.ClusterNode`)
+        #: with ``--cluster``, on the default vhost's broker; None otherwise.
+        self.cluster = None
+        #: Called with each topic message this broker accepted, to pass it on
+        #: to the other nodes of a cluster; None on a single node.
+        self.on_topic_message: Callable[[Message], None] | None = None
         self._root = True
 
     @property
@@ -295,8 +301,23 @@ class Broker(BrokerScheduling, BrokerLifetime):
             return message
         dest.publish(message, producer, reject)
         self.stats["published"] += 1
+        if self.on_topic_message is not None and dest.kind == "topic":
+            self.on_topic_message(message)
         self._forget_if_idle(dest)
         return message
+
+    def route_remote(self, message: Message) -> None:
+        """
+        Deliver a topic message another node of the cluster accepted to this
+        node's subscribers and durable subscriptions of its topic, without
+        passing it on again. A topic nobody here subscribes to is not made.
+        """
+        dest = self.destinations.get(message.destination)
+        if dest is None or dest.kind != "topic":
+            return
+        if not message.expires or message.expires > self.now_ms():
+            dest.publish(message, None, False)
+        self._forget_if_idle(dest)
 
     def _accept(
         self, destination: str, headers: dict[str, str], body: bytes, routed_ms: int

@@ -55,6 +55,8 @@ class BrokerScheduling:
             self.expire(None, message)
         else:
             dest.publish(message, None, False)
+            if self.on_topic_message is not None and dest.kind == "topic":
+                self.on_topic_message(message)
         self._forget_if_idle(dest)
 
     def deadline_sweep(self: Broker):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from stomptw.cluster.settings import ClusterSettings
 from stomptw.deliveryconfig import DeliverySettings
 from stomptw.frame import Limits
 from stomptw.settings import (
@@ -43,6 +44,7 @@ from stomptw.settings import (
 __all__ = [
     "AuthSettings",
     "BrokerConfig",
+    "ClusterSettings",
     "DeliverySettings",
     "ListenerSettings",
     "SessionSettings",
@@ -470,11 +472,14 @@ class AuthSettings:
 
 
 @dataclass
-class BrokerConfig(AuthSettings, DeliverySettings, SessionSettings, ListenerSettings):
+class BrokerConfig(
+    ClusterSettings, AuthSettings, DeliverySettings, SessionSettings, ListenerSettings
+):
     """
-    Everything that can be set on a broker: the listener, session and
-    delivery settings together (each group is a base class, so that related
-    settings read together; the fields are this class's all the same).
+    Everything that can be set on a broker: the listener, session,
+    delivery, authentication and cluster settings together (each group is a
+    base class, so that related settings read together; the fields are this
+    class's all the same).
 
     Durations are in seconds unless the name says milliseconds. Each field's
     declaration says what it does (its ``help``), its ``twistd stomptw`` flag

@@ -213,3 +213,44 @@ class IDeadlineTarget(Interface):
         A deadline it asked for is due (or nearly, for early deadlines) at
         ``now``: do what is due and schedule the next one.
         """
+
+
+class IClusterBus(Interface):
+    """
+    What a node of a cluster asks of the engine that ties the nodes together
+    (:mod:`stomptw.cluster`; Redis is :class:`stomptw.cluster.redisbus.RedisBus`).
+    Another engine implements this, and sessions and the broker do not change.
+    """
+
+    node_id = Attribute("This node's id in the cluster (str).")
+    where = Attribute("Where the engine is, for logs and the admin API, without credentials.")
+    connected = Attribute(
+        "True while what :meth:`broadcast` sends reaches the other nodes "
+        "(and theirs reaches this one)."
+    )
+    reconnects = Attribute("How many times the bus came back after being down (int).")
+
+    def check():
+        """
+        Join the engine once, blocking, before the reactor runs: raise
+        :class:`stomptw.cluster.probe.ClusterUnavailable` saying why it
+        cannot be joined (unreachable, credentials refused, ...).
+        """
+
+    def start(receive):  # noqa: N805
+        """
+        Connect, and keep reconnecting while started; call ``receive`` with
+        every payload any node broadcasts (this node's own included) while
+        connected.
+        """
+
+    def broadcast(subject, payload):  # noqa: N805
+        """
+        Send ``payload`` to every node, in order with this node's other
+        broadcasts; ``subject`` (vhost and destination) names what it is
+        about. False when it cannot be sent now (the bus is down): nothing
+        is queued for later.
+        """
+
+    def stop():
+        """Disconnect; a Deferred that fires once the connections are closed."""

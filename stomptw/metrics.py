@@ -316,6 +316,10 @@ def render_metrics(broker: Broker, max_destinations: int = MAX_DESTINATION_SERIE
         [(None, int(store_stats.get("failed_commits", 0)))],
     )
     _alarms(out, broker)
+    cluster = getattr(broker, "cluster", None)
+    if cluster is not None:
+        for name, kind, text, samples in cluster.metric_families():
+            out.family(name, kind, text, samples)
     return out.text()
 
 

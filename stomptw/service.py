@@ -417,6 +417,12 @@ def makeService(
     for vhost in config.vhosts:
         broker.add_vhost(vhost, make_vhost_store(config, reactor, vhost))
     service = BrokerService(broker, config, reactor)
+    if config.cluster:
+        # Imported in cluster mode only: a single node never loads a Redis
+        # client. Before the listeners: it checks Redis before they bind.
+        from stomptw.cluster.node import join_cluster
+
+        join_cluster(broker, config, reactor).setServiceParent(service)
     guard = not config.auth and not config.allow_anonymous
 
     def count_refused() -> None:
