@@ -219,6 +219,9 @@ class Authenticator:
         #: Called whenever one of them has been read again (the service tells
         #: every session, see :meth:`~stomptw.access.SessionAccess.permissions_changed`).
         self.on_change: Callable[[], None] | None = None
+        #: More callables for the same moment (the console ends its
+        #: sessions: who is an administrator may have changed).
+        self.change_listeners: list[Callable[[], None]] = []
 
     @property
     def required(self) -> bool:
@@ -364,6 +367,8 @@ class Authenticator:
         # (their fast path for SENDs among them) from the rules it replaced.
         if self.on_change is not None:
             self.on_change()
+        for listener in list(self.change_listeners):
+            listener()
         return result
 
     def expires_in(self, user: StompUser) -> float | None:

@@ -57,6 +57,10 @@ MAX_LIFETIME = 8 * 3600.0
 MAX_SESSIONS = 1000
 
 
+#: The user name of a session opened with the admin token.
+TOKEN_USER = "admin-token"
+
+
 @dataclass
 class ConsoleSession:
     """One logged-in operator: who, the CSRF token, and the session's clock."""
@@ -93,6 +97,25 @@ class ConsoleSessions:
         self._token = token.encode("utf-8") if token else None
         self.clock = clock
         self._sessions: OrderedDict[str, ConsoleSession] = OrderedDict()
+        listeners = getattr(auth, "change_listeners", None)
+        if listeners is not None:
+            listeners.append(self.end_user_sessions)
+
+    def end_user_sessions(self) -> int:
+        """
+        The users or permissions were read again: end every session of a
+        broker user (who is an administrator may have changed; they log in
+        again). Sessions of the admin token stay. Return how many ended.
+        """
+        ended = [key for key, s in self._sessions.items() if s.user != TOKEN_USER]
+        for key in ended:
+            del self._sessions[key]
+        if ended:
+            log.info(
+                "console: {count} session(s) ended: the users or permissions were reloaded",
+                count=len(ended),
+            )
+        return len(ended)
 
     @property
     def mode(self) -> str:
@@ -173,7 +196,7 @@ class ConsoleSessions:
                 )
         if not user:
             if self._token and password and hmac.compare_digest(password.encode(), self._token):
-                return defer.succeed(self._logged_in(request, "admin-token", peer))
+                return defer.succeed(self._logged_in(request, TOKEN_USER, peer))
             if failures is not None:
                 failures.failed(peer)
             return self._refused(peer, "-", 401, "wrong token")

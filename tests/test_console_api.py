@@ -476,3 +476,24 @@ def test_the_open_overview_shows_where_it_listens_not_where_its_keys_are():
     )
     assert public_endpoint("tcp:61613:interface=127.0.0.1") == "tcp:61613:interface=127.0.0.1"
     assert public_endpoint("unix:/run/stomptw.sock") == "unix:/run/stomptw.sock"
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloading_the_users_ends_the_console_sessions_of_users(
+    make_broker, users_file, token_file
+):
+    running = await start(make_broker, auth=[f"users:{users_file}"], admin_token_file=token_file)
+    response, body = await login(running, "root", "r-pw")
+    by_user = {**cookie_of(response), "X-CSRF-Token": body["csrf"]}
+    response, token_body = await login(running, "", TOKEN)
+    by_token = {**cookie_of(response), "X-CSRF-Token": token_body["csrf"]}
+    target = url(running, "/api/destinations/%2Fqueue%2Freload/messages")
+    # root loses the administrator tag; the file is read again (SIGHUP's reload).
+    write_users(users_file, [User("root", hash_password("r-pw"))])
+    await running.broker.auth.reload()
+    refused = await treq.post(target, json={"body": "x"}, headers=by_user)
+    assert refused.code == 401
+    await login(running, "root", "r-pw", 403)
+    # A session of the admin token does not depend on the users file.
+    made = await treq.post(target, json={"body": "x"}, headers=by_token)
+    assert made.code == 201
