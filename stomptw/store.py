@@ -19,14 +19,12 @@ message to its producer.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -34,9 +32,27 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stomptw.interfaces import IMessageStore
-from stomptw.model import message_size
+from stomptw.storeformat import (
+    DB_NAME,
+    LOCK_NAME,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Batch,
+    Read,
+    StoredMessage,
+    StoredPage,
+    StoredState,
+    StoreError,
+    load_all,
+    load_windowed,
+    select_page,
+    write_batch,
+)
 
 __all__ = [
+    "DB_NAME",
+    "LOCK_NAME",
+    "SCHEMA_VERSION",
     "MemoryStore",
     "SQLiteStore",
     "StoredMessage",
@@ -46,95 +62,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-#: The database file's name inside the data directory.
-DB_NAME = "stomptw.sqlite3"
-#: The lock file that keeps a second broker out of the data directory.
-LOCK_NAME = "lock"
-
-
-class StoreError(RuntimeError):
-    """The store could not be opened or written."""
-
-
-@dataclass
-class StoredMessage:
-    """
-    One persistent message as the store keeps it.
-
-    :ivar key: the broker-assigned key, unique in the store; also the order
-        messages were accepted in.
-    :ivar owner: the queue holding it: a queue's name, or a durable
-        subscription's owner name (see :meth:`IMessageStore.put_subscription`).
-    :ivar message_id: the ``message-id`` it is delivered with.
-    :ivar destination: the destination it was sent to.
-    :ivar headers: the headers that travel with it.
-    :ivar body: its body.
-    :ivar delivery_count: how many deliveries of it have been started.
-    :ivar expires: when it expires, in milliseconds since the epoch; 0 never.
-    """
-
-    key: int
-    owner: str
-    message_id: str
-    destination: str
-    headers: dict[str, str]
-    body: bytes
-    delivery_count: int = 0
-    expires: int = 0
-
-
-@dataclass
-class StoredPage:
-    """
-    The messages of one queue beyond its in-memory window, left in the store
-    when it was opened (see :meth:`SQLiteStore.load`): the queue reads them
-    back in key order as its consumers make room.
-
-    :ivar owner: the queue holding them.
-    :ivar first_key: the first of their keys.
-    :ivar last_key: the last of their keys (keys in between may belong to
-        other queues).
-    :ivar count: how many there are.
-    :ivar size: what they count for against the queue's byte limit.
-    :ivar expiring: how many of them have an expiry time.
-    """
-
-    owner: str
-    first_key: int
-    last_key: int
-    count: int = 0
-    size: int = 0
-    expiring: int = 0
-
-
-@dataclass
-class StoredState:
-    """
-    What a store held when it was opened.
-
-    :ivar messages: the stored messages in key order.
-    :ivar subscriptions: durable subscriptions, as
-        ``{owner: (client_id, name, destination)}``.
-    :ivar unclean: the broker that last used the store did not close it (it
-        crashed or was killed): deliveries it started may not be recorded.
-    :ivar pages: by owner, the messages left in the store beyond each
-        queue's in-memory window (empty unless :meth:`SQLiteStore.load` was
-        given a window).
-    """
-
-    messages: list[StoredMessage] = field(default_factory=list)
-    subscriptions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    unclean: bool = False
-    pages: dict[str, StoredPage] = field(default_factory=dict)
-
-    @property
-    def next_key(self) -> int:
-        """The first key not used by a stored message."""
-        last = self.messages[-1].key if self.messages else 0
-        for page in self.pages.values():
-            last = max(last, page.last_key)
-        return last + 1
 
 
 @implementer(IMessageStore)
@@ -200,172 +127,8 @@ class MemoryStore:
         return {"messages": len(self.messages), "batches": 0, "last_commit_seconds": 0.0}
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    key INTEGER PRIMARY KEY,
-    owner TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    headers TEXT NOT NULL,
-    body BLOB NOT NULL,
-    delivery_count INTEGER NOT NULL DEFAULT 0,
-    expires INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS messages_by_owner ON messages(owner, key);
-CREATE TABLE IF NOT EXISTS subscriptions (
-    owner TEXT PRIMARY KEY,
-    client_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    destination TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (
-    name TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
-
 #: After a failed commit, the next one is tried this many seconds later.
 RETRY_SECONDS = 1.0
-
-#: The schema version written to ``meta``; a newer one is refused.
-SCHEMA_VERSION = 1
-
-
-def _load_all(conn: sqlite3.Connection) -> list[StoredMessage]:
-    return [
-        StoredMessage(key, owner, mid, dest, json.loads(headers), bytes(body), count, exp)
-        for key, owner, mid, dest, headers, body, count, exp in conn.execute(
-            "SELECT key, owner, message_id, destination, headers, body, "
-            "delivery_count, expires FROM messages ORDER BY key"
-        )
-    ]
-
-
-def _load_windowed(
-    conn: sqlite3.Connection, window: int, pageable: Callable[[str], bool]
-) -> tuple[list[StoredMessage], dict[str, StoredPage]]:
-    """The first ``window`` messages of each pageable owner, and a page for the rest."""
-    held: dict[str, int] = {}
-    keys: list[int] = []
-    pages: dict[str, StoredPage] = {}
-    # length() of a BLOB is read from the row's header: the bodies left on
-    # disk are never read here.
-    for key, owner, headers, body_length, expires in conn.execute(
-        "SELECT key, owner, headers, length(body), expires FROM messages ORDER BY key"
-    ):
-        if not pageable(owner) or held.get(owner, 0) < window:
-            held[owner] = held.get(owner, 0) + 1
-            keys.append(key)
-            continue
-        page = pages.get(owner)
-        if page is None:
-            page = pages[owner] = StoredPage(owner, key, key)
-        page.last_key = key
-        page.count += 1
-        page.size += message_size(json.loads(headers), b"") + body_length
-        if expires:
-            page.expiring += 1
-    messages: list[StoredMessage] = []
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        messages.extend(
-            StoredMessage(key, owner, mid, dest, json.loads(headers), bytes(body), count, exp)
-            for key, owner, mid, dest, headers, body, count, exp in conn.execute(
-                "SELECT key, owner, message_id, destination, headers, body, delivery_count, "
-                f"expires FROM messages WHERE key IN ({marks}) ORDER BY key",
-                chunk,
-            )
-        )
-    return messages, pages
-
-
-class _Batch:
-    """The writes collected since the last commit started."""
-
-    __slots__ = (
-        "puts",
-        "counts",
-        "deletes",
-        "ranges",
-        "oldest",
-        "sub_puts",
-        "sub_deletes",
-        "waiters",
-    )
-
-    def __init__(self) -> None:
-        self.puts: dict[int, StoredMessage] = {}
-        self.counts: dict[int, int] = {}
-        self.deletes: set[int] = set()
-        #: ``(owner, first_key, last_key)``: a paged backlog purged.
-        self.ranges: list[tuple[str, int, int]] = []
-        #: ``(owner, first_key, last_key, count)``: the oldest of a paged
-        #: backlog dropped (drop-head).
-        self.oldest: list[tuple[str, int, int, int]] = []
-        self.sub_puts: dict[str, tuple[str, str, str]] = {}
-        self.sub_deletes: set[str] = set()
-        self.waiters: list[defer.Deferred] = []
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.puts
-            or self.counts
-            or self.deletes
-            or self.ranges
-            or self.oldest
-            or self.sub_puts
-            or self.sub_deletes
-        )
-
-    def take_back(self, failed: _Batch) -> None:
-        """
-        Put the writes of ``failed``, an older batch whose commit failed,
-        under this one's, so that the next commit writes both and the store
-        ends up as if the failed commit had worked. What this batch did
-        later to the same keys wins.
-        """
-        for key, message in failed.puts.items():
-            if key in self.deletes or key in self.puts:
-                continue
-            count = self.counts.pop(key, None)
-            if count is not None:
-                message.delivery_count = count
-            self.puts[key] = message
-        for key, count in failed.counts.items():
-            if key not in self.counts and key not in self.deletes and key not in self.puts:
-                self.counts[key] = count
-        for key in failed.deletes:
-            if key not in self.puts:
-                self.deletes.add(key)
-                self.counts.pop(key, None)
-        self.ranges[:0] = failed.ranges
-        self.oldest[:0] = failed.oldest
-        for owner, record in failed.sub_puts.items():
-            if owner not in self.sub_puts and owner not in self.sub_deletes:
-                self.sub_puts[owner] = record
-        for owner in failed.sub_deletes:
-            if owner not in self.sub_puts:
-                self.sub_deletes.add(owner)
-
-
-class _Read:
-    """A read of paged messages, for the store's thread."""
-
-    __slots__ = ("owner", "first_key", "last_key", "limit", "deferred")
-
-    def __init__(self, owner: str, first_key: int, last_key: int, limit: int, reactor) -> None:
-        self.owner = owner
-        self.first_key = first_key
-        self.last_key = last_key
-        self.limit = limit
-        self.deferred: defer.Deferred = defer.Deferred()
-
-    def done(self, result: object) -> None:
-        if isinstance(result, Failure):
-            self.deferred.errback(result)
-        else:
-            self.deferred.callback(result)
 
 
 @implementer(IMessageStore)
@@ -395,8 +158,8 @@ class SQLiteStore:
         self.path = os.path.join(directory, DB_NAME)
         self._reactor = reactor
         self._synchronous = synchronous
-        self._batch = _Batch()
-        self._in_flight: _Batch | None = None
+        self._batch = Batch()
+        self._in_flight: Batch | None = None
         self._scheduled = False
         self._closed = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -429,7 +192,7 @@ class SQLiteStore:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
             if row is None:
                 conn.execute(
@@ -445,9 +208,9 @@ class SQLiteStore:
             # Until close() says otherwise, this run counts as a crash.
             conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('closed', '0')")
             if window > 0:
-                messages, pages = _load_windowed(conn, window, pageable or (lambda owner: True))
+                messages, pages = load_windowed(conn, window, pageable or (lambda owner: True))
             else:
-                messages, pages = _load_all(conn), {}
+                messages, pages = load_all(conn), {}
             subscriptions = {
                 owner: (client_id, name, dest)
                 for owner, client_id, name, dest in conn.execute(
@@ -572,7 +335,7 @@ class SQLiteStore:
         was written before it is committed, so it sees every message put so
         far.
         """
-        read = _Read(owner, first_key, last_key, limit, self._reactor)
+        read = Read(owner, first_key, last_key, limit, self._reactor)
 
         def start(_: object) -> defer.Deferred:
             if self._thread is None:
@@ -649,7 +412,7 @@ class SQLiteStore:
                 for d in waiters:
                     d.callback(None)
             return
-        batch, self._batch = self._batch, _Batch()
+        batch, self._batch = self._batch, Batch()
         self._in_flight = batch
         self._jobs.put((batch, time.monotonic()))
 
@@ -660,9 +423,9 @@ class SQLiteStore:
             job = self._jobs.get()
             if job is None:
                 return
-            if isinstance(job, _Read):
+            if isinstance(job, Read):
                 try:
-                    found: object = self._select(job)
+                    found: object = select_page(self._conn, job)
                 except BaseException:
                     found = Failure()
                 self._reactor.callFromThread(job.done, found)
@@ -675,79 +438,13 @@ class SQLiteStore:
                 result = Failure()
             self._reactor.callFromThread(self._committed, result, batch, started)
 
-    def _select(self, job: _Read) -> list[StoredMessage]:
-        # Runs in the store's thread, between two commits.
-        conn = self._conn
-        assert conn is not None
-        return [
-            StoredMessage(key, job.owner, mid, dest, json.loads(headers), bytes(body), count, exp)
-            for key, mid, dest, headers, body, count, exp in conn.execute(
-                "SELECT key, message_id, destination, headers, body, delivery_count, expires "
-                "FROM messages WHERE owner = ? AND key BETWEEN ? AND ? ORDER BY key LIMIT ?",
-                (job.owner, job.first_key, job.last_key, job.limit),
-            )
-        ]
+    def _commit(self, batch: Batch) -> None:
+        # Runs in the store's thread, the only one that writes (a method:
+        # tests inject faults here).
+        assert self._conn is not None
+        write_batch(self._conn, batch)
 
-    def _commit(self, batch: _Batch) -> None:
-        # Runs in the store's thread, the only one that writes.
-        conn = self._conn
-        assert conn is not None
-        conn.execute("BEGIN")
-        try:
-            if batch.puts:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            m.key,
-                            m.owner,
-                            m.message_id,
-                            m.destination,
-                            json.dumps(m.headers, separators=(",", ":")),
-                            m.body,
-                            m.delivery_count,
-                            m.expires,
-                        )
-                        for m in batch.puts.values()
-                    ],
-                )
-            if batch.counts:
-                conn.executemany(
-                    "UPDATE messages SET delivery_count = ? WHERE key = ?",
-                    [(count, key) for key, count in batch.counts.items()],
-                )
-            if batch.deletes:
-                conn.executemany(
-                    "DELETE FROM messages WHERE key = ?", [(key,) for key in batch.deletes]
-                )
-            if batch.ranges:
-                conn.executemany(
-                    "DELETE FROM messages WHERE owner = ? AND key BETWEEN ? AND ?", batch.ranges
-                )
-            for owner, first, last, count in batch.oldest:
-                conn.execute(
-                    "DELETE FROM messages WHERE key IN (SELECT key FROM messages "
-                    "WHERE owner = ? AND key BETWEEN ? AND ? ORDER BY key LIMIT ?)",
-                    (owner, first, last, count),
-                )
-            if batch.sub_puts:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?)",
-                    [(owner, *rest) for owner, rest in batch.sub_puts.items()],
-                )
-            if batch.sub_deletes:
-                conn.executemany(
-                    "DELETE FROM subscriptions WHERE owner = ?",
-                    [(owner,) for owner in batch.sub_deletes],
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            # SQLite has rolled back by itself after some errors (a full disk).
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def _committed(self, result: object, batch: _Batch, started: float) -> None:
+    def _committed(self, result: object, batch: Batch, started: float) -> None:
         self._in_flight = None
         self._last_commit = time.monotonic() - started
         failure = result if isinstance(result, Failure) else None
@@ -771,7 +468,7 @@ class SQLiteStore:
         if self._retry is None and (self._batch or self._batch.waiters):
             self._start()
 
-    def _failed(self, failure: Failure, batch: _Batch, waiters: list[defer.Deferred]) -> None:
+    def _failed(self, failure: Failure, batch: Batch, waiters: list[defer.Deferred]) -> None:
         """
         A commit failed (disk full, I/O error): the frames waiting for it get
         their ERROR; its writes are kept for the next commit, tried again

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
-from stomptw.store import _SCHEMA, DB_NAME, SCHEMA_VERSION
+from stomptw.storeformat import DB_NAME, SCHEMA, SCHEMA_VERSION
 
 __all__ = ["main"]
 
@@ -143,7 +143,7 @@ def salvage(directory: str, target: str, out: TextIO) -> int:
     os.makedirs(target, exist_ok=True)
     new = sqlite3.connect(new_path)
     with new:
-        new.executescript(_SCHEMA)
+        new.executescript(SCHEMA)
         new.execute("INSERT INTO meta(name, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         new.execute("INSERT INTO meta(name, value) VALUES ('closed', '1')")
         new.executemany(
