@@ -171,6 +171,30 @@ class Sends:
             yield batch
 
 
+def ws_frame_head(buf: bytearray, pos: int) -> tuple[int, int, int, bool] | None:
+    """
+    The head of the WebSocket frame at ``pos``: (first byte, payload length,
+    head length, masked), or None while the head is not all in ``buf``.
+    """
+    size = len(buf)
+    if size - pos < 2:
+        return None
+    b0, b1 = buf[pos], buf[pos + 1]
+    n = b1 & 0x7F
+    hl = 2
+    if n == 126:
+        if size - pos < 4:
+            return None
+        n = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+        hl = 4
+    elif n == 127:
+        if size - pos < 10:
+            return None
+        n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+        hl = 10
+    return b0, n, hl, bool(b1 & 0x80)
+
+
 # -- connections ------------------------------------------------------------------------------
 
 
@@ -273,21 +297,12 @@ class Conn:
         out = bytearray()
         pos = 0
         size = len(buf)
-        while size - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
-            n = b1 & 0x7F
-            hl = 2
-            if n == 126:
-                if size - pos < 4:
-                    break
-                n = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                hl = 4
-            elif n == 127:
-                if size - pos < 10:
-                    break
-                n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                hl = 10
-            if b1 & 0x80:
+        while True:
+            head = ws_frame_head(buf, pos)
+            if head is None:
+                break
+            b0, n, hl, masked = head
+            if masked:
                 raise ConnectionError("masked frame from the server")
             if size - pos < hl + n:
                 break

@@ -93,6 +93,7 @@ from loadgen import (  # noqa: E402
     own_cpu,
     receipts_in,
     ws_frame,
+    ws_frame_head,
 )
 
 _CTX = mp.get_context("fork")
@@ -362,21 +363,12 @@ class Holder:
         """The server's (unmasked) WebSocket frames in ``buf``."""
         pos = 0
         size = len(buf)
-        while size - pos >= 2 and session.state != DEAD:
-            b0, b1 = buf[pos], buf[pos + 1]
-            n = b1 & 0x7F
-            hl = 2
-            if n == 126:
-                if size - pos < 4:
-                    break
-                n = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                hl = 4
-            elif n == 127:
-                if size - pos < 10:
-                    break
-                n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                hl = 10
-            if b1 & 0x80:
+        while session.state != DEAD:
+            head = ws_frame_head(buf, pos)
+            if head is None:
+                break
+            b0, n, hl, masked = head
+            if masked:
                 self.stats[H_ERRORS] += 1
                 self.lost(session, "masked frame from the server")
                 return
