@@ -250,6 +250,15 @@ class ListenerSettings:
         checks=[positive],
         metavar="SECONDS",
     )
+    ws_compression: str = setting(
+        "on",
+        "--ws-compression",
+        "Whether the WebSocket listener negotiates permessage-deflate with clients that "
+        "offer it (on or off). Clients that do not offer it get uncompressed frames "
+        "either way.",
+        checks=[one_of("on", "off")],
+        metavar="on|off",
+    )
     ws_ping_interval: float = setting(
         30.0,
         "--ws-ping-interval",

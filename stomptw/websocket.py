@@ -37,6 +37,7 @@ from stomptw.interfaces import IStompTransport
 from stomptw.model import format_peer
 from stomptw.protocol import set_high_water, shared_sweep
 from stomptw.session import StompSession
+from stomptw.wscompress import COMPRESS_MIN, SharedDeflate, accept_deflate
 from stomptw.wsframes import (
     FAST_PARTIAL_MAX,
     OPCODE_BINARY,
@@ -127,6 +128,10 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     fast_receive = False
     #: Whether outgoing messages may bypass Autobahn's sendMessage (set on open).
     fast_send = False
+    #: The listener's shared compressor once this connection negotiated
+    #: permessage-deflate, and the window the client allows it.
+    deflate: SharedDeflate | None = None
+    deflate_bits = 15
     _linger: IDelayedCall | None = None
 
     # -- IStompTransport ------------------------------------------------------------
@@ -146,10 +151,11 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         Send ``data`` as one WebSocket message: text if it is valid UTF-8,
         binary otherwise.
 
-        In the usual case (no compression, fragmentation, frame logging or
-        queued sync data) the single unmasked frame is built here and
-        written straight to the socket, which is what Autobahn's
-        ``sendMessage`` would write, without its per-message overhead.
+        In the usual case (no fragmentation, frame logging or queued sync
+        data) the single unmasked frame is built here and written straight
+        to the socket, which is what Autobahn's ``sendMessage`` would write,
+        without its per-message overhead. With permessage-deflate the
+        payload is the listener's shared compressor's output (RSV1 set).
         """
         if self.state != self.STATE_OPEN:
             return
@@ -158,7 +164,13 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         if self.send_queue or not self.fast_send or 0 < self.maxMessagePayloadSize < n:
             # Autobahn's own path (which raises PayloadExceededError when over).
             self.sendMessage(data, isBinary=opcode == OPCODE_BINARY)
-        elif n < 65536:
+            return
+        deflate = self.deflate
+        if deflate is not None and n >= COMPRESS_MIN:
+            data = deflate.compress(data, self.deflate_bits)
+            n = len(data)
+            opcode |= _RSV1
+        if n < 65536:
             self.transport.write(frame_header(opcode, n) + data)
         else:
             self.transport.writeSequence([frame_header(opcode, n), data])
@@ -266,12 +278,13 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         # Autobahn's own sendMessage.
         self.fast_receive = not (self.logFrames or self.logOctets or self.trackedTimings)
         self.fast_send = (
-            self.fast_receive
-            and self._perMessageCompress is None
-            and not self.autoFragmentSize
-            and not self.maskServerFrames
+            self.fast_receive and not self.autoFragmentSize and not self.maskServerFrames
         )
         factory = self.factory
+        pmce = self._perMessageCompress
+        if pmce is not None:
+            self.deflate = factory.deflate
+            self.deflate_bits = pmce.server_max_window_bits
         transport = self.transport
         self.peer = format_peer(transport.getPeer())
         # This connection replaces the HTTP channel it was upgraded from as
@@ -422,7 +435,16 @@ class StompWebSocketFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
             allowNullOrigin=True,
         )
+        #: The compressor every connection of this listener shares (None
+        #: with ``--ws-compression off``: offers are then declined).
+        self.deflate: SharedDeflate | None = None
+        if config.ws_compression == "on":
+            self.deflate = SharedDeflate()
+            self.setProtocolOptions(perMessageCompressionAccept=accept_deflate)
 
+
+#: The first-byte bit of a compressed message (RFC 7692 "Per-Message Compressed").
+_RSV1 = 0x40
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 

@@ -296,3 +296,25 @@ def test_paging_benchmark_drains_a_backlog_in_order():
         "benchmarks/paging.py", "--mib", "8", "--window", "100", "--restart", "--twistd", TWISTD
     )
     assert '"lost": 0' in out and '"out_of_order": 0' in out and out.rstrip().endswith("PASS"), out
+
+
+def test_ws_compression_benchmark_compares_bytes_and_cpu():
+    out, _ = run_script(
+        "benchmarks/ws_compression.py",
+        "--messages",
+        "300",
+        "--subscribers",
+        "3",
+        "--twistd",
+        TWISTD,
+    )
+    rows = [json.loads(line) for line in out.splitlines()]
+    off, on = rows[0], rows[1]
+    assert (off["compression"], off["negotiated"]) == ("off", False), out
+    assert (on["compression"], on["negotiated"]) == ("on", True), out
+    assert off["deliveries"] == on["deliveries"] == 900, out
+    # Every subscriber got and inflated the same STOMP bytes, in fewer wire bytes.
+    assert on["stomp_bytes_per_delivery"] == off["stomp_bytes_per_delivery"], out
+    assert on["wire_bytes_per_delivery"] < off["wire_bytes_per_delivery"] / 2, out
+    designs = {row["design"] for row in rows[2:]}
+    assert "shared, no context (stomptw)" in designs, out
