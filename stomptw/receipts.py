@@ -6,11 +6,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 __all__ = ["Receipts"]
+
+
+#: The RECEIPTs of a session that owes none (shared, never appended to).
+_NOTHING_WAITING: Any = ()
 
 
 class Receipts:
@@ -38,8 +43,9 @@ class Receipts:
         self._send = send
         self._sync = sync
         self._failed = failed
-        # [receipt id, ready to send], oldest first.
-        self._waiting: deque[list] = deque()
+        # [receipt id, ready to send], oldest first; an empty deque takes
+        # about 600 bytes, so an idle session has none until it needs one.
+        self._waiting: deque[list] = _NOTHING_WAITING
         self._drained: list[Deferred] = []
         #: False once the session is closing: nothing more is sent.
         self.open = True
@@ -64,6 +70,8 @@ class Receipts:
             return
         # [receipt id or None, ready to send, waits for a handler]
         entry = [receipt, not needs_sync and after is None, after is not None]
+        if self._waiting is _NOTHING_WAITING:
+            self._waiting = deque()
         self._waiting.append(entry)
         if after is not None:
             if needs_sync:
@@ -123,7 +131,7 @@ class Receipts:
             self._fire_drained()
 
     def _store_failed(self, failure: Failure, entry: list) -> None:
-        self._waiting.clear()
+        self._waiting = _NOTHING_WAITING
         if self.open:
             self._failed(entry[0], failure)
         self._fire_drained()

@@ -8,6 +8,7 @@ internals the WebSocket fast paths use are all still there.
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,22 @@ def test_every_autobahn_internal_the_fast_paths_use_is_there(ws_in_process):
     assert proto.state == proto.STATE_OPEN
     assert proto.current_frame is None and proto.inside_message is False
     assert proto.data == b"" and list(proto.send_queue) == []
+
+
+def test_the_handshake_autobahn_keeps_is_let_go_once_open(ws_in_process):
+    """
+    Autobahn still names the handshake's leftovers as the broker expects
+    (it sets them while handshaking), and an open connection holds none.
+    """
+    from autobahn.websocket.protocol import WebSocketServerProtocol
+
+    from stomptw.websocket import _HANDSHAKE_LEFTOVERS
+
+    source = inspect.getsource(WebSocketServerProtocol.processHandshake)
+    source += inspect.getsource(WebSocketServerProtocol.succeedHandshake)
+    unknown = [name for name in _HANDSHAKE_LEFTOVERS if f"self.{name}" not in source]
+    assert unknown == [], f"Autobahn no longer sets {unknown} while handshaking"
+    proto, _ = ws_in_process
+    assert [getattr(proto, name) for name in _HANDSHAKE_LEFTOVERS] == [None] * len(
+        _HANDSHAKE_LEFTOVERS
+    )
