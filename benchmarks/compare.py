@@ -34,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import compiledgen  # noqa: E402
+import gencheck  # noqa: E402
 import harness  # noqa: E402
 import loadgen  # noqa: E402
 from harness import BrokerProcess  # noqa: E402
@@ -87,13 +89,21 @@ def cases(args: argparse.Namespace) -> list[Case]:
     return out
 
 
-def run_case(broker: BrokerProcess, case: Case, args: argparse.Namespace) -> dict:
-    """One run of ``case`` against ``broker``: the scenario's figures."""
+def run_case(broker: BrokerProcess, case: Case, args: argparse.Namespace, nice: int = 0) -> dict:
+    """
+    One run of ``case`` against ``broker``: the scenario's figures, by the
+    generator ``--generator`` chose (``nice`` below 0 raises the compiled
+    generator's CPU priority, for ``--check-generator``).
+    """
     target = broker.target(case.transport)
     sc = case.scenario
-    measured = {"timeout": args.timeout, "cpu_of_broker": broker.cpu}
+    measured: dict = {"timeout": args.timeout, "cpu_of_broker": broker.cpu}
+    gen = loadgen
+    if args.generator == "stompgen":
+        gen = compiledgen
+        measured["nice"] = nice
     if sc in ("queue", "individual", "persistent", "backlog"):
-        return loadgen.throughput(
+        return gen.throughput(
             target,
             producers=case.producers,
             consumers=case.producers,
@@ -105,11 +115,11 @@ def run_case(broker: BrokerProcess, case: Case, args: argparse.Namespace) -> dic
             **measured,
         )
     if sc == "topic":
-        return loadgen.fanout(
+        return gen.fanout(
             target, subscribers=args.subscribers, messages=args.messages, size=case.size, **measured
         )
     if sc == "latency":
-        return loadgen.latency(target, rate=case.rate, seconds=args.latency_seconds, **measured)
+        return gen.latency(target, rate=case.rate, seconds=args.latency_seconds, **measured)
     if sc == "connections":
         return loadgen.connections(
             broker.idle_target(case.transport),
@@ -144,6 +154,12 @@ FIGURE = {
 }
 
 
+#: Rows a scenario has besides its main figure's.
+MORE_FIGURES = {
+    "latency": [("p99.9 ms", "p999_ms", False), ("max ms", "max_ms", False)],
+}
+
+
 def g(r: dict, key: str) -> float:
     """A figure of a run, NaN when the run failed before producing it."""
     return r.get(key, float("nan"))
@@ -170,29 +186,8 @@ def print_table(results: list[dict], brokers: list[str]) -> None:
     extra_lines = []
     for case, per in by_case.items():
         sc = next(iter(per.values()))[0]["scenario"]
-        label, key, higher = FIGURE[sc]
-        line = f"{case:<34} {label:<12}"
-        meds = {}
-        for b in brokers:
-            runs = per.get(b, [])
-            if not runs:
-                meds[b] = float("nan")
-                line += f" {'-':>12} {'-':>5} {'-':>7}"
-                continue
-            good = [r for r in runs if r.get("ok")] or runs
-            meds[b] = median([r[key] for r in good if key in r])
-            oks = f"{sum(1 for r in runs if r.get('ok'))}/{len(runs)}"
-            if sc == "connections":
-                lost = max((g(r, "failures") for r in runs), default=0)
-            else:
-                lost = median([g(r, "lost") for r in runs])
-            line += f" {meds[b]:>12.1f} {oks:>5} {lost:>7.0f}"
-        for b in others:
-            ratio = meds["stomptw"] / meds[b] if meds[b] else float("nan")
-            line += f" {'-' if ratio != ratio else f'{ratio:.2f}':>12}"
-        if others:
-            line += f"  {'higher' if higher else 'lower'}"
-        print(line)
+        for label, key, higher in [FIGURE[sc], *MORE_FIGURES.get(sc, [])]:
+            print(_table_line(case, per, brokers, others, label, key, higher, sc))
         for b in brokers:
             runs = per.get(b, [])
             if runs:
@@ -200,7 +195,7 @@ def print_table(results: list[dict], brokers: list[str]) -> None:
     if others:
         print(
             "\nvs X = stomptw / X of the medians; 'better' says which direction is better "
-            "(msgs/s, stored/s: higher; latency p99, KiB/conn: lower). ok = runs with every "
+            "(msgs/s, stored/s: higher; latency, KiB/conn: lower). ok = runs with every "
             "message delivered exactly once (connections: no failure); lost = median "
             "messages not delivered (connections: failures); throughput medians are over "
             "the ok runs when there are any; '-' = not measured (ActiveMQ: TCP only)."
@@ -213,6 +208,41 @@ def print_table(results: list[dict], brokers: list[str]) -> None:
             print(f"! {r['case']} [{r['broker']}] round {r['round']}: {r.get('error') or 'not ok'}")
 
 
+def _table_line(
+    case: str,
+    per: dict[str, list[dict]],
+    brokers: list[str],
+    others: list[str],
+    label: str,
+    key: str,
+    higher: bool,
+    sc: str,
+) -> str:
+    """One row of the table: a figure of a case, per broker, with the ratios."""
+    line = f"{case:<34} {label:<12}"
+    meds = {}
+    for b in brokers:
+        runs = per.get(b, [])
+        if not runs:
+            meds[b] = float("nan")
+            line += f" {'-':>12} {'-':>5} {'-':>7}"
+            continue
+        good = [r for r in runs if r.get("ok")] or runs
+        meds[b] = median([r[key] for r in good if key in r])
+        oks = f"{sum(1 for r in runs if r.get('ok'))}/{len(runs)}"
+        if sc == "connections":
+            lost = max((g(r, "failures") for r in runs), default=0)
+        else:
+            lost = median([g(r, "lost") for r in runs])
+        line += f" {meds[b]:>12.{2 if key.endswith('_ms') else 1}f} {oks:>5} {lost:>7.0f}"
+    for b in others:
+        ratio = meds["stomptw"] / meds[b] if meds[b] else float("nan")
+        line += f" {'-' if ratio != ratio else f'{ratio:.2f}':>12}"
+    if others:
+        line += f"  {'higher' if higher else 'lower'}"
+    return line
+
+
 def detail(sc: str, runs: list[dict]) -> str:
     """The figures behind one table cell, for the lines below the table."""
     ok_runs = [r for r in runs if r.get("ok")] or runs
@@ -223,8 +253,9 @@ def detail(sc: str, runs: list[dict]) -> str:
     if sc == "latency":
         return (
             f"p50 {med('p50_ms'):.2f} ms, p99 {med('p99_ms'):.2f} ms, "
-            f"p99.9 {med('p999_ms'):.2f} ms, lost {med('lost'):.0f}, "
+            f"p99.9 {med('p999_ms'):.2f} ms, max {med('max_ms'):.2f} ms, lost {med('lost'):.0f}, "
             f"broker cpu {med('broker_cpu_s'):.2f} s, generator cpu {med('gen_cpu_s'):.2f} s"
+            + busiest(ok_runs)
         )
     if sc == "connections":
         return (
@@ -242,10 +273,17 @@ def detail(sc: str, runs: list[dict]) -> str:
         parts.append(f"drained {med('drain_per_s'):.0f} msgs/s")
     parts += [
         f"lost {max(g(r, 'lost') for r in runs)}, dup {max(g(r, 'duplicates') for r in runs)}",
-        f"broker cpu {med('broker_cpu_s'):.2f} s, generator cpu {med('gen_cpu_s'):.2f} s",
+        f"broker cpu {med('broker_cpu_s'):.2f} s, generator cpu {med('gen_cpu_s'):.2f} s"
+        + busiest(ok_runs),
         f"MB/s {med('mb_per_s'):.1f}",
     ]
     return ", ".join(parts)
+
+
+def busiest(runs: list[dict]) -> str:
+    """The compiled generator's busiest thread, as a share of a CPU over the run (max)."""
+    shares = [r["gen_busiest_thread_share"] for r in runs if "gen_busiest_thread_share" in r]
+    return f" (busiest generator thread {max(shares):.0%} of a CPU)" if shares else ""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -271,6 +309,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=",".join(BROKERS) + " (activemq: STOMP over TCP only)",
     )
     p.add_argument("--timeout", type=float, default=180.0, help="seconds allowed per run")
+    p.add_argument(
+        "--generator",
+        default="auto",
+        choices=("auto", "stompgen", "python"),
+        help="the load generator: the compiled one (benchmarks/stompgen, built with cargo "
+        "on first use), the Python workers of loadgen.py, or auto (stompgen when it is "
+        "built or cargo is installed). Idle connections are always loadgen's.",
+    )
+    p.add_argument(
+        "--check-generator",
+        action="store_true",
+        help="instead of the table: run every case --rounds times with the generator as "
+        "it is and as many times with twice its CPU weight (nice -3), alternating, and "
+        "say for each whether the figure moved by more than the run-to-run noise",
+    )
     p.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
     p.add_argument("--rabbitmq-server", default=None, help="path of rabbitmq-server")
     p.add_argument(
@@ -309,6 +362,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--transports takes tcp,ws; --brokers takes {','.join(BROKERS)}")
     if a.rounds < 1 or a.messages < 1 or not a.size_list or a.connections < 1:
         p.error("--rounds, --messages, --sizes and --connections must be positive")
+    if a.generator == "auto":
+        a.generator = "stompgen" if compiledgen.available() else "python"
+    if a.check_generator and a.generator != "stompgen":
+        p.error("--check-generator needs the compiled generator (cargo)")
     return a
 
 
@@ -320,7 +377,7 @@ def warm_up(broker: BrokerProcess, args: argparse.Namespace) -> None:
     """
     for transport in broker.transports:
         if transport in args.transport_list:
-            loadgen.throughput(
+            (compiledgen if args.generator == "stompgen" else loadgen).throughput(
                 broker.target(transport),
                 producers=1,
                 consumers=1,
@@ -361,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "generator": args.generator,
     }
+    if args.generator == "stompgen":
+        compiledgen.build()
     try:
         factories = {}
         extra = args.stomptw_args.split()
@@ -414,19 +474,26 @@ def main(argv: list[str] | None = None) -> int:
                 for name in names:
                     if case.transport not in brokers[name].transports:
                         continue
-                    try:
-                        if case.scenario == "connections":
-                            # Memory per connection needs a broker whose heap has not
-                            # grown (and been freed) in earlier scenarios: a fresh one.
-                            brokers[name].stop()
-                            brokers[name] = factories[name](workroot / f"{name}-conns-{rnd}")
-                        settle(brokers)
-                        r = run_case(brokers[name], case, args)
-                    except Exception as e:
-                        r = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
-                    r.update(broker=name, round=rnd, case=case.name, scenario=case.scenario)
-                    results.append(r)
-                    print("JSON " + json.dumps(r), flush=True)
+                    # --check-generator: as it is and with twice the CPU weight, in
+                    # an order that alternates from round to round.
+                    weights = (0, gencheck.BOOST) if args.check_generator else (0,)
+                    if args.check_generator and rnd % 2 == 0:
+                        weights = weights[::-1]
+                    for nice in weights:
+                        try:
+                            if case.scenario == "connections":
+                                # Memory per connection needs a broker whose heap has not
+                                # grown (and been freed) in earlier scenarios: a fresh one.
+                                brokers[name].stop()
+                                brokers[name] = factories[name](workroot / f"{name}-conns-{rnd}")
+                            settle(brokers)
+                            r = run_case(brokers[name], case, args, nice)
+                        except Exception as e:
+                            r = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+                        r.update(broker=name, round=rnd, case=case.name, scenario=case.scenario)
+                        r["generator_nice"] = nice
+                        results.append(r)
+                        print("JSON " + json.dumps(r), flush=True)
     finally:
         for broker in brokers.values():
             broker.stop()
@@ -443,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         f"latency runs {args.latency_seconds} s, {args.connections} idle connections\n"
     )
     names = [b for b in BROKERS if b in brokers]
+    print(f"generator: {args.generator}")
+    if results and args.check_generator:
+        return gencheck.report(results, {sc: (k, h) for sc, (_, k, h) in FIGURE.items()})
     if results:
         print_table(results, names)
     return 0 if all(r.get("ok") for r in results) else 1
