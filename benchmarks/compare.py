@@ -119,6 +119,8 @@ def run_case(broker: BrokerProcess, case: Case, args: argparse.Namespace, nice: 
             target, subscribers=args.subscribers, messages=args.messages, size=case.size, **measured
         )
     if sc == "latency":
+        if args.latency_realtime:
+            measured["realtime"] = True
         return gen.latency(target, rate=case.rate, seconds=args.latency_seconds, **measured)
     if sc == "connections":
         return loadgen.connections(
@@ -318,6 +320,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "built or cargo is installed). Idle connections are always loadgen's.",
     )
     p.add_argument(
+        "--latency-realtime",
+        action="store_true",
+        help="latency runs: the compiled generator's producer and consumer threads run "
+        "SCHED_FIFO (needs root), so their own late wake-ups are not counted as the "
+        "broker's latency",
+    )
+    p.add_argument(
         "--check-generator",
         action="store_true",
         help="instead of the table: run every case --rounds times with the generator as "
@@ -364,8 +373,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--rounds, --messages, --sizes and --connections must be positive")
     if a.generator == "auto":
         a.generator = "stompgen" if compiledgen.available() else "python"
-    if a.check_generator and a.generator != "stompgen":
-        p.error("--check-generator needs the compiled generator (cargo)")
+    if (a.check_generator or a.latency_realtime) and a.generator != "stompgen":
+        p.error("--check-generator and --latency-realtime need the compiled generator (cargo)")
     return a
 
 

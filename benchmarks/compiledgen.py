@@ -171,8 +171,13 @@ def latency(
     idle: float = 3.0,
     cpu_of_broker: Callable[[], float] | None = None,
     nice: int = 0,
+    realtime: bool = False,
 ) -> dict:
-    """As :func:`loadgen.latency`, by the compiled generator."""
+    """
+    As :func:`loadgen.latency`, by the compiled generator. With ``realtime``
+    its producer and consumer threads run SCHED_FIFO (root only), so that
+    their own late wake-ups do not count as the broker's latency.
+    """
     options = ["--rate", f"{rate:g}", "--seconds", f"{seconds:g}", "--size", str(size)]
-    options += ["--idle", f"{idle:g}"]
+    options += ["--idle", f"{idle:g}"] + (["--realtime"] if realtime else [])
     return run("latency", target, options, timeout + seconds, cpu_of_broker, nice)

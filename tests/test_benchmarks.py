@@ -11,6 +11,7 @@ ActiveMQ) are not started: they are slow to start and may be absent.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,33 @@ def test_compare_runs_every_scenario_against_stomptw(generator):
         # The compiled generator reports each thread's CPU beside its total.
         assert all(r["gen_threads"] for r in runs if r["scenario"] != "connections"), runs
         assert "busiest generator thread" in out
+
+
+def test_latency_realtime_runs_the_generator_threads_sched_fifo():
+    _needs_cargo()
+    if os.geteuid() != 0:
+        pytest.skip("SCHED_FIFO needs root (or CAP_SYS_NICE)")
+    out, records = run_script(
+        "benchmarks/compare.py",
+        "--generator",
+        "stompgen",
+        "--latency-realtime",
+        "--brokers",
+        "stomptw",
+        "--twistd",
+        TWISTD,
+        "--rounds",
+        "1",
+        "--scenarios",
+        "latency",
+        "--transports",
+        "tcp",
+        "--latency-seconds",
+        "0.5",
+    )
+    runs = [r for r in records if "case" in r]
+    assert [r["rate"] for r in runs] == [1000, 10000], runs
+    assert all(r["ok"] and not r["error"] for r in runs), runs
 
 
 def test_check_generator_compares_each_figure_with_twice_the_weight():

@@ -17,7 +17,9 @@ const USAGE: &str = "usage: stompgen <throughput|fanout|latency> --port N [--hos
   throughput: --producers P --consumers C --messages N --size S
               [--ack auto|client-individual] [--persistent] [--backlog]
   fanout:     --subscribers K --messages N --size S [--idle 3.0]
-  latency:    --rate R --seconds S [--size 100] [--idle 3.0]";
+  latency:    --rate R --seconds S [--size 100] [--idle 3.0] [--realtime]
+              (--realtime: the producer and consumer threads run SCHED_FIFO, so
+              their own wake-ups do not add to the latency measured)";
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Mode {
@@ -49,6 +51,7 @@ pub struct Opts {
     pub rate: f64,
     pub seconds: f64,
     pub gate: bool,
+    pub realtime: bool,
 }
 
 const VALUED: &[&str] = &[
@@ -70,7 +73,7 @@ fn parse_args(argv: &[String]) -> Result<Opts, String> {
         match arg.strip_prefix("--") {
             None if mode.is_none() => mode = Some(arg.as_str()),
             None => return Err(format!("unexpected argument {arg:?}")),
-            Some(s @ ("persistent" | "backlog" | "gate")) => switches.push(s),
+            Some(s @ ("persistent" | "backlog" | "gate" | "realtime")) => switches.push(s),
             Some(flag) => {
                 let (name, value) = match flag.split_once('=') {
                     Some((n, v)) => (n, v.to_string()),
@@ -134,6 +137,7 @@ fn parse_args(argv: &[String]) -> Result<Opts, String> {
         rate: num(&named, "rate", need(l))?,
         seconds: num(&named, "seconds", need(l))?,
         gate: switches.contains(&"gate"),
+        realtime: switches.contains(&"realtime"),
     };
     if t && (o.producers == 0 || o.consumers == 0) || f && o.subscribers == 0 {
         return Err("--producers, --consumers and --subscribers must be at least 1".into());
@@ -162,8 +166,28 @@ struct Rusage {
     rest: [std::os::raw::c_long; 14],
 }
 
+#[repr(C)]
+struct SchedParam {
+    sched_priority: i32,
+}
+
 extern "C" {
     fn getrusage(who: i32, usage: *mut Rusage) -> i32;
+    fn sched_setscheduler(pid: i32, policy: i32, param: *const SchedParam) -> i32;
+}
+
+/// Move the calling thread to SCHED_FIFO (priority 10): it then wakes when
+/// its timer or socket is due, not when the scheduler gets round to it.
+/// Needs root or CAP_SYS_NICE. The threads that use it sleep between
+/// messages, so they cannot starve the broker.
+pub fn realtime() -> Result<(), String> {
+    const SCHED_FIFO: i32 = 1;
+    let param = SchedParam { sched_priority: 10 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid struct sched_param.
+    if unsafe { sched_setscheduler(0, SCHED_FIFO, &param) } != 0 {
+        return Err(format!("--realtime: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// User + system CPU seconds of the process (`thread` false: RUSAGE_SELF)

@@ -195,6 +195,9 @@ fn producer(sh: &Shared, out: &mut Out, first: u64, count: u64) -> Result<(), St
 /// others that fell due meanwhile); the thread sleeps in between.
 fn timed_producer(sh: &Shared, out: &mut Out) -> Result<(), String> {
     let o = &sh.opts;
+    if o.realtime {
+        crate::realtime()?;
+    }
     let mut conn = Conn::open(o, sh.deadline)?;
     let start = sh.ns(ready(sh, out)?);
     let (mut sends, mut buf) = (Sends::new(o, false), Vec::new());
@@ -292,6 +295,9 @@ fn consumer(sh: &Shared, out: &mut Out, total: u64, pooled: bool, latency: bool)
     let o = &sh.opts;
     let bits = if pooled { sh.seen.clone() } else { bitmap(total) };
     let mut t = Tally { total, pooled, latency, bits, acks: Vec::new(), rng: seed(), subscribed: false };
+    if latency && o.realtime {
+        crate::realtime()?;
+    }
     if latency {
         out.latencies.reserve(total as usize);
     }
