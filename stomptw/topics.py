@@ -5,6 +5,7 @@ subscriber that cannot keep up and a policy for when it is full.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -12,6 +13,7 @@ from zope.interface import implementer
 
 from stomptw.destinations import RESUME_BELOW
 from stomptw.interfaces import IDestination
+from stomptw.model import NO_BACKLOG
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -99,6 +101,8 @@ class Topic:
 
     def _hold_back(self, sub: Subscription, message: Message) -> None:
         backlog = sub.backlog
+        if backlog is NO_BACKLOG:
+            backlog = sub.backlog = deque()
         backlog.append(message)
         config = self.context.config
         limit = config.slow_topic_limit
@@ -133,7 +137,8 @@ class Topic:
         """End ``sub``'s session with an ERROR ``slow consumer`` saying ``reason``."""
         self.context.stats["slow_consumer_disconnected"] += 1
         self._log_slow(sub, "disconnect", what or "disconnecting it")
-        sub.backlog.clear()
+        if sub.backlog:  # NO_BACKLOG has nothing to clear
+            sub.backlog.clear()
         if sub in self._heavy:
             self._lighten(sub)
         sub.consumer.slow_consumer(sub, reason)
@@ -218,7 +223,8 @@ class Topic:
         except ValueError:
             pass
         subscription.unacked.clear()
-        subscription.backlog.clear()
+        if subscription.backlog:  # NO_BACKLOG has nothing to clear
+            subscription.backlog.clear()
         if subscription in self._heavy:
             self._lighten(subscription)
 
