@@ -120,7 +120,7 @@ def examples_resource(config: BrokerConfig) -> Resource:
     The pages connect to ``config.ws_path`` on the host that served them;
     mount the STOMP endpoint there
     (:func:`~stomptw.websocket.websocket_resource`), e.g. as a child of this
-    resource, which is what :func:`~stomptw.websocket.websocket_site` does.
+    resource, which is what :func:`~stomptw.wssite.websocket_site` does.
     """
     root = _ExampleFiles(EXAMPLES_DIR, defaultType="application/octet-stream")
     root.indexNames = ["index.html"]

@@ -40,7 +40,7 @@ from stomptw.memalarm import MemoryAlarm, resolve_watermark
 from stomptw.model import format_peer
 from stomptw.store import MemoryStore, SQLiteStore, StoreError
 from stomptw.systemd import SystemdNotifications
-from stomptw.websocket import websocket_site
+from stomptw.wssite import websocket_site
 
 __all__ = ["BrokerService", "makeService"]
 

@@ -7,24 +7,20 @@ Simple data frames take a fast path in both directions, with the frame
 codec of :mod:`stomptw.wsframes`; everything else is Autobahn's.
 
 :func:`websocket_resource` returns a ``twisted.web`` resource that an
-application can mount in its own site; :func:`websocket_site` is the site the
-broker serves on its own WebSocket listener.
+application can mount in its own site; :func:`stomptw.wssite.websocket_site`
+is the site the broker serves on its own WebSocket listener, and
+:mod:`stomptw.origins` says which browser pages may connect.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from stomptw.broker import Broker
@@ -32,9 +28,10 @@ from stomptw.config import BrokerConfig
 from stomptw.credentials import certificate_of
 
 # The pages served beside the endpoint; their names stay importable from here.
-from stomptw.examplepages import EXAMPLES_DIR, IndexPage, examples_resource
+from stomptw.examplepages import EXAMPLES_DIR, examples_resource
 from stomptw.interfaces import IStompTransport
 from stomptw.model import format_peer
+from stomptw.origins import origin_allowed
 from stomptw.protocol import set_high_water, shared_sweep
 from stomptw.session import StompSession
 from stomptw.wscompress import COMPRESS_MIN, SharedDeflate, accept_deflate
@@ -60,7 +57,6 @@ __all__ = [
     "examples_resource",
     "origin_allowed",
     "websocket_resource",
-    "websocket_site",
 ]
 
 log = Logger()
@@ -464,38 +460,6 @@ class StompWebSocketFactory(WebSocketServerFactory):
 #: The first-byte bit of a compressed message (RFC 7692 "Per-Message Compressed").
 _RSV1 = 0x40
 
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def origin_allowed(origin: str, host: str, patterns: list[str]) -> bool:
-    """
-    Whether a browser page from ``origin`` may open a STOMP session.
-
-    Allowed: a page served by the same host and port the client connected to
-    (the ``Host`` header), a page on a loopback address (``localhost`` and
-    ``*.localhost``, ``127.0.0.1``, ``[::1]``, any port), and any origin
-    matching one of
-    ``patterns`` (shell-style wildcards on ``scheme://host[:port]``, e.g.
-    ``https://*.example.com``; ``*`` allows every origin, ``null`` the null
-    origin of local files and sandboxed frames).
-    """
-    origin = origin.strip().lower()
-    for pattern in patterns:
-        if fnmatch.fnmatchcase(origin, pattern.strip().lower()):
-            return True
-    if origin == "null":
-        return False
-    try:
-        parts = urlsplit(origin)
-        hostname = parts.hostname
-    except ValueError:
-        return False
-    if not hostname:
-        return False
-    if hostname in _LOOPBACK_HOSTS or hostname.endswith(".localhost"):
-        return True
-    return bool(host) and parts.netloc == host.strip().lower()
-
 
 def websocket_resource(
     broker: Broker,
@@ -512,99 +476,3 @@ def websocket_resource(
     HTTP 503 (:mod:`stomptw.listeners`).
     """
     return WebSocketResource(StompWebSocketFactory(broker, config, reactor, connection_limit))
-
-
-class _DeadlineChannel(HTTPChannel):
-    """
-    An HTTP connection that must deliver each request, headers and body,
-    within the site's ``request_deadline`` seconds of starting it, however it
-    trickles. twisted.web's idle timeout is reset by every byte, so a client
-    sending one byte a second would otherwise hold the connection forever.
-    A WebSocket upgrade is a request like any other: once it has arrived,
-    Autobahn's opening handshake timeout and then the STOMP login timeout
-    take over, both absolute too.
-    """
-
-    _deadline: IDelayedCall | None = None
-
-    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
-        super().connectionMade()
-        self._arm()
-
-    def _arm(self) -> None:
-        self._disarm()
-        site = self.site
-        self._deadline = site.clock.callLater(site.request_deadline, self._too_slow)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-
-    def allContentReceived(self) -> None:  # noqa: N802
-        self._disarm()
-        super().allContentReceived()
-
-    def requestDone(self, request: Any) -> None:  # noqa: N802
-        super().requestDone(request)
-        if self.transport is not None and not self._handlingRequest:
-            self._arm()  # the next request on this connection has the same time
-
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
-        self._disarm()
-        super().connectionLost(reason)
-
-    def _too_slow(self) -> None:
-        self._deadline = None
-        transport = self.transport
-        if transport is None or getattr(transport, "protocol", self) is not self:
-            return  # upgraded: the WebSocket has the connection now
-        log.info(
-            "HTTP request from {peer} not complete after {seconds}s: connection dropped",
-            peer=format_peer(transport.getPeer()),
-            seconds=self.site.request_deadline,
-        )
-        transport.abortConnection()
-
-
-class _DeadlineSite(Site):
-    """A :class:`Site` whose connections have :class:`_DeadlineChannel`'s deadline."""
-
-    protocol = _DeadlineChannel
-
-    def __init__(self, resource: Resource, clock: IReactorTime, request_deadline: float) -> None:
-        super().__init__(resource, timeout=request_deadline)
-        self.clock = clock
-        self.request_deadline = request_deadline
-
-
-def websocket_site(
-    broker: Broker,
-    config: BrokerConfig,
-    reactor: IReactorTime,
-    connection_limit: ConnectionLimit | None = None,
-) -> Site:
-    """
-    Return the site the broker's WebSocket listener serves: the STOMP
-    endpoint at ``config.ws_path`` and, at ``/``, the live examples
-    (:func:`examples_resource`), or a one-line text page when
-    ``config.examples`` is off. WebSocket connections count against
-    ``connection_limit`` when given (one per listener).
-    """
-    segments = [s.encode("utf-8") for s in config.ws_path.strip("/").split("/") if s]
-    if not segments:
-        raise ValueError("ws_path must name a path below /, e.g. /ws")
-    root = examples_resource(config) if config.examples else IndexPage(config.ws_path)
-    parent: Resource = root
-    for segment in segments[:-1]:
-        child = Resource()
-        parent.putChild(segment, child)
-        parent = child
-    parent.putChild(segments[-1], websocket_resource(broker, config, reactor, connection_limit))
-    # An HTTP request (a WebSocket handshake before it reaches Autobahn) that
-    # is not complete within the handshake timeout is dropped, trickling or
-    # not; twisted.web's idle timeout alone would keep a trickle forever.
-    site = _DeadlineSite(root, reactor, config.ws_open_handshake_timeout)
-    site.noisy = False
-    site.displayTracebacks = False
-    return site
