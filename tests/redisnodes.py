@@ -164,6 +164,14 @@ class Cluster:
     def start(self, node_id: str, *args: str, ws: bool = False) -> Node:
         return Node(self.runner, node_id, list(args), ws)
 
+    def pair(self, ws: bool = False) -> tuple[RedisServer, Node, Node]:
+        """A Redis and two nodes on it, ``na`` and ``nb`` (with WebSocket if ``ws``), joined."""
+        redis = self.redis()
+        a = self.start("na", "--cluster", redis.url)
+        b = self.start("nb", "--cluster", redis.url, ws=ws)
+        joined(a, b)
+        return redis, a, b
+
     def logs(self) -> str:
         return self.runner.logs()
 

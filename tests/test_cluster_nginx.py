@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from clients import LOCALHOST, ClientPool, unique, wait_until
 from redisnodes import REDIS_SERVER, Cluster, joined
 from test_durability import free_port
+from test_nginx import stop_nginx
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or next(
@@ -120,10 +120,5 @@ def test_nginx_spreads_websocket_clients_over_the_nodes(tmp_path):
             assert message.command == "MESSAGE" and message.body == b"across"
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGQUIT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_nginx(proc)
         cluster.close()

@@ -111,10 +111,7 @@ def test_topic_messages_reach_every_subscriber_on_every_node_once(cluster):
 
 
 def test_many_producers_on_several_nodes_keep_their_order(cluster):
-    redis = cluster.redis()
-    a = cluster.start("na", "--cluster", redis.url)
-    b = cluster.start("nb", "--cluster", redis.url)
-    joined(a, b)
+    redis, a, b = cluster.pair()
     topic = "/topic/" + unique("order")
     count = 300
     with ClientPool() as pool:
@@ -165,10 +162,7 @@ def test_a_burst_crosses_whole_and_in_order(cluster):
 
 
 def test_a_durable_subscription_collects_what_other_nodes_publish(cluster):
-    redis = cluster.redis()
-    a = cluster.start("na", "--cluster", redis.url)
-    b = cluster.start("nb", "--cluster", redis.url)
-    joined(a, b)
+    redis, a, b = cluster.pair()
     topic = "/topic/" + unique("durable")
     with ClientPool() as pool:
         away = pool.tcp(b.port, connect=False)
@@ -289,10 +283,7 @@ def test_a_node_that_cannot_join_refuses_to_start_saying_why(cluster, tmp_path):
 
 
 def test_redis_restart_keeps_sessions_and_fan_out_resumes(cluster):
-    redis = cluster.redis()
-    a = cluster.start("na", "--cluster", redis.url)
-    b = cluster.start("nb", "--cluster", redis.url, ws=True)
-    joined(a, b)
+    redis, a, b = cluster.pair(ws=True)
     topic = "/topic/" + unique("restart")
     with ClientPool() as pool:
         on_a, on_b = pool.tcp(a.port), pool.tcp(b.port)
@@ -338,10 +329,7 @@ def test_redis_restart_keeps_sessions_and_fan_out_resumes(cluster):
 
 def test_a_frozen_redis_is_noticed_and_fan_out_resumes_when_it_thaws(cluster):
     """SIGSTOP: connections stay open but nothing answers; the nodes' PINGs notice."""
-    redis = cluster.redis()
-    a = cluster.start("na", "--cluster", redis.url)
-    b = cluster.start("nb", "--cluster", redis.url)
-    joined(a, b)
+    redis, a, b = cluster.pair()
     topic = "/topic/" + unique("frozen")
     with ClientPool() as pool:
         on_a, on_b = pool.tcp(a.port), pool.tcp(b.port)

@@ -131,12 +131,17 @@ def proxy(nginx_dir):
 
     yield start
     for proc in procs:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_nginx(proc)
+
+
+def stop_nginx(proc: subprocess.Popen) -> None:
+    """A graceful stop (SIGQUIT), then SIGKILL if nginx is still there after 10 s."""
+    proc.send_signal(signal.SIGQUIT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _frame(ws: websocket.WebSocket) -> tuple[str, dict[str, str], str]:

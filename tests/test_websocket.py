@@ -228,9 +228,14 @@ PONG = websocket.ABNF.OPCODE_PONG
 CLOSE = websocket.ABNF.OPCODE_CLOSE
 
 
-def wire(payload: bytes, opcode: int = TEXT, fin: bool = True, mask: bool = True) -> bytes:
-    """One client WebSocket frame as bytes on the wire (masked unless told)."""
-    frame = websocket.ABNF(1 if fin else 0, 0, 0, 0, opcode, 1 if mask else 0, payload)
+def wire(
+    payload: bytes, opcode: int = TEXT, fin: bool = True, mask: bool = True, rsv1: bool = False
+) -> bytes:
+    """
+    One client WebSocket frame as bytes on the wire (masked unless told;
+    ``rsv1`` marks a permessage-deflate compressed message).
+    """
+    frame = websocket.ABNF(1 if fin else 0, int(rsv1), 0, 0, opcode, 1 if mask else 0, payload)
     return frame.format()
 
 

@@ -17,6 +17,7 @@ import pytest
 import pytest_twisted
 from autobahn.websocket.compress import PerMessageDeflateOffer
 from clients import parse_single_frame
+from test_websocket import _server_frames, wire
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -51,30 +52,10 @@ def client_deflate(data: bytes) -> bytes:
 
 def masked(payload: bytes, first: int = 0x81) -> bytes:
     """A masked client frame with first byte ``first`` (0xC1: compressed text)."""
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = bytes([first, 0x80 | n])
-    elif n < 65536:
-        head = bytes([first, 0xFE]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([first, 0xFF]) + n.to_bytes(8, "big")
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + body
+    return wire(payload, first & 0x0F, rsv1=bool(first & 0x40))
 
 
-def server_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """Unmasked server frames: [(first byte, payload)]."""
-    out, pos = [], 0
-    while pos < len(data):
-        b0, n, pos = data[pos], data[pos + 1] & 0x7F, pos + 2
-        if n == 126:
-            n, pos = int.from_bytes(data[pos : pos + 2], "big"), pos + 2
-        elif n == 127:
-            n, pos = int.from_bytes(data[pos : pos + 8], "big"), pos + 8
-        out.append((b0, data[pos : pos + n]))
-        pos += n
-    return out
+server_frames = _server_frames
 
 
 def handshake_request(extensions: str | None) -> bytes:
