@@ -12,8 +12,9 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from stomptw.brokerschedule import BrokerScheduling
@@ -189,6 +190,12 @@ class Broker(BrokerScheduling, BrokerLifetime):
         #: Called with each topic message this broker accepted, to pass it on
         #: to the other nodes of a cluster; None on a single node.
         self.on_topic_message: Callable[[Message], None] | None = None
+        #: ``(name, dead_letter) -> Queue``: makes this broker's queues in a
+        #: cluster (they span the nodes); None on a single node.
+        self.make_queue: Callable[[str, bool], Queue] | None = None
+        #: ``() -> Deferred`` that fires once every message sent to a
+        #: cluster queue so far is stored by the cluster; None on a single node.
+        self.cluster_sync: Callable[[], Any] | None = None
         self._root = True
 
     @property
@@ -198,7 +205,10 @@ class Broker(BrokerScheduling, BrokerLifetime):
 
     def sync(self):
         """A Deferred that fires once every message accepted so far is stored."""
-        return self.store.sync()
+        if self.cluster_sync is None:
+            return self.store.sync()
+        both = defer.gatherResults([self.store.sync(), self.cluster_sync()], consumeErrors=True)
+        return both.addErrback(lambda failure: failure.value.subFailure)
 
     def new_session_id(self) -> str:
         """A session identifier for a new client connection."""
@@ -255,6 +265,8 @@ class Broker(BrokerScheduling, BrokerLifetime):
                 dest = UserDestination(name, self.context)
             elif name.startswith(STREAM_PREFIX):
                 dest = Stream(name, self.context, self._stream_limits(name))
+            elif self.make_queue is not None:
+                dest = self.make_queue(name, self.is_dead_letter_queue(name))
             else:
                 dest = Queue(name, self.context, dead_letter=self.is_dead_letter_queue(name))
             self.destinations[name] = dest

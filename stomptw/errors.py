@@ -196,6 +196,15 @@ def not_stored(why: str) -> ProtocolError:
     )
 
 
+def cluster_unreachable(why: str) -> ProtocolError:
+    """The cluster's queues could not take a SEND in time."""
+    return ProtocolError(
+        "cluster unavailable",
+        f"The message was not accepted: {why}. Messages without a RECEIPT may not have "
+        "been accepted; send them again once the cluster is back.",
+    )
+
+
 #: What each permission lets a client do, for the ERROR of a denied frame.
 _PERMISSION_USES = {
     "read": "subscribe to",

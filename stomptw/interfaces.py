@@ -254,3 +254,54 @@ class IClusterBus(Interface):
 
     def stop():
         """Disconnect; a Deferred that fires once the connections are closed."""
+
+
+class IClusterQueues(Interface):
+    """
+    What a cluster node asks of the engine that holds the cluster's queues
+    (Redis Streams: :class:`stomptw.cluster.redisqueues.RedisQueues`). A
+    queue is named by its ``subject`` (vhost and destination). Each message
+    in it is an entry with an id the engine chooses; an entry handed to this
+    node stays this node's until :meth:`done` or :meth:`give_back`, or until
+    the node is silent for the node timeout and another node takes it.
+    """
+
+    connected = Attribute("True while the engine can take and hand out queue messages.")
+    depths = Attribute("Queue depths across the cluster, by subject, as last read (dict).")
+    nodes = Attribute("The ids of the nodes alive in the cluster, as last read (list).")
+
+    def start(deliver):  # noqa: N805
+        """
+        Connect, and keep reconnecting while started; call ``deliver`` with
+        ``(subject, entry_id, payload, deliveries)`` for each entry handed to
+        this node, ``deliveries`` being how many deliveries of it were
+        started before (on any node).
+        """
+
+    def add(subject, payload):  # noqa: N805
+        """
+        Append ``payload`` to the queue ``subject``; :meth:`sync` waits for
+        it. While the engine is unreachable it is kept until it is back;
+        raises :class:`OverflowError` (saying why) when it cannot be kept.
+        """
+
+    def want(subject, credit):  # noqa: N805
+        """
+        This node can take ``credit`` more entries of ``subject`` now (0:
+        none; it has no subscriber ready).
+        """
+
+    def done(subject, entry_id):  # noqa: N805
+        """The entry was consumed (acknowledged, expired or dead-lettered): drop it."""
+
+    def give_back(subject, entry_id, payload, deliveries):  # noqa: N805
+        """
+        The entry goes back to the queue for any node (this one has no
+        subscriber left for it), as ``payload`` with ``deliveries`` started.
+        """
+
+    def sync():
+        """A Deferred that fires once every :meth:`add` so far is stored by the engine."""
+
+    def stop():
+        """Disconnect; a Deferred that fires once the connections are closed."""

@@ -50,6 +50,18 @@ class RunningBroker:
 
 
 @pytest.fixture
+def cluster(tmp_path):
+    """A :class:`redisnodes.Cluster` for the test; everything it started is killed after."""
+    from redisnodes import Cluster
+
+    started = Cluster(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture
 def make_broker():
     """
     An async factory: ``running = await make_broker(**config_overrides)``

@@ -21,10 +21,20 @@ from pathlib import Path
 from clients import LOCALHOST, wait_until
 from test_durability import ROOT, TWISTD, BrokerProcess, BrokerRunner, free_port
 
-__all__ = ["REDIS_SERVER", "Cluster", "Node", "RedisServer", "joined", "metric", "refused"]
+__all__ = [
+    "REDIS_SERVER",
+    "Cluster",
+    "Node",
+    "RedisServer",
+    "joined",
+    "metric",
+    "refused",
+]
 
 #: The redis-server program; None when it is not installed.
 REDIS_SERVER = shutil.which("redis-server")
+#: The redis-cli program (Debian's redis-tools, which redis-server depends on).
+REDIS_CLI = shutil.which("redis-cli")
 #: Bound on waiting for a node to join, leave or rejoin the cluster.
 CLUSTER_DEADLINE = 20.0
 
@@ -47,6 +57,13 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def cli(self, *args: str) -> str:
+        """The answer of ``redis-cli`` to one command (plain TCP only)."""
+        command = [REDIS_CLI, "-h", LOCALHOST, "-p", str(self.port), *args]
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=10, check=True
+        ).stdout
 
     def start(self) -> None:
         ports = ["--port", str(self.port)]
@@ -164,13 +181,18 @@ class Cluster:
     def start(self, node_id: str, *args: str, ws: bool = False) -> Node:
         return Node(self.runner, node_id, list(args), ws)
 
-    def pair(self, ws: bool = False) -> tuple[RedisServer, Node, Node]:
-        """A Redis and two nodes on it, ``na`` and ``nb`` (with WebSocket if ``ws``), joined."""
-        redis = self.redis()
-        a = self.start("na", "--cluster", redis.url)
-        b = self.start("nb", "--cluster", redis.url, ws=ws)
+    def pair(
+        self, *args: str, ws: bool = False, redis: tuple[str, ...] = ()
+    ) -> tuple[RedisServer, Node, Node]:
+        """
+        A Redis (started with ``redis``) and two nodes on it, ``na`` and ``nb``
+        (with more node ``args``, and WebSocket on ``nb`` if ``ws``), joined.
+        """
+        server = self.redis(*redis)
+        a = self.start("na", "--cluster", server.url, *args)
+        b = self.start("nb", "--cluster", server.url, *args, ws=ws)
         joined(a, b)
-        return redis, a, b
+        return server, a, b
 
     def logs(self) -> str:
         return self.runner.logs()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from clients import LOCALHOST, TIMEOUT, ClientPool, StompPyClient, encode_frame, unique, wait_until
-from redisnodes import REDIS_SERVER, Cluster, Node, joined, metric, refused
+from redisnodes import REDIS_SERVER, Node, joined, metric, refused
 from test_durability import free_port
 
 pytestmark = pytest.mark.skipif(
@@ -33,16 +33,6 @@ pytestmark = pytest.mark.skipif(
 
 #: stomp.py logs in with these on nodes started with AUTH.
 AUTH = ("--auth", "memory:alice:secret")
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    """A :class:`~redisnodes.Cluster` for the test; everything it started is killed after."""
-    started = Cluster(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def login(pool: ClientPool, node: Node) -> StompPyClient:

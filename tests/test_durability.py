@@ -22,6 +22,7 @@ Conventions:
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
@@ -47,11 +48,21 @@ EXIT_DEADLINE = 10.0
 # -- the broker subprocess -------------------------------------------------------------
 
 
+#: Ports :func:`free_port` handed out lately: the kernel may offer one
+#: again before the process it went to has bound it.
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=512)
+
+
 def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCALHOST, 0))
-        return s.getsockname()[1]
+    """A loopback port that was free a moment ago, and not handed out lately."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOCALHOST, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            break
+    _HANDED_OUT.append(port)
+    return port
 
 
 class BrokerProcess:

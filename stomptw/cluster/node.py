@@ -2,7 +2,10 @@
 This node's part of the cluster: a service between the broker and the
 :class:`~stomptw.interfaces.IClusterBus`. It passes each topic message a
 client of this node sends on to the other nodes, and delivers theirs to this
-node's subscribers without passing them on again.
+node's subscribers without passing them on again. With the cluster's queues
+(:class:`~stomptw.interfaces.IClusterQueues`), each vhost's queues are
+:class:`~stomptw.cluster.queues.ClusterQueue`: their messages are the
+cluster's, handed to this node as its subscribers can take them.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from stomptw.cluster.codec import decode_topic_message, encode_topic_message, sender
+from stomptw.cluster.queues import ClusterQueue
 from stomptw.cluster.settings import default_node_id, parse_cluster_url
-from stomptw.interfaces import IClusterBus
+from stomptw.interfaces import IClusterBus, IClusterQueues
 from stomptw.model import TOPIC_PREFIX
 
 if TYPE_CHECKING:
@@ -37,6 +41,8 @@ class ClusterNode(Service):
     :param broker: the default vhost's broker; it gets this node as its
         ``cluster``, and each vhost its ``on_topic_message``.
     :param bus: the bus to the other nodes.
+    :param queues: the cluster's queues; None: each node's queues stay its own.
+    :param read_ahead: ``--cluster-read-ahead``.
 
     :ivar published: topic messages passed on to the other nodes.
     :ivar received: topic messages from other nodes delivered here (or
@@ -47,12 +53,21 @@ class ClusterNode(Service):
 
     name = "cluster"
 
-    def __init__(self, broker: Broker, bus: IClusterBus) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        bus: IClusterBus,
+        queues: IClusterQueues | None = None,
+        read_ahead: int = 64,
+        instance: str = "",
+    ) -> None:
         self.broker = broker
         self.bus = bus
+        self.queues = queues
+        self.read_ahead = read_ahead
         self.node_id = bus.node_id
         #: Tells this process apart from another that uses the same node id.
-        self.instance = os.urandom(8).hex()
+        self.instance = instance or os.urandom(8).hex()
         self._me = (self.node_id.encode(), self.instance.encode())
         self.published = 0
         self.received = 0
@@ -71,12 +86,74 @@ class ClusterNode(Service):
         for name, vhost in self.broker.vhosts.items():
             vhost.on_topic_message = functools.partial(self._publish, name)
         self.bus.start(self._receive)
+        queues = self.queues
+        if queues is not None:
+            for name, vhost in self.broker.vhosts.items():
+                vhost.make_queue = functools.partial(self._make_queue, name, vhost)
+                vhost.cluster_sync = queues.sync
+            queues.on_up = self._queues_up
+            queues.on_gave_up = self._queues_gave_up
+            queues.start(self._arrive)
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
         for vhost in self.broker.vhosts.values():
             vhost.on_topic_message = None
-        return self.bus.stop()
+            vhost.make_queue = None
+            for dest in list(vhost.destinations.values()):
+                if isinstance(dest, ClusterQueue):
+                    dest.give_back_all()
+        if self.queues is None:
+            return self.bus.stop()
+        d = self.queues.stop()
+        return d.addBoth(lambda _: self.bus.stop())
+
+    # -- queues ------------------------------------------------------------------------
+
+    def _make_queue(self, vhost_name: str, vhost: Broker, name: str, dead: bool) -> ClusterQueue:
+        return ClusterQueue(
+            name,
+            vhost.context,
+            self.queues,
+            self.node_id,
+            self.instance,
+            vhost_name,
+            self.read_ahead,
+            dead_letter=dead,
+        )
+
+    def _arrive(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
+        """An entry of a cluster queue, handed to this node: to its queue here."""
+        try:
+            remote = decode_topic_message(payload)
+        except ValueError as e:
+            self.malformed += 1
+            log.warn("cluster: a queue entry in Redis is not one of ours ({error})", error=e)
+            self.queues.done(subject, entry_id)
+            return
+        message = remote.message
+        message.delivery_count = deliveries
+        vhost = self.broker.vhosts.get(remote.vhost)
+        dest = vhost.destinations.get(message.destination) if vhost is not None else None
+        if not isinstance(dest, ClusterQueue) or not dest.subscriptions:
+            # Nobody here takes it any more: back for the other nodes.
+            self.queues.give_back(subject, entry_id, payload, deliveries)
+            return
+        dest.arrive(entry_id, message)
+
+    def _queues_gave_up(self, why: str) -> None:
+        """SENDs that waited too long for the cluster were dropped: tell their producers."""
+        for vhost in self.broker.vhosts.values():
+            for dest in list(vhost.destinations.values()):
+                if isinstance(dest, ClusterQueue):
+                    dest.give_up(why)
+
+    def _queues_up(self) -> None:
+        """The cluster's queues are back: producers blocked meanwhile may send again."""
+        for vhost in self.broker.vhosts.values():
+            for dest in list(vhost.destinations.values()):
+                if isinstance(dest, ClusterQueue):
+                    dest.cluster_back()
 
     def _publish(self, vhost: str, message: Message) -> None:
         """A client of this node sent ``message`` to a topic of ``vhost``: on to the others."""
@@ -121,6 +198,19 @@ class ClusterNode(Service):
     def status(self) -> dict[str, Any]:
         """This node's view of the cluster, for the admin API (``GET /api/cluster``)."""
         bus = self.bus
+        queues = self.queues
+        extra: dict[str, Any] = {}
+        if queues is not None:
+            extra = {
+                "nodes_alive": list(queues.nodes),
+                "queues": {
+                    "connected": bool(queues.connected),
+                    "depths": dict(queues.depths),
+                    "taken": getattr(queues, "taken", 0),
+                    "claimed": getattr(queues, "claimed", 0),
+                    "given_back": getattr(queues, "given_back", 0),
+                },
+            }
         return {
             "enabled": True,
             "node": self.node_id,
@@ -133,12 +223,14 @@ class ClusterNode(Service):
                 "local_only": self.local_only,
                 "malformed": self.malformed,
             },
+            **extra,
         }
 
     def metric_families(self) -> list[tuple[str, str, str, list]]:
         """``(name, type, help, samples)`` for ``/metrics``, labelled with the node id."""
         node = {"node": self.node_id}
-        return [
+        families = self._queue_families(node)
+        return families + [
             (
                 "stomptw_cluster_up",
                 "gauge",
@@ -174,6 +266,34 @@ class ClusterNode(Service):
             ),
         ]
 
+    def _queue_families(self, node: dict[str, str]) -> list[tuple[str, str, str, list]]:
+        queues = self.queues
+        if queues is None:
+            return []
+        depths = [({**node, "queue": subject}, depth) for subject, depth in queues.depths.items()]
+        return [
+            (
+                "stomptw_cluster_queue_depth",
+                "gauge",
+                "Messages a cluster queue holds in Redis (waiting and unacknowledged), "
+                "across every node, as last read.",
+                depths,
+            ),
+            (
+                "stomptw_cluster_nodes_alive",
+                "gauge",
+                "Nodes whose liveness key is in the cluster's Redis, as last read.",
+                [(node, len(queues.nodes))],
+            ),
+            (
+                "stomptw_cluster_queue_messages_claimed_total",
+                "counter",
+                "Unacknowledged queue messages this node took over from a silent node "
+                "(or from itself before a restart), to deliver again.",
+                [(node, getattr(queues, "claimed", 0))],
+            ),
+        ]
+
 
 def join_cluster(broker: Broker, config: BrokerConfig, reactor: Any) -> ClusterNode:
     """
@@ -183,8 +303,13 @@ def join_cluster(broker: Broker, config: BrokerConfig, reactor: Any) -> ClusterN
     ``privilegedStartService`` checks that Redis can be joined.
     """
     from stomptw.cluster.redisbus import RedisBus
+    from stomptw.cluster.redisqueues import RedisQueues
 
     target = parse_cluster_url(config.cluster)
     node_id = config.node_id or default_node_id(config.data_dir)
     bus = RedisBus(target, node_id, reactor, config.cluster_password_file)
-    return ClusterNode(broker, bus)
+    instance = os.urandom(8).hex()
+    queues = RedisQueues(
+        bus, reactor, config.cluster_node_timeout, instance, config.cluster_send_timeout
+    )
+    return ClusterNode(broker, bus, queues, config.cluster_read_ahead, instance)

@@ -157,6 +157,8 @@ class RedisBus:
         self._receive: Callable[[bytes], None] = lambda payload: None
         self._links: list[RedisLink] = []
         self._publisher: RedisLink | None = None
+        self._endpoint: IStreamClientEndpoint | None = None
+        self._watchers: list[Callable[[], None]] = []
 
     # -- IClusterBus -----------------------------------------------------------------
 
@@ -167,7 +169,7 @@ class RedisBus:
     def start(self, receive: Callable[[bytes], None]) -> None:
         self._receive = receive
         password = self._read_password()
-        endpoint = redis_endpoint(self.target, self._reactor)
+        endpoint = self._endpoint = redis_endpoint(self.target, self._reactor)
         target = self.target
 
         def publisher() -> txredisapi.BaseRedisProtocol:
@@ -211,6 +213,36 @@ class RedisBus:
         self.connected = False
         return defer.gatherResults([link.stop() for link in links], consumeErrors=True)
 
+    # -- more connections to the same Redis (the cluster's queues) -------------------------
+
+    def protocol(self, kind: type) -> txredisapi.BaseRedisProtocol:
+        """A new connection's protocol of ``kind``, logging in to the cluster's database."""
+        return kind(
+            charset=None,
+            password=self._read_password(),
+            dbid=self.target.db,
+            convertNumbers=False,
+            username=self.target.username,
+        )
+
+    def open_link(
+        self,
+        build: Callable[[], txredisapi.BaseRedisProtocol],
+        prepare: Callable[[Any], defer.Deferred | None],
+    ) -> RedisLink:
+        """
+        One more connection, kept up like the bus's own (after :meth:`start`):
+        the cluster is up only while it is up too.
+        """
+        link = RedisLink(self._endpoint, self._reactor, build, prepare, self._changed)
+        self._links.append(link)
+        link.start()
+        return link
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the cluster is up again (every connection usable)."""
+        self._watchers.append(callback)
+
     # -- the rest ----------------------------------------------------------------------
 
     def _read_password(self) -> str | None:
@@ -252,18 +284,22 @@ class RedisBus:
                 self.reconnects += 1
                 log.info(
                     "cluster: node {node} is back on Redis {where} after {seconds:.1f} s; "
-                    "topic messages reach the other nodes again",
+                    "messages flow between the nodes again",
                     node=self.node_id,
                     where=self.where,
                     seconds=self._reactor.seconds() - self._down_since,
                 )
             self._state = "up"
+            self.connected = True
+            for watcher in self._watchers:
+                watcher()
         elif self._state != "down" and (self._state == "up" or reason):
             self._down_since = self._reactor.seconds()
             what = "lost" if self._state == "up" else "cannot join"
             log.warn(
                 "cluster: node {node} {what} Redis {where} ({reason}); until it is back, "
-                "topic messages reach this node's subscribers only; reconnecting",
+                "topic messages reach this node's subscribers only and queue messages wait; "
+                "reconnecting",
                 node=self.node_id,
                 what=what,
                 where=self.where,

@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from stomptw.settings import setting
+from stomptw.settings import positive, setting
 
 __all__ = [
     "ClusterSettings",
@@ -140,6 +140,11 @@ def _check_node_id(value: str) -> None:
         )
 
 
+def _check_node_timeout(value: float) -> None:
+    if value < 0.5:
+        raise ValueError(f"must be 0.5 seconds or more, got {value!r}")
+
+
 def default_node_id(data_dir: str) -> str:
     """
     A node id that stays the same across restarts: this host's name and a
@@ -182,8 +187,8 @@ class ClusterSettings:
         "--cluster",
         "Join the other stomptw nodes on this Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], "
         "rediss://... for TLS, or unix:///PATH?db=DB; the same URL on every node. Topic "
-        "messages then reach subscribers on every node; queues stay each node's own "
-        "(docs/cluster.md). Empty: a single node.",
+        "messages then reach subscribers on every node, and each queue message one "
+        "subscriber on any node (docs/cluster.md). Empty: a single node.",
         checks=[_check_url],
         metavar="URL",
     )
@@ -202,4 +207,32 @@ class ClusterSettings:
         "a restart.",
         checks=[_check_node_id],
         metavar="NAME",
+    )
+    cluster_node_timeout: float = setting(
+        5.0,
+        "--cluster-node-timeout",
+        "Seconds a node may go without renewing its liveness key in Redis before the other "
+        "nodes take the queue messages it was delivering and had not seen acknowledged, "
+        "and deliver them again (marked redelivered). Shorter redelivers sooner after a "
+        "crash; too short takes messages from a node that is only slow.",
+        checks=[_check_node_timeout],
+        metavar="SECONDS",
+    )
+    cluster_send_timeout: float = setting(
+        10.0,
+        "--cluster-send-timeout",
+        "Seconds a SEND to a queue waits while the cluster's Redis is unreachable (its "
+        "producer stops being read, as for a full queue) before the producer gets an "
+        "ERROR and the messages still waiting are dropped.",
+        checks=[positive],
+        metavar="SECONDS",
+    )
+    cluster_read_ahead: int = setting(
+        64,
+        "--cluster-read-ahead",
+        "Queue messages a node takes from Redis ahead of a subscriber without a "
+        "prefetch-count (one with prefetch-count N takes N at most). Lower spreads a "
+        "queue's messages more evenly over the nodes; higher moves them in bigger batches.",
+        checks=[positive],
+        metavar="N",
     )

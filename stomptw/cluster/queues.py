@@ -1,0 +1,176 @@
+"""
+A queue that spans the cluster (:class:`ClusterQueue`). Sans-IO: the
+engine behind :class:`~stomptw.interfaces.IClusterQueues` holds the queue's
+messages; this node takes as many as its subscribers can take now (their
+credit), and hands them out with the single-node queue's rules (round robin,
+ack modes, ``prefetch-count``, NACK and returns, the dead-letter queue).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stomptw.cluster.codec import encode_topic_message
+from stomptw.destinations import Queue
+from stomptw.errors import cluster_unreachable
+from stomptw.model import DestinationFull
+
+if TYPE_CHECKING:
+    from stomptw.interfaces import IClusterQueues, IMessageConsumer
+    from stomptw.model import DestinationContext, Message
+
+__all__ = ["ClusterQueue"]
+
+
+class ClusterQueue(Queue):
+    """
+    A queue whose messages are the cluster's, not this node's.
+
+    A message sent here is appended to the engine's queue at once; it
+    reaches this node's subscribers only when the engine hands it back,
+    like any other node's. The node asks for as many messages as its
+    subscribers can take: ``prefetch-count`` less what each holds
+    unacknowledged, or ``read_ahead`` for a subscriber without one, less
+    what already waits here. A message acknowledged (or expired, or dead
+    lettered) is done with in the engine; one returned with no subscriber
+    left here goes back to the engine for the other nodes.
+
+    :param node: this node's id, written into each message it sends.
+    :param instance: this process's instance token, likewise.
+    :param vhost: the virtual host the queue belongs to.
+    :param engine: the cluster's queues.
+    :param read_ahead: messages taken ahead for a subscriber without a
+        prefetch limit.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        context: DestinationContext,
+        engine: IClusterQueues,
+        node: str,
+        instance: str,
+        vhost: str,
+        read_ahead: int,
+        dead_letter: bool = False,
+    ) -> None:
+        super().__init__(name, context, dead_letter=dead_letter)
+        self.engine = engine
+        self.subject = vhost + name
+        self.read_ahead = read_ahead
+        self._sender = (node, instance, vhost)
+        #: The engine's entry id of each message held here.
+        self._entries: dict[Message, bytes] = {}
+        #: The credit last told to the engine.
+        self._asked = 0
+
+    # -- what clients send -------------------------------------------------------------
+
+    def publish(
+        self, message: Message, producer: IMessageConsumer | None = None, reject: bool = True
+    ) -> None:
+        """Append ``message`` to the cluster's queue (it comes back here only if read here)."""
+        try:
+            self.engine.add(self.subject, self._encode(message))
+        except OverflowError as e:
+            self.context.stats["rejected"] += 1
+            raise DestinationFull(self.name, str(e)) from None
+        self.messages_in += 1
+        self.bytes_in += len(message.body)
+        if producer is not None and not self.engine.connected and producer not in self.blocked:
+            # Like a full queue: the producer waits until the cluster is back.
+            self.blocked.add(producer)
+            self.context.stats["producers_blocked"] += 1
+            producer.block(self)
+
+    def _has_room(self) -> bool:
+        return self.engine.connected and super()._has_room()
+
+    def cluster_back(self) -> None:
+        """The cluster's queues are reachable again: let blocked producers go."""
+        self._check_room()
+
+    def give_up(self, why: str) -> None:
+        """The SENDs that waited for the cluster were dropped: their producers get an ERROR."""
+        blocked, self.blocked = self.blocked, set()
+        for producer in blocked:
+            fail = getattr(producer, "fail", None)
+            if fail is not None:
+                fail(cluster_unreachable(why))
+            else:
+                producer.unblock(self)
+
+    def _encode(self, message: Message) -> bytes:
+        node, instance, vhost = self._sender
+        return encode_topic_message(node, instance, vhost, message)
+
+    # -- what the engine hands over ----------------------------------------------------
+
+    def arrive(self, entry_id: bytes, message: Message) -> None:
+        """The engine handed ``message`` (entry ``entry_id``) to this node: deliver it."""
+        self._entries[message] = entry_id
+        self._hold(message)
+        self._enqueue(message)
+        self._dispatch()
+        if not self.subscriptions:
+            self._give_back_waiting()
+
+    def _release(self, message: Message) -> None:
+        super()._release(message)  # counts, and a message restored from this node's store
+        entry = self._entries.pop(message, None)
+        if entry is not None:
+            self.engine.done(self.subject, entry)
+
+    def _dispatch(self) -> None:
+        super()._dispatch()
+        self._ask()
+
+    def unsubscribe(self, subscription) -> None:  # type: ignore[no-untyped-def]
+        super().unsubscribe(subscription)
+        if not self.subscriptions:
+            self._give_back_waiting()
+            self._ask()
+
+    def credit(self) -> int:
+        """How many more messages this node's subscribers can take now."""
+        if self.context.stopping:
+            return 0
+        total = 0
+        for sub in self.subscriptions:
+            if not sub.active:
+                continue
+            if sub.prefetch > 0 and sub.ack_mode != "auto":
+                total += max(0, sub.prefetch - len(sub.unacked))
+            elif sub.consumer.writable:
+                total += self.read_ahead
+        return max(0, total - len(self.pending))
+
+    def _ask(self) -> None:
+        credit = self.credit()
+        if credit != self._asked:
+            self._asked = credit
+            self.engine.want(self.subject, credit)
+
+    def _give_back_waiting(self) -> None:
+        """No subscriber here: what waits goes back to the cluster's queue, for the others."""
+        while self.pending:
+            message = self.pending.popleft()
+            entry = self._entries.pop(message, None)
+            self.count -= 1
+            self.bytes -= message.size
+            if message.expires:
+                self.expiring -= 1
+            if entry is not None:
+                self.engine.give_back(
+                    self.subject, entry, self._encode(message), message.delivery_count
+                )
+                continue
+            # Restored from this node's store (it ran alone before): now the cluster's.
+            self.engine.add(self.subject, self._encode(message))
+            if message.key:
+                self.context.store.remove(message.key)
+                message.key = 0
+
+    def give_back_all(self) -> None:
+        """The node stops: what waits here goes back to the cluster's queue."""
+        self._give_back_waiting()

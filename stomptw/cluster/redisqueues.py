@@ -1,0 +1,672 @@
+"""
+The cluster's queues on Redis Streams (:class:`RedisQueues`), with
+txredisapi.
+
+Each queue is a stream, ``stomptw:<db>:queue:<vhost><destination>``, with
+one consumer group, ``stomptw``, in which each node is a consumer named by
+its node id. A SEND is an ``XADD``. A node reads with ``XREADGROUP ... >``
+only as many entries as its subscribers can take (their credit), on a
+connection of its own that blocks until entries come; an acknowledged
+entry is ``XACK``-ed and ``XDEL``-eted (in batches, once per reactor turn).
+An entry returned with no subscriber left on the node is appended again and
+acknowledged in one script, so that another node can take it.
+
+Each node keeps a liveness key, ``stomptw:<db>:node:<id>``, renewed well
+within ``--cluster-node-timeout``. A node with subscribers looks, every
+quarter of that time, for entries pending with a node whose key has
+expired (or with itself, from before a restart, and not held now), and
+claims them with ``XCLAIM``; Redis's delivery counter then says how many
+deliveries were started, so the next one is marked redelivered. ``XCLAIM``
+with a minimum idle time makes two nodes racing for the same entry take it
+once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import txredisapi
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from stomptw.interfaces import IClusterQueues
+
+if TYPE_CHECKING:
+    from stomptw.cluster.redisbus import RedisBus
+    from stomptw.cluster.redislink import RedisLink
+
+__all__ = ["GROUP", "RedisQueues", "queue_key"]
+
+log = Logger()
+
+#: The consumer group every node reads the queues' streams in.
+GROUP = b"stomptw"
+#: Milliseconds a read blocks waiting for entries (well under the link's
+#: PING timeout, which a blocked read holds up).
+BLOCK_MS = 1000
+#: The most entries one read takes of one stream.
+MAX_READ = 512
+#: Entries looked at per claim of a silent node's entries.
+MAX_CLAIM = 512
+#: Bytes of SENDs kept while Redis is unreachable, past which they are refused.
+MAX_OUTBOX_BYTES = 64 * 1024 * 1024
+#: Seconds between reads of the cluster-wide depths and live nodes.
+STATUS_INTERVAL = 2.0
+
+#: Append an entry again (for any node) and drop the old one, in one step.
+_GIVE_BACK = """
+redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'n', ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[3], ARGV[4])
+redis.call('XDEL', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+def queue_key(db: int, subject: str) -> str:
+    """The stream of the queue ``subject`` (vhost and destination) in database ``db``."""
+    return f"stomptw:{db}:queue:{subject}"
+
+
+def _fields(raw: list | None) -> dict[bytes, bytes]:
+    """A stream entry's flat field list as a dict (deleted entries have none)."""
+    if not raw:
+        return {}
+    return dict(zip(raw[::2], raw[1::2], strict=False))
+
+
+@implementer(IClusterQueues)
+class RedisQueues:
+    """
+    The cluster's queues on Redis Streams.
+
+    :param bus: the cluster's bus, whose Redis, password and node id these
+        connections share (and whose state line they are part of).
+    :param clock: the reactor's time.
+    :param node_timeout: ``--cluster-node-timeout``.
+    :param instance: this process's token, the value of its liveness key.
+    :param send_timeout: ``--cluster-send-timeout``.
+
+    :ivar taken: entries read from Redis for this node's subscribers.
+    :ivar claimed: entries taken over from silent nodes (or from this node
+        before a restart).
+    :ivar given_back: entries handed back for the other nodes.
+    """
+
+    def __init__(
+        self,
+        bus: RedisBus,
+        clock: Any,
+        node_timeout: float,
+        instance: str,
+        send_timeout: float = 10.0,
+    ) -> None:
+        db = bus.target.db
+        self.node_id = bus.node_id
+        self._node = bus.node_id.encode()
+        self._bus = bus
+        self._clock = clock
+        self._db = db
+        self._prefix = queue_key(db, "")
+        self._registry = f"stomptw:{db}:queues"
+        self._members = f"stomptw:{db}:nodes"
+        self._node_prefix = f"stomptw:{db}:node:"
+        self.node_timeout = node_timeout
+        self._instance = instance
+        self.send_timeout = send_timeout
+        #: When SENDs started waiting for Redis to come back (0: none wait).
+        self._waiting_since = 0.0
+        #: SENDs dropped because Redis stayed unreachable too long.
+        self.dropped = 0
+        self._claim_idle_ms = int(node_timeout * 500)
+        self.depths: dict[str, int] = {}
+        self.nodes: list[str] = []
+        self.taken = self.claimed = self.given_back = 0
+        self._deliver: Callable[[str, bytes, bytes, int], None] = lambda *a: None
+        self._commands: RedisLink | None = None
+        self._reader: RedisLink | None = None
+        self._reader_id: Any = None
+        #: Credit per subject, as the queues last said.
+        self._wants: dict[str, int] = {}
+        #: Subjects whose group exists (checked on this connection), and being made.
+        self._grouped: set[str] = set()
+        self._grouping: set[str] = set()
+        self._registered: set[str] = set()
+        #: Entry ids handed to this node's queues and not yet done with.
+        self._held: dict[str, set[bytes]] = {}
+        #: Acknowledgements to send, and sent but not yet answered.
+        self._acks: dict[str, list[bytes]] = {}
+        self._unconfirmed: dict[str, set[bytes]] = {}
+        #: Entries to give back, kept while Redis is unreachable.
+        self._returns: list[tuple[str, bytes, bytes, int]] = []
+        #: SENDs kept while Redis is unreachable, and their size.
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox_bytes = 0
+        #: SENDs written to Redis and not yet answered, oldest first; and
+        #: those whose connection was lost before the answer, to send again.
+        self._in_flight: deque[tuple[str, bytes]] = deque()
+        self._resend: deque[tuple[str, bytes]] = deque()
+        #: SENDs accepted, and answered by Redis; RECEIPTs wait on these.
+        self._sent = 0
+        self._answered = 0
+        self._waiters: deque[tuple[int, defer.Deferred]] = deque()
+        self._reading: set[str] | None = None
+        self._unblocking = False
+        self._flush_call: Any = None
+        self._timers: list[Any] = []
+        self._scanning = False
+        self._stopped = False
+        #: Called with no arguments when the queues become usable again.
+        self.on_up: Callable[[], None] = lambda: None
+        #: Called with the reason when waiting SENDs are given up.
+        self.on_gave_up: Callable[[str], None] = lambda why: None
+
+    @property
+    def connected(self) -> bool:
+        """True while both connections are up (SENDs reach Redis; reads are served)."""
+        return self._protocol() is not None and self._reader_protocol() is not None
+
+    def _protocol(self) -> Any:
+        link = self._commands
+        protocol = link.protocol if link is not None else None
+        return protocol if protocol is not None and protocol.connected else None
+
+    def _reader_protocol(self) -> Any:
+        link = self._reader
+        protocol = link.protocol if link is not None else None
+        return protocol if protocol is not None and protocol.connected else None
+
+    # -- IClusterQueues --------------------------------------------------------------
+
+    def start(self, deliver: Callable[[str, bytes, bytes, int], None]) -> None:
+        self._deliver = deliver
+
+        def build() -> txredisapi.BaseRedisProtocol:
+            return self._bus.protocol(txredisapi.RedisProtocol)
+
+        def identify(protocol: Any) -> defer.Deferred:
+            def known(client_id: Any) -> None:
+                self._reader_id = client_id
+
+            return protocol.execute_command("CLIENT", "ID").addCallback(known)
+
+        self._commands = self._bus.open_link(build, self._commands_up)
+        self._reader = self._bus.open_link(build, identify)
+        self._bus.watch(self._changed)
+        interval = max(0.1, self.node_timeout / 4)
+        self._every(interval, self._heartbeat)
+        self._every(interval, self._give_up_if_late)
+        self._every(interval, self._scan)
+        self._every(STATUS_INTERVAL, self._read_status)
+
+    def _every(self, interval: float, call: Callable[[], None]) -> None:
+        def tick() -> None:
+            if self._stopped:
+                return
+            try:
+                call()
+            finally:
+                self._timers[index] = self._clock.callLater(interval, tick)
+
+        index = len(self._timers)
+        self._timers.append(self._clock.callLater(interval, tick))
+
+    def add(self, subject: str, payload: bytes) -> None:
+        protocol = self._protocol()
+        if protocol is None or self._outbox or self._resend:
+            if self._outbox_bytes + len(payload) > MAX_OUTBOX_BYTES:
+                raise OverflowError(
+                    f"{MAX_OUTBOX_BYTES // (1024 * 1024)} MiB of messages wait for the "
+                    "cluster's Redis to come back"
+                )
+            self._sent += 1
+            if not self._waiting_since:
+                self._waiting_since = self._clock.seconds()
+            self._outbox.append((subject, payload))
+            self._outbox_bytes += len(payload)
+            return
+        self._sent += 1
+        self._xadd(protocol, subject, payload)
+
+    def _xadd(self, protocol: Any, subject: str, payload: bytes) -> None:
+        self._register(protocol, subject)
+        self._in_flight.append((subject, payload))
+        d = protocol.execute_command("XADD", self._prefix + subject, "*", "m", payload)
+        d.addCallbacks(self._added, self._not_added)
+
+    def _added(self, _: object) -> None:
+        self._in_flight.popleft()
+        self._answered += 1
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self._answered:
+            waiters.popleft()[1].callback(None)
+
+    def _not_added(self, failure: Failure) -> None:
+        subject, payload = self._in_flight.popleft()
+        if failure.check(txredisapi.ConnectionError):
+            # Whether Redis stored it is unknown: sent again once Redis is
+            # back (a message may then be stored twice, never lost).
+            self._resend.append((subject, payload))
+            self._outbox_bytes += len(payload)
+            if not self._waiting_since:
+                self._waiting_since = self._clock.seconds()
+            return
+        self._answered += 1
+        log.error(
+            "cluster: Redis refused a queue message for {queue}: {error}",
+            queue=subject,
+            error=failure.getErrorMessage(),
+        )
+        waiters, self._waiters = self._waiters, deque()
+        for _, d in waiters:
+            d.errback(failure)
+
+    def sync(self) -> defer.Deferred:
+        if self._answered >= self._sent:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append((self._sent, d))
+        return d
+
+    def want(self, subject: str, credit: int) -> None:
+        if credit <= 0:
+            self._wants.pop(subject, None)
+            return
+        self._wants[subject] = credit
+        if subject not in self._grouped:
+            self._make_group(subject)
+            return
+        if self._reading is None:
+            self._read()
+        elif subject not in self._reading:
+            self._unblock()
+
+    def done(self, subject: str, entry_id: bytes) -> None:
+        held = self._held.get(subject)
+        if held is not None:
+            held.discard(entry_id)
+        self._acks.setdefault(subject, []).append(entry_id)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def give_back(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
+        held = self._held.get(subject)
+        if held is not None:
+            held.discard(entry_id)
+        self._returns.append((subject, entry_id, payload, deliveries))
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        self._stopped = True
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        protocol = self._protocol()
+        if protocol is not None:
+            try:
+                self._flush()
+                # This node's key goes at once, so that the others take
+                # what it held without waiting for the key to expire.
+                yield protocol.execute_command("DEL", self._node_prefix + self.node_id)
+            except Exception:
+                pass
+
+    # -- sending what waits ----------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        protocol = self._protocol()
+        if protocol is None:
+            return
+        acks, self._acks = self._acks, {}
+        for subject, ids in acks.items():
+            key = self._prefix + subject
+            unconfirmed = self._unconfirmed.setdefault(subject, set())
+            unconfirmed.update(ids)
+            d = protocol.execute_command("XACK", key, GROUP, *ids)
+            d.addBoth(self._acked, subject, ids)
+            protocol.execute_command("XDEL", key, *ids).addErrback(lambda _: None)
+        returns, self._returns = self._returns, []
+        for subject, entry_id, payload, deliveries in returns:
+            self.given_back += 1
+            d = protocol.execute_command(
+                "EVAL",
+                _GIVE_BACK,
+                1,
+                self._prefix + subject,
+                payload,
+                deliveries,
+                GROUP,
+                entry_id,
+            )
+            d.addErrback(self._not_given_back, subject, entry_id, payload, deliveries)
+
+    def _acked(self, result: object, subject: str, ids: list[bytes]) -> None:
+        if isinstance(result, Failure):
+            # Sent again once Redis is back (the entries stay this node's).
+            self._acks.setdefault(subject, []).extend(ids)
+            return
+        unconfirmed = self._unconfirmed.get(subject)
+        if unconfirmed is not None:
+            unconfirmed.difference_update(ids)
+
+    def _not_given_back(
+        self, failure: Failure, subject: str, entry_id: bytes, payload: bytes, deliveries: int
+    ) -> None:
+        self._returns.append((subject, entry_id, payload, deliveries))
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _register(self, protocol: Any, subject: str) -> None:
+        if subject not in self._registered:
+            self._registered.add(subject)
+            protocol.execute_command("SADD", self._registry, subject).addErrback(
+                self._unregister, subject
+            )
+
+    def _unregister(self, failure: Failure, subject: str) -> None:
+        self._registered.discard(subject)
+
+    def _make_group(self, subject: str) -> None:
+        protocol = self._protocol()
+        if protocol is None or subject in self._grouping:
+            return
+        self._grouping.add(subject)
+        self._register(protocol, subject)
+        d = protocol.execute_command(
+            "XGROUP", "CREATE", self._prefix + subject, GROUP, "0", "MKSTREAM"
+        )
+
+        def made(result: object) -> None:
+            self._grouping.discard(subject)
+            if isinstance(result, Failure) and "BUSYGROUP" not in result.getErrorMessage():
+                return  # the connection went; made again when it is back
+            self._grouped.add(subject)
+            if self._wants.get(subject):
+                if self._reading is None:
+                    self._read()
+                elif subject not in self._reading:
+                    self._unblock()
+
+        d.addBoth(made)
+
+    def _read(self) -> None:
+        if self._reading is not None or self._stopped:
+            return
+        protocol = self._reader_protocol()
+        if protocol is None:
+            return
+        wants = self._wants
+        subjects = [s for s, credit in wants.items() if credit > 0 and s in self._grouped]
+        if not subjects:
+            return
+        count = min(MAX_READ, max(wants[s] for s in subjects))
+        keys = [self._prefix + s for s in subjects]
+        self._reading = set(subjects)
+        try:
+            d = protocol.execute_command(
+                "XREADGROUP",
+                "GROUP",
+                GROUP,
+                self._node,
+                "COUNT",
+                count,
+                "BLOCK",
+                BLOCK_MS,
+                "STREAMS",
+                *keys,
+                *([">"] * len(keys)),
+            )
+        except txredisapi.ConnectionError:
+            self._reading = None
+            return
+        d.addCallbacks(self._read_done, self._read_failed)
+
+    def _read_done(self, reply: Any) -> None:
+        try:
+            for key, entries in reply or ():
+                subject = key[len(self._prefix) :].decode("utf-8", "surrogatepass")
+                for entry_id, raw in entries:
+                    fields = _fields(raw)
+                    payload = fields.get(b"m")
+                    if payload is None:
+                        continue
+                    self.taken += 1
+                    self._hand_over(subject, entry_id, payload, int(fields.get(b"n", 0)))
+        finally:
+            self._reading = None
+        self._read()
+
+    def _read_failed(self, failure: Failure) -> None:
+        subjects = self._reading or set()
+        self._reading = None
+        if "NOGROUP" in failure.getErrorMessage():
+            # A stream deleted under us (FLUSHDB, DEL): make its group again.
+            self._grouped.difference_update(subjects)
+            for subject in subjects:
+                if self._wants.get(subject):
+                    self._make_group(subject)
+            return
+        if self._reader_protocol() is not None and not self._stopped:
+            self._clock.callLater(0.1, self._read)
+
+    def _hand_over(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
+        self._held.setdefault(subject, set()).add(entry_id)
+        try:
+            self._deliver(subject, entry_id, payload, deliveries)
+        except Exception:
+            log.failure("cluster: a queue message from Redis could not be delivered")
+
+    def _unblock(self) -> None:
+        """Cut the blocked read short, so that it is made again with another subject."""
+        protocol = self._protocol()
+        if protocol is None or self._reader_id is None or self._unblocking:
+            return
+        self._unblocking = True
+
+        def sent(_: object) -> None:
+            self._unblocking = False
+
+        protocol.execute_command("CLIENT", "UNBLOCK", self._reader_id).addBoth(sent)
+
+    # -- Redis up and down -------------------------------------------------------------
+
+    def _commands_up(self, protocol: Any) -> None:
+        """A new command connection: groups are checked again, and what waited is sent."""
+        self._grouped.clear()
+        self._grouping.clear()
+        self._registered.clear()
+
+    def _changed(self) -> None:
+        if not self.connected or self._stopped:
+            return
+        protocol = self._protocol()
+        self._heartbeat()
+        outbox, self._outbox = self._outbox, deque()
+        resend, self._resend = self._resend, deque()
+        self._outbox_bytes = 0
+        self._waiting_since = 0.0
+        for subject, payload in [*resend, *outbox]:
+            self._xadd(protocol, subject, payload)
+        self._flush()
+        for subject, credit in list(self._wants.items()):
+            if credit > 0:
+                self._make_group(subject)
+        self._read()
+        self._read_status()
+        self.on_up()
+
+    def _give_up_if_late(self) -> None:
+        """SENDs that waited ``send_timeout`` for Redis are dropped, and their producers told."""
+        if not self._waiting_since:
+            return
+        waited = self._clock.seconds() - self._waiting_since
+        if waited < self.send_timeout:
+            return
+        dropped = len(self._outbox) + len(self._resend)
+        self._outbox.clear()
+        self._resend.clear()
+        self._outbox_bytes = 0
+        self._waiting_since = 0.0
+        self._answered += dropped
+        self.dropped += dropped
+        why = f"the cluster's Redis has been unreachable for {waited:.0f} s"
+        log.warn(
+            "cluster: node {node} dropped {count} queue messages that waited {seconds:.0f} s "
+            "for Redis; their producers get an ERROR",
+            node=self.node_id,
+            count=dropped,
+            seconds=waited,
+        )
+        waiters, self._waiters = self._waiters, deque()
+        for _, d in waiters:
+            d.errback(Failure(ConnectionError(why)))
+        self.on_gave_up(why)
+
+    # -- liveness and claims -----------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        protocol = self._protocol()
+        if protocol is None:
+            return
+        ttl = int(self.node_timeout * 1000)
+        protocol.execute_command(
+            "SET", self._node_prefix + self.node_id, self._instance, "PX", ttl
+        ).addErrback(lambda _: None)
+        protocol.execute_command("SADD", self._members, self.node_id).addErrback(lambda _: None)
+
+    def _scan(self) -> None:
+        if self._scanning:
+            return
+        protocol = self._protocol()
+        if protocol is None:
+            return
+        subjects = [s for s, credit in self._wants.items() if credit > 0 and s in self._grouped]
+        if not subjects:
+            return
+        self._scanning = True
+        self._flush()  # acknowledgements ahead of the PEL reads, on the same connection
+
+        def finished(result: object) -> None:
+            self._scanning = False
+            if isinstance(result, Failure) and not result.check(txredisapi.ConnectionError):
+                log.failure("cluster: looking for a silent node's messages failed", result)
+
+        self._claim_all(protocol, subjects).addBoth(finished)
+
+    @defer.inlineCallbacks
+    def _claim_all(self, protocol: Any, subjects: list[str]) -> Any:
+        for subject in subjects:
+            if self._stopped:
+                return
+            yield self._claim(protocol, subject)
+
+    @defer.inlineCallbacks
+    def _claim(self, protocol: Any, subject: str) -> Any:
+        key = self._prefix + subject
+        consumers = yield protocol.execute_command("XINFO", "CONSUMERS", key, GROUP)
+        for raw in consumers or ():
+            info = _fields(raw)
+            name = info.get(b"name", b"")
+            pending = int(info.get(b"pending", 0))
+            if not pending:
+                continue
+            if name == self._node:
+                if pending <= len(self._not_claimable(subject)):
+                    continue
+            else:
+                alive = yield protocol.execute_command("EXISTS", self._node_prefix.encode() + name)
+                if alive:
+                    continue
+            credit = self._wants.get(subject, 0)
+            if credit <= 0:
+                return
+            rows = yield protocol.execute_command(
+                "XPENDING",
+                key,
+                GROUP,
+                "IDLE",
+                self._claim_idle_ms,
+                "-",
+                "+",
+                min(credit, MAX_CLAIM),
+                name,
+            )
+            mine = self._not_claimable(subject)
+            counts = {row[0]: int(row[3]) for row in rows or () if row[0] not in mine}
+            if not counts:
+                continue
+            entries = yield protocol.execute_command(
+                "XCLAIM", key, GROUP, self._node, self._claim_idle_ms, *counts
+            )
+            mine = self._not_claimable(subject)
+            for entry in entries or ():
+                if not entry or entry[0] in mine:
+                    continue  # acknowledged meanwhile (its XACK follows)
+                entry_id, raw_fields = entry
+                fields = _fields(raw_fields)
+                payload = fields.get(b"m")
+                if payload is None:
+                    continue
+                self.claimed += 1
+                deliveries = int(fields.get(b"n", 0)) + counts.get(entry_id, 1)
+                self._hand_over(subject, entry_id, payload, deliveries)
+            if name != self._node:
+                log.info(
+                    "cluster: node {node} took {count} unacknowledged messages of {queue} "
+                    "from node {silent}, silent for over {timeout:g} s",
+                    node=self.node_id,
+                    count=len(entries or ()),
+                    queue=subject,
+                    silent=name.decode("utf-8", "replace"),
+                    timeout=self.node_timeout,
+                )
+
+    def _not_claimable(self, subject: str) -> set[bytes]:
+        """
+        This node's entries of ``subject`` that are not to be claimed again:
+        held by its queue, or acknowledged or given back and not yet
+        answered by Redis.
+        """
+        out = set(self._held.get(subject, ()))
+        out.update(self._unconfirmed.get(subject, ()))
+        out.update(self._acks.get(subject, ()))
+        out.update(entry for s, entry, _, _ in self._returns if s == subject)
+        return out
+
+    # -- status --------------------------------------------------------------------------
+
+    def _read_status(self) -> None:
+        protocol = self._protocol()
+        if protocol is None:
+            return
+
+        def failed(failure: Failure) -> None:
+            failure.trap(txredisapi.ConnectionError, txredisapi.ResponseError)
+
+        self._status(protocol).addErrback(failed)
+
+    @defer.inlineCallbacks
+    def _status(self, protocol: Any) -> Any:
+        subjects = yield protocol.execute_command("SMEMBERS", self._registry)
+        subjects = sorted(s.decode("utf-8", "surrogatepass") for s in subjects or ())[:1000]
+        lengths = yield defer.gatherResults(
+            [protocol.execute_command("XLEN", self._prefix + s) for s in subjects]
+        )
+        self.depths = dict(zip(subjects, (int(n) for n in lengths), strict=True))
+        members = yield protocol.execute_command("SMEMBERS", self._members)
+        names = sorted(m.decode("utf-8", "replace") for m in members or ())
+        if names:
+            keys = [self._node_prefix + n for n in names]
+            alive = yield protocol.execute_command("MGET", *keys)
+            self.nodes = [n for n, value in zip(names, alive, strict=True) if value is not None]
+        else:
+            self.nodes = []
