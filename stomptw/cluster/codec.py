@@ -26,6 +26,7 @@ __all__ = [
     "decode_topic_message",
     "encode_topic_message",
     "sender",
+    "stream_fields",
 ]
 
 #: The layout's version; a node refuses payloads of another.
@@ -123,3 +124,10 @@ def decode_topic_message(payload: bytes) -> TopicMessage:
         expires=expires,
     )
     return TopicMessage(node, instance, vhost, message)
+
+
+def stream_fields(raw: list | None) -> dict[bytes, bytes]:
+    """A Redis stream entry's flat field list as a dict (a deleted entry has none)."""
+    if not raw:
+        return {}
+    return dict(zip(raw[::2], raw[1::2], strict=False))

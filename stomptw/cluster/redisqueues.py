@@ -23,7 +23,6 @@ once.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,29 +32,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from stomptw.cluster.codec import stream_fields
+from stomptw.cluster.redisliveness import GROUP, STATUS_INTERVAL, Liveness
+from stomptw.cluster.redissends import Sends
 from stomptw.interfaces import IClusterQueues
 
 if TYPE_CHECKING:
     from stomptw.cluster.redisbus import RedisBus
     from stomptw.cluster.redislink import RedisLink
 
-__all__ = ["GROUP", "RedisQueues", "queue_key"]
+__all__ = ["GROUP", "RedisQueues", "queue_key", "registry_key"]
 
 log = Logger()
 
-#: The consumer group every node reads the queues' streams in.
-GROUP = b"stomptw"
 #: Milliseconds a read blocks waiting for entries (well under the link's
 #: PING timeout, which a blocked read holds up).
 BLOCK_MS = 1000
 #: The most entries one read takes of one stream.
 MAX_READ = 512
-#: Entries looked at per claim of a silent node's entries.
-MAX_CLAIM = 512
-#: Bytes of SENDs kept while Redis is unreachable, past which they are refused.
-MAX_OUTBOX_BYTES = 64 * 1024 * 1024
-#: Seconds between reads of the cluster-wide depths and live nodes.
-STATUS_INTERVAL = 2.0
 
 #: Append an entry again (for any node) and drop the old one, in one step.
 _GIVE_BACK = """
@@ -71,11 +65,9 @@ def queue_key(db: int, subject: str) -> str:
     return f"stomptw:{db}:queue:{subject}"
 
 
-def _fields(raw: list | None) -> dict[bytes, bytes]:
-    """A stream entry's flat field list as a dict (deleted entries have none)."""
-    if not raw:
-        return {}
-    return dict(zip(raw[::2], raw[1::2], strict=False))
+def registry_key(db: int) -> str:
+    """The set of every cluster queue's subject in database ``db``."""
+    return f"stomptw:{db}:queues"
 
 
 @implementer(IClusterQueues)
@@ -91,9 +83,9 @@ class RedisQueues:
     :param send_timeout: ``--cluster-send-timeout``.
 
     :ivar taken: entries read from Redis for this node's subscribers.
-    :ivar claimed: entries taken over from silent nodes (or from this node
-        before a restart).
     :ivar given_back: entries handed back for the other nodes.
+    :ivar liveness: this node's liveness key, the claims of silent nodes'
+        entries, and the cluster-wide depths and live nodes.
     """
 
     def __init__(
@@ -111,20 +103,9 @@ class RedisQueues:
         self._clock = clock
         self._db = db
         self._prefix = queue_key(db, "")
-        self._registry = f"stomptw:{db}:queues"
-        self._members = f"stomptw:{db}:nodes"
-        self._node_prefix = f"stomptw:{db}:node:"
+        self._registry = registry_key(db)
         self.node_timeout = node_timeout
-        self._instance = instance
-        self.send_timeout = send_timeout
-        #: When SENDs started waiting for Redis to come back (0: none wait).
-        self._waiting_since = 0.0
-        #: SENDs dropped because Redis stayed unreachable too long.
-        self.dropped = 0
-        self._claim_idle_ms = int(node_timeout * 500)
-        self.depths: dict[str, int] = {}
-        self.nodes: list[str] = []
-        self.taken = self.claimed = self.given_back = 0
+        self.taken = self.given_back = 0
         self._deliver: Callable[[str, bytes, bytes, int], None] = lambda *a: None
         self._commands: RedisLink | None = None
         self._reader: RedisLink | None = None
@@ -142,22 +123,20 @@ class RedisQueues:
         self._unconfirmed: dict[str, set[bytes]] = {}
         #: Entries to give back, kept while Redis is unreachable.
         self._returns: list[tuple[str, bytes, bytes, int]] = []
-        #: SENDs kept while Redis is unreachable, and their size.
-        self._outbox: deque[tuple[str, bytes]] = deque()
-        self._outbox_bytes = 0
-        #: SENDs written to Redis and not yet answered, oldest first; and
-        #: those whose connection was lost before the answer, to send again.
-        self._in_flight: deque[tuple[str, bytes]] = deque()
-        self._resend: deque[tuple[str, bytes]] = deque()
-        #: SENDs accepted, and answered by Redis; RECEIPTs wait on these.
-        self._sent = 0
-        self._answered = 0
-        self._waiters: deque[tuple[int, defer.Deferred]] = deque()
+        #: The SENDs on their way to Redis.
+        self.sends = Sends(
+            clock,
+            bus.node_id,
+            send_timeout,
+            lambda protocol, subject: self._register(protocol, subject),
+            self.key,
+            lambda why: self.on_gave_up(why),
+        )
         self._reading: set[str] | None = None
         self._unblocking = False
         self._flush_call: Any = None
         self._timers: list[Any] = []
-        self._scanning = False
+        self.liveness = Liveness(self, db, instance)
         self._stopped = False
         #: Called with no arguments when the queues become usable again.
         self.on_up: Callable[[], None] = lambda: None
@@ -165,9 +144,32 @@ class RedisQueues:
         self.on_gave_up: Callable[[str], None] = lambda why: None
 
     @property
+    def depths(self) -> dict[str, int]:
+        """Each cluster queue's messages in Redis, as last read."""
+        return self.liveness.depths
+
+    @property
+    def nodes(self) -> list[str]:
+        """The nodes alive, as last read."""
+        return self.liveness.nodes
+
+    @property
+    def claimed(self) -> int:
+        """Entries taken over from silent nodes (or from this node before a restart)."""
+        return self.liveness.claimed
+
+    def key(self, subject: str) -> str:
+        """The stream of the queue ``subject``."""
+        return self._prefix + subject
+
+    @property
     def connected(self) -> bool:
         """True while both connections are up (SENDs reach Redis; reads are served)."""
         return self._protocol() is not None and self._reader_protocol() is not None
+
+    def command_connection(self) -> Any:
+        """The command connection while it is up, else None."""
+        return self._protocol()
 
     def _protocol(self) -> Any:
         link = self._commands
@@ -197,10 +199,10 @@ class RedisQueues:
         self._reader = self._bus.open_link(build, identify)
         self._bus.watch(self._changed)
         interval = max(0.1, self.node_timeout / 4)
-        self._every(interval, self._heartbeat)
-        self._every(interval, self._give_up_if_late)
-        self._every(interval, self._scan)
-        self._every(STATUS_INTERVAL, self._read_status)
+        self._every(interval, self.liveness.heartbeat)
+        self._every(interval, self.sends.give_up_if_late)
+        self._every(interval, self.liveness.scan)
+        self._every(STATUS_INTERVAL, self.liveness.read_status)
 
     def _every(self, interval: float, call: Callable[[], None]) -> None:
         def tick() -> None:
@@ -215,61 +217,10 @@ class RedisQueues:
         self._timers.append(self._clock.callLater(interval, tick))
 
     def add(self, subject: str, payload: bytes) -> None:
-        protocol = self._protocol()
-        if protocol is None or self._outbox or self._resend:
-            if self._outbox_bytes + len(payload) > MAX_OUTBOX_BYTES:
-                raise OverflowError(
-                    f"{MAX_OUTBOX_BYTES // (1024 * 1024)} MiB of messages wait for the "
-                    "cluster's Redis to come back"
-                )
-            self._sent += 1
-            if not self._waiting_since:
-                self._waiting_since = self._clock.seconds()
-            self._outbox.append((subject, payload))
-            self._outbox_bytes += len(payload)
-            return
-        self._sent += 1
-        self._xadd(protocol, subject, payload)
-
-    def _xadd(self, protocol: Any, subject: str, payload: bytes) -> None:
-        self._register(protocol, subject)
-        self._in_flight.append((subject, payload))
-        d = protocol.execute_command("XADD", self._prefix + subject, "*", "m", payload)
-        d.addCallbacks(self._added, self._not_added)
-
-    def _added(self, _: object) -> None:
-        self._in_flight.popleft()
-        self._answered += 1
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= self._answered:
-            waiters.popleft()[1].callback(None)
-
-    def _not_added(self, failure: Failure) -> None:
-        subject, payload = self._in_flight.popleft()
-        if failure.check(txredisapi.ConnectionError):
-            # Whether Redis stored it is unknown: sent again once Redis is
-            # back (a message may then be stored twice, never lost).
-            self._resend.append((subject, payload))
-            self._outbox_bytes += len(payload)
-            if not self._waiting_since:
-                self._waiting_since = self._clock.seconds()
-            return
-        self._answered += 1
-        log.error(
-            "cluster: Redis refused a queue message for {queue}: {error}",
-            queue=subject,
-            error=failure.getErrorMessage(),
-        )
-        waiters, self._waiters = self._waiters, deque()
-        for _, d in waiters:
-            d.errback(failure)
+        self.sends.add(self._protocol(), subject, payload)
 
     def sync(self) -> defer.Deferred:
-        if self._answered >= self._sent:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._waiters.append((self._sent, d))
-        return d
+        return self.sends.sync()
 
     def want(self, subject: str, credit: int) -> None:
         if credit <= 0:
@@ -290,7 +241,7 @@ class RedisQueues:
             held.discard(entry_id)
         self._acks.setdefault(subject, []).append(entry_id)
         if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self._flush)
+            self._flush_call = self._clock.callLater(0, self.flush)
 
     def give_back(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
         held = self._held.get(subject)
@@ -298,7 +249,7 @@ class RedisQueues:
             held.discard(entry_id)
         self._returns.append((subject, entry_id, payload, deliveries))
         if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self._flush)
+            self._flush_call = self._clock.callLater(0, self.flush)
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
@@ -312,16 +263,16 @@ class RedisQueues:
         protocol = self._protocol()
         if protocol is not None:
             try:
-                self._flush()
+                self.flush()
                 # This node's key goes at once, so that the others take
                 # what it held without waiting for the key to expire.
-                yield protocol.execute_command("DEL", self._node_prefix + self.node_id)
+                yield self.liveness.leave(protocol)
             except Exception:
                 pass
 
     # -- sending what waits ----------------------------------------------------------
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         self._flush_call = None
         protocol = self._protocol()
         if protocol is None:
@@ -435,12 +386,12 @@ class RedisQueues:
             for key, entries in reply or ():
                 subject = key[len(self._prefix) :].decode("utf-8", "surrogatepass")
                 for entry_id, raw in entries:
-                    fields = _fields(raw)
+                    fields = stream_fields(raw)
                     payload = fields.get(b"m")
                     if payload is None:
                         continue
                     self.taken += 1
-                    self._hand_over(subject, entry_id, payload, int(fields.get(b"n", 0)))
+                    self.hand_over(subject, entry_id, payload, int(fields.get(b"n", 0)))
         finally:
             self._reading = None
         self._read()
@@ -458,7 +409,7 @@ class RedisQueues:
         if self._reader_protocol() is not None and not self._stopped:
             self._clock.callLater(0.1, self._read)
 
-    def _hand_over(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
+    def hand_over(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
         self._held.setdefault(subject, set()).add(entry_id)
         try:
             self._deliver(subject, entry_id, payload, deliveries)
@@ -489,148 +440,19 @@ class RedisQueues:
         if not self.connected or self._stopped:
             return
         protocol = self._protocol()
-        self._heartbeat()
-        outbox, self._outbox = self._outbox, deque()
-        resend, self._resend = self._resend, deque()
-        self._outbox_bytes = 0
-        self._waiting_since = 0.0
-        for subject, payload in [*resend, *outbox]:
-            self._xadd(protocol, subject, payload)
-        self._flush()
+        self.liveness.heartbeat()
+        self.sends.resume(protocol)
+        self.flush()
         for subject, credit in list(self._wants.items()):
             if credit > 0:
                 self._make_group(subject)
         self._read()
-        self._read_status()
+        self.liveness.read_status()
         self.on_up()
 
-    def _give_up_if_late(self) -> None:
-        """SENDs that waited ``send_timeout`` for Redis are dropped, and their producers told."""
-        if not self._waiting_since:
-            return
-        waited = self._clock.seconds() - self._waiting_since
-        if waited < self.send_timeout:
-            return
-        dropped = len(self._outbox) + len(self._resend)
-        self._outbox.clear()
-        self._resend.clear()
-        self._outbox_bytes = 0
-        self._waiting_since = 0.0
-        self._answered += dropped
-        self.dropped += dropped
-        why = f"the cluster's Redis has been unreachable for {waited:.0f} s"
-        log.warn(
-            "cluster: node {node} dropped {count} queue messages that waited {seconds:.0f} s "
-            "for Redis; their producers get an ERROR",
-            node=self.node_id,
-            count=dropped,
-            seconds=waited,
-        )
-        waiters, self._waiters = self._waiters, deque()
-        for _, d in waiters:
-            d.errback(Failure(ConnectionError(why)))
-        self.on_gave_up(why)
+    # -- what the liveness checks may claim -------------------------------------------
 
-    # -- liveness and claims -----------------------------------------------------------
-
-    def _heartbeat(self) -> None:
-        protocol = self._protocol()
-        if protocol is None:
-            return
-        ttl = int(self.node_timeout * 1000)
-        protocol.execute_command(
-            "SET", self._node_prefix + self.node_id, self._instance, "PX", ttl
-        ).addErrback(lambda _: None)
-        protocol.execute_command("SADD", self._members, self.node_id).addErrback(lambda _: None)
-
-    def _scan(self) -> None:
-        if self._scanning:
-            return
-        protocol = self._protocol()
-        if protocol is None:
-            return
-        subjects = [s for s, credit in self._wants.items() if credit > 0 and s in self._grouped]
-        if not subjects:
-            return
-        self._scanning = True
-        self._flush()  # acknowledgements ahead of the PEL reads, on the same connection
-
-        def finished(result: object) -> None:
-            self._scanning = False
-            if isinstance(result, Failure) and not result.check(txredisapi.ConnectionError):
-                log.failure("cluster: looking for a silent node's messages failed", result)
-
-        self._claim_all(protocol, subjects).addBoth(finished)
-
-    @defer.inlineCallbacks
-    def _claim_all(self, protocol: Any, subjects: list[str]) -> Any:
-        for subject in subjects:
-            if self._stopped:
-                return
-            yield self._claim(protocol, subject)
-
-    @defer.inlineCallbacks
-    def _claim(self, protocol: Any, subject: str) -> Any:
-        key = self._prefix + subject
-        consumers = yield protocol.execute_command("XINFO", "CONSUMERS", key, GROUP)
-        for raw in consumers or ():
-            info = _fields(raw)
-            name = info.get(b"name", b"")
-            pending = int(info.get(b"pending", 0))
-            if not pending:
-                continue
-            if name == self._node:
-                if pending <= len(self._not_claimable(subject)):
-                    continue
-            else:
-                alive = yield protocol.execute_command("EXISTS", self._node_prefix.encode() + name)
-                if alive:
-                    continue
-            credit = self._wants.get(subject, 0)
-            if credit <= 0:
-                return
-            rows = yield protocol.execute_command(
-                "XPENDING",
-                key,
-                GROUP,
-                "IDLE",
-                self._claim_idle_ms,
-                "-",
-                "+",
-                min(credit, MAX_CLAIM),
-                name,
-            )
-            mine = self._not_claimable(subject)
-            counts = {row[0]: int(row[3]) for row in rows or () if row[0] not in mine}
-            if not counts:
-                continue
-            entries = yield protocol.execute_command(
-                "XCLAIM", key, GROUP, self._node, self._claim_idle_ms, *counts
-            )
-            mine = self._not_claimable(subject)
-            for entry in entries or ():
-                if not entry or entry[0] in mine:
-                    continue  # acknowledged meanwhile (its XACK follows)
-                entry_id, raw_fields = entry
-                fields = _fields(raw_fields)
-                payload = fields.get(b"m")
-                if payload is None:
-                    continue
-                self.claimed += 1
-                deliveries = int(fields.get(b"n", 0)) + counts.get(entry_id, 1)
-                self._hand_over(subject, entry_id, payload, deliveries)
-            if name != self._node:
-                log.info(
-                    "cluster: node {node} took {count} unacknowledged messages of {queue} "
-                    "from node {silent}, silent for over {timeout:g} s",
-                    node=self.node_id,
-                    count=len(entries or ()),
-                    queue=subject,
-                    silent=name.decode("utf-8", "replace"),
-                    timeout=self.node_timeout,
-                )
-
-    def _not_claimable(self, subject: str) -> set[bytes]:
+    def not_claimable(self, subject: str) -> set[bytes]:
         """
         This node's entries of ``subject`` that are not to be claimed again:
         held by its queue, or acknowledged or given back and not yet
@@ -642,31 +464,10 @@ class RedisQueues:
         out.update(entry for s, entry, _, _ in self._returns if s == subject)
         return out
 
-    # -- status --------------------------------------------------------------------------
+    def claimable_subjects(self) -> list[str]:
+        """The queues this node's subscribers can take messages of now."""
+        return [s for s, credit in self._wants.items() if credit > 0 and s in self._grouped]
 
-    def _read_status(self) -> None:
-        protocol = self._protocol()
-        if protocol is None:
-            return
-
-        def failed(failure: Failure) -> None:
-            failure.trap(txredisapi.ConnectionError, txredisapi.ResponseError)
-
-        self._status(protocol).addErrback(failed)
-
-    @defer.inlineCallbacks
-    def _status(self, protocol: Any) -> Any:
-        subjects = yield protocol.execute_command("SMEMBERS", self._registry)
-        subjects = sorted(s.decode("utf-8", "surrogatepass") for s in subjects or ())[:1000]
-        lengths = yield defer.gatherResults(
-            [protocol.execute_command("XLEN", self._prefix + s) for s in subjects]
-        )
-        self.depths = dict(zip(subjects, (int(n) for n in lengths), strict=True))
-        members = yield protocol.execute_command("SMEMBERS", self._members)
-        names = sorted(m.decode("utf-8", "replace") for m in members or ())
-        if names:
-            keys = [self._node_prefix + n for n in names]
-            alive = yield protocol.execute_command("MGET", *keys)
-            self.nodes = [n for n, value in zip(names, alive, strict=True) if value is not None]
-        else:
-            self.nodes = []
+    def credit(self, subject: str) -> int:
+        """How many messages of ``subject`` this node's subscribers can take now."""
+        return self._wants.get(subject, 0)
