@@ -198,6 +198,13 @@ class Broker(BrokerScheduling, BrokerLifetime):
         self.cluster_sync: Callable[[], Any] | None = None
         self._root = True
 
+    def use_cluster_durables(self, cluster: Any) -> None:
+        """
+        Keep durable subscriptions in the cluster (``cluster`` makes their
+        queues and hears of each attach and removal); None: this node's own.
+        """
+        self._durables.cluster = cluster
+
     @property
     def durables(self) -> dict[str, DurableSubscription]:
         """The durable topic subscriptions, by their store name."""

@@ -6,6 +6,7 @@ that keeps what is published while the subscriber is away.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from stomptw.destinations import DestinationContext, Queue
 from stomptw.interfaces import IDestination, IMessageStore
@@ -48,6 +49,10 @@ class Durables:
         self._destination = destination
         self._unsubscribe = unsubscribe
         self._forget_if_idle = forget_if_idle
+        #: In a cluster, what keeps the subscriptions across the nodes
+        #: (:class:`stomptw.cluster.node.ClusterDurables`): it makes their
+        #: queues, and hears of each attach and removal. None on a single node.
+        self.cluster: Any = None
 
     def attach(self, subscription: Subscription) -> Queue:
         """
@@ -69,6 +74,8 @@ class Durables:
                 f"durable subscription {name!r} of client-id {client_id!r} is in use "
                 "by another connection"
             )
+        if self.cluster is not None:
+            self.cluster.attached(durable)
         return durable.queue
 
     def remove(self, client_id: str, name: str) -> bool:
@@ -83,6 +90,9 @@ class Durables:
         for sub in list(durable.queue.subscriptions):
             self._unsubscribe(sub)
         durable.queue.purge()
+        if self.cluster is not None:
+            self.cluster.removed(durable)
+            return True
         topic = self._destination(durable.topic)
         if isinstance(topic, Topic):
             topic.durables.pop(owner, None)
@@ -94,6 +104,12 @@ class Durables:
         self, owner: str, client_id: str, name: str, topic_name: str, persist: bool = True
     ) -> DurableSubscription:
         """A new durable subscription to ``topic_name`` (stored unless restoring)."""
+        if self.cluster is not None:
+            # The cluster's: fed by its topic's log in the cluster, not here.
+            queue = self.cluster.make_queue(owner, topic_name)
+            durable = DurableSubscription(owner, client_id, name, topic_name, queue)
+            self.by_owner[owner] = durable
+            return durable
         queue = Queue(owner, self._context, overflow="drop-head", priorities=False)
         durable = DurableSubscription(owner, client_id, name, topic_name, queue)
         self.by_owner[owner] = durable

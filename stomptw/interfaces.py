@@ -256,6 +256,53 @@ class IClusterBus(Interface):
         """Disconnect; a Deferred that fires once the connections are closed."""
 
 
+class IClusterDurables(Interface):
+    """
+    What a cluster node asks of the engine that keeps the cluster's durable
+    topic subscriptions (Redis: :class:`stomptw.cluster.redisdurables.RedisDurables`).
+    A subscription is named by its ``topic`` (vhost and destination) and its
+    ``owner`` (client-id and name); it collects every message published to
+    the topic on any node from its creation on, until :meth:`remove`.
+    """
+
+    def start(deliver):  # noqa: N805
+        """
+        Call ``deliver`` with ``(topic, owner, entry_id, payload, deliveries)``
+        for each message handed to this node's subscriber of a subscription.
+        """
+
+    def attach(topic, owner):  # noqa: N805
+        """
+        The subscription's subscriber is on this node now: create it if it
+        is new (replacing the owner's subscription to another topic), and
+        take over what it had delivered and not seen acknowledged.
+        """
+
+    def want(topic, owner, credit):  # noqa: N805
+        """The subscriber can take ``credit`` more messages now."""
+
+    def notify(topic):  # noqa: N805
+        """A message was published to ``topic``: the attached subscriptions read."""
+
+    def done(topic, owner, entry_id):  # noqa: N805
+        """The message was consumed."""
+
+    def release(topic, owner, entry_id):  # noqa: N805
+        """The subscriber left without consuming it: it waits for the next attach."""
+
+    def remove(topic, owner):  # noqa: N805
+        """Delete the subscription and what it holds."""
+
+    def attached_topics():
+        """The topics with a durable subscriber on this node (empty if none)."""
+
+    def sync():
+        """A Deferred that fires once every :meth:`attach` so far took effect."""
+
+    def stop():
+        """Send what is due (acknowledgements) and stop reading."""
+
+
 class IClusterQueues(Interface):
     """
     What a cluster node asks of the engine that holds the cluster's queues

@@ -1,8 +1,9 @@
 """
 A cluster queue without Redis: :class:`~stomptw.cluster.queues.ClusterQueue`
-and :class:`~stomptw.cluster.node.ClusterNode` on a Clock, with an in-memory
-engine that records what the node asks of it (how many entries it wants,
-which it is done with, which it gives back). tests/test_cluster_queues.py
+and :class:`~stomptw.cluster.node.ClusterNode` on a Clock, with in-memory
+engines that record what the node asks of them (how many entries it wants,
+which it is done with, which it gives back), for queues and for durable
+subscriptions. tests/test_cluster_queues.py
 runs real nodes on a real Redis.
 """
 
@@ -17,11 +18,11 @@ from twisted.internet import defer
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from stomptw.cluster.codec import decode_topic_message
+from stomptw.cluster.codec import decode_topic_message, encode_topic_message
 from stomptw.cluster.node import ClusterNode
 from stomptw.cluster.queues import ClusterQueue
-from stomptw.interfaces import IClusterQueues
-from stomptw.model import DestinationFull
+from stomptw.interfaces import IClusterDurables, IClusterQueues
+from stomptw.model import DestinationFull, Message, durable_owner
 
 
 @implementer(IClusterQueues)
@@ -207,3 +208,78 @@ def test_a_send_the_engine_cannot_keep_is_refused(node):
     queues.full = True
     with pytest.raises(DestinationFull, match="wait for the cluster's Redis"):
         send(broker, "too much")
+
+
+@implementer(IClusterDurables)
+class MemoryDurables:
+    """The cluster's durable subscriptions in memory: records what the node asks."""
+
+    def __init__(self) -> None:
+        self.deliver = None
+        self.attached: list[tuple[str, str]] = []
+        self.wants: dict[tuple[str, str], int] = {}
+        self.notified: list[str] = []
+        self.done_ids: list[bytes] = []
+        self.released: list[bytes] = []
+        self.removed: list[tuple[str, str]] = []
+
+    def start(self, deliver) -> None:
+        self.deliver = deliver
+
+    def attach(self, topic: str, owner: str) -> None:
+        self.attached.append((topic, owner))
+
+    def want(self, topic: str, owner: str, credit: int) -> None:
+        self.wants[(topic, owner)] = credit
+
+    def notify(self, topic: str) -> None:
+        self.notified.append(topic)
+
+    def done(self, topic: str, owner: str, entry_id: bytes) -> None:
+        self.done_ids.append(entry_id)
+
+    def release(self, topic: str, owner: str, entry_id: bytes) -> None:
+        self.released.append(entry_id)
+
+    def remove(self, topic: str, owner: str) -> None:
+        self.removed.append((topic, owner))
+
+    def attached_topics(self):
+        return {topic for topic, _ in self.attached}
+
+    def sync(self):
+        return defer.succeed(None)
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_durable_subscription_is_the_clusters():
+    """Fed by the engine, not by this node's topic; settled, released and removed there."""
+    verifyObject(IClusterDurables, MemoryDurables())
+    broker, clock = make_broker()
+    durables = MemoryDurables()
+    cluster = ClusterNode(broker, MemoryBus(Hub(), "n1"), MemoryQueues(), 4, durables=durables)
+    cluster.privilegedStartService()
+    cluster.startService()
+    consumer = FakeConsumer()
+    sub = subscribe(broker, consumer, "/topic/t", durable=("c1", "keep"), prefetch=2)
+    key = ("//topic/t", durable_owner("c1", "keep"))
+    assert durables.attached == [key]
+    assert durables.wants[key] == 2
+    # Published here: to the other nodes (and the topic's log), not into the queue here.
+    send(broker, "local", "/topic/t")
+    assert consumer.delivered == []
+    payload = encode_topic_message("n2", "i2", "/", Message("m-1", "/topic/t", {}, b"x"))
+    durables.deliver(*key, b"1-0", payload, 0)
+    durables.deliver(*key, b"2-0", payload, 1)
+    assert consumer.delivered == [("s", b"x", 1, False), ("s", b"x", 2, True)]
+    settle(broker, sub)
+    assert durables.done_ids == [b"1-0"]
+    # The subscriber leaves holding 2-0: it waits in the cluster for the next attach.
+    broker.unsubscribe(sub)
+    assert durables.released == [b"2-0"]
+    assert durables.wants[key] == 0
+    assert broker.remove_durable("c1", "keep")
+    assert durables.removed == [key]
+    cluster.stopService()

@@ -10,6 +10,7 @@ cluster's, handed to this node as its subscribers can take them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import TYPE_CHECKING, Any
@@ -19,9 +20,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from stomptw.cluster.codec import decode_topic_message, encode_topic_message, sender
-from stomptw.cluster.queues import ClusterQueue
+from stomptw.cluster.queues import ClusterQueue, DurableLog
 from stomptw.cluster.settings import default_node_id, parse_cluster_url
-from stomptw.interfaces import IClusterBus, IClusterQueues
+from stomptw.interfaces import IClusterBus, IClusterDurables, IClusterQueues
 from stomptw.model import TOPIC_PREFIX
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class ClusterNode(Service):
     :param bus: the bus to the other nodes.
     :param queues: the cluster's queues; None: each node's queues stay its own.
     :param read_ahead: ``--cluster-read-ahead``.
+    :param durables: the cluster's durable subscriptions (with ``queues``);
+        None: each node's own.
 
     :ivar published: topic messages passed on to the other nodes.
     :ivar received: topic messages from other nodes delivered here (or
@@ -60,10 +63,12 @@ class ClusterNode(Service):
         queues: IClusterQueues | None = None,
         read_ahead: int = 64,
         instance: str = "",
+        durables: IClusterDurables | None = None,
     ) -> None:
         self.broker = broker
         self.bus = bus
         self.queues = queues
+        self.durables = durables
         self.read_ahead = read_ahead
         self.node_id = bus.node_id
         #: Tells this process apart from another that uses the same node id.
@@ -94,6 +99,12 @@ class ClusterNode(Service):
             queues.on_up = self._queues_up
             queues.on_gave_up = self._queues_gave_up
             queues.start(self._arrive)
+        durables = self.durables
+        if durables is not None:
+            for name, vhost in self.broker.vhosts.items():
+                vhost.use_cluster_durables(ClusterDurables(self, name, vhost))
+                vhost.cluster_sync = self._sync
+            durables.start(self._arrive_durable)
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
@@ -103,6 +114,8 @@ class ClusterNode(Service):
             for dest in list(vhost.destinations.values()):
                 if isinstance(dest, ClusterQueue):
                     dest.give_back_all()
+        if self.durables is not None:
+            self.durables.stop()
         if self.queues is None:
             return self.bus.stop()
         d = self.queues.stop()
@@ -141,6 +154,30 @@ class ClusterNode(Service):
             return
         dest.arrive(entry_id, message)
 
+    def _sync(self) -> defer.Deferred:
+        """Once the cluster has every queue message sent and durable subscription made so far."""
+        both = defer.gatherResults([self.queues.sync(), self.durables.sync()], consumeErrors=True)
+        return both.addErrback(lambda failure: failure.value.subFailure)
+
+    def _arrive_durable(
+        self, topic: str, owner: str, entry_id: bytes, payload: bytes, deliveries: int
+    ) -> None:
+        """A message of a durable subscription whose subscriber is here: to its queue."""
+        try:
+            remote = decode_topic_message(payload)
+        except ValueError:
+            self.malformed += 1
+            self.durables.done(topic, owner, entry_id)
+            return
+        vhost = self.broker.vhosts.get(remote.vhost)
+        durable = vhost.durables.get(owner) if vhost is not None else None
+        if durable is None or not durable.queue.subscriptions:
+            self.durables.release(topic, owner, entry_id)
+            return
+        message = remote.message
+        message.delivery_count = deliveries
+        durable.queue.arrive(entry_id, message)
+
     def _queues_gave_up(self, why: str) -> None:
         """SENDs that waited too long for the cluster were dropped: tell their producers."""
         for vhost in self.broker.vhosts.values():
@@ -168,8 +205,14 @@ class ClusterNode(Service):
 
     def _receive(self, payload: bytes) -> None:
         """A payload some node broadcast (this one's too): deliver it here, once."""
+        durables = self.durables
         if sender(payload) == self._me:
-            return  # this node's own, back from the bus
+            # This node's own, back from the bus: its topic's log has it now.
+            if durables is not None and durables.attached_topics():
+                with contextlib.suppress(ValueError):
+                    remote = decode_topic_message(payload)
+                    durables.notify(remote.vhost + remote.message.destination)
+            return
         try:
             remote = decode_topic_message(payload)
         except ValueError as e:
@@ -191,6 +234,8 @@ class ClusterNode(Service):
             self.malformed += 1
             return
         self.received += 1
+        if durables is not None:
+            durables.notify(remote.vhost + message.destination)
         vhost = self.broker.vhosts.get(remote.vhost)
         if vhost is not None:
             vhost.route_remote(message)
@@ -295,6 +340,44 @@ class ClusterNode(Service):
         ]
 
 
+class ClusterDurables:
+    """
+    What a vhost's durable subscriptions ask of the cluster
+    (:attr:`stomptw.durables.Durables.cluster`): their queues, fed by their
+    topic's log in the cluster, and word of each attach and removal.
+    """
+
+    def __init__(self, node: ClusterNode, vhost_name: str, vhost: Broker) -> None:
+        self.node = node
+        self.vhost_name = vhost_name
+        self.vhost = vhost
+
+    def make_queue(self, owner: str, topic: str) -> ClusterQueue:
+        """The queue of the durable subscription ``owner`` to ``topic``."""
+        node = self.node
+        engine = DurableLog(
+            node.durables, lambda: bool(node.queues.connected), self.vhost_name + topic, owner
+        )
+        return ClusterQueue(
+            owner,
+            self.vhost.context,
+            engine,
+            node.node_id,
+            node.instance,
+            self.vhost_name,
+            node.read_ahead,
+            priorities=False,
+        )
+
+    def attached(self, durable: Any) -> None:
+        """A subscriber attached to ``durable`` here: it resumes where it left, on any node."""
+        self.node.durables.attach(self.vhost_name + durable.topic, durable.owner)
+
+    def removed(self, durable: Any) -> None:
+        """``durable`` was deleted (UNSUBSCRIBE with its name, or the admin API)."""
+        self.node.durables.remove(self.vhost_name + durable.topic, durable.owner)
+
+
 def join_cluster(broker: Broker, config: BrokerConfig, reactor: Any) -> ClusterNode:
     """
     This node's part of the cluster ``config.cluster`` names, on the Redis
@@ -303,6 +386,7 @@ def join_cluster(broker: Broker, config: BrokerConfig, reactor: Any) -> ClusterN
     ``privilegedStartService`` checks that Redis can be joined.
     """
     from stomptw.cluster.redisbus import RedisBus
+    from stomptw.cluster.redisdurables import RedisDurables
     from stomptw.cluster.redisqueues import RedisQueues
 
     target = parse_cluster_url(config.cluster)
@@ -312,4 +396,9 @@ def join_cluster(broker: Broker, config: BrokerConfig, reactor: Any) -> ClusterN
     queues = RedisQueues(
         bus, reactor, config.cluster_node_timeout, instance, config.cluster_send_timeout
     )
-    return ClusterNode(broker, bus, queues, config.cluster_read_ahead, instance)
+    durables = RedisDurables(
+        queues.command_connection, reactor, target.db, node_id, config.max_queue_length
+    )
+    bus.log_length = durables.max_length
+    queues.watch_up(durables.up)
+    return ClusterNode(broker, bus, queues, config.cluster_read_ahead, instance, durables=durables)

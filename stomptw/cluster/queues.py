@@ -16,10 +16,12 @@ from stomptw.errors import cluster_unreachable
 from stomptw.model import DestinationFull
 
 if TYPE_CHECKING:
-    from stomptw.interfaces import IClusterQueues, IMessageConsumer
+    from collections.abc import Callable
+
+    from stomptw.interfaces import IClusterDurables, IClusterQueues, IMessageConsumer
     from stomptw.model import DestinationContext, Message
 
-__all__ = ["ClusterQueue"]
+__all__ = ["ClusterQueue", "DurableLog"]
 
 
 class ClusterQueue(Queue):
@@ -53,8 +55,9 @@ class ClusterQueue(Queue):
         vhost: str,
         read_ahead: int,
         dead_letter: bool = False,
+        priorities: bool = True,
     ) -> None:
-        super().__init__(name, context, dead_letter=dead_letter)
+        super().__init__(name, context, dead_letter=dead_letter, priorities=priorities)
         self.engine = engine
         self.subject = vhost + name
         self.read_ahead = read_ahead
@@ -174,3 +177,38 @@ class ClusterQueue(Queue):
     def give_back_all(self) -> None:
         """The node stops: what waits here goes back to the cluster's queue."""
         self._give_back_waiting()
+
+
+class DurableLog:
+    """
+    What a durable subscription's :class:`ClusterQueue` asks of the cluster,
+    on :class:`~stomptw.interfaces.IClusterDurables`: its messages come from
+    its topic's log, and one returned without a subscriber here waits there
+    for the subscriber's next attach, on any node.
+    """
+
+    def __init__(
+        self, durables: IClusterDurables, connected: Callable[[], bool], topic: str, owner: str
+    ) -> None:
+        self.durables = durables
+        self.topic = topic
+        self.owner = owner
+        self._connected = connected
+
+    @property
+    def connected(self) -> bool:
+        """Whether the cluster's Redis is reachable."""
+        return self._connected()
+
+    def add(self, subject: str, payload: bytes) -> None:
+        """Never called: a durable subscription's messages come from its topic."""
+        raise OverflowError("a durable subscription takes messages from its topic only")
+
+    def want(self, subject: str, credit: int) -> None:
+        self.durables.want(self.topic, self.owner, credit)
+
+    def done(self, subject: str, entry_id: bytes) -> None:
+        self.durables.done(self.topic, self.owner, entry_id)
+
+    def give_back(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
+        self.durables.release(self.topic, self.owner, entry_id)

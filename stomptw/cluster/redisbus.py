@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stomptw.cluster.probe import CHECK_TIMEOUT, ClusterUnavailable, check_redis
+from stomptw.cluster.redisdurables import DEFAULT_LOG_LENGTH, durable_log_key
 from stomptw.cluster.redislink import RedisLink
 from stomptw.cluster.settings import RedisTarget, read_password_file
 from stomptw.interfaces import IClusterBus
@@ -98,15 +99,32 @@ class _Publisher(txredisapi.RedisProtocol):
             self._expected.pop()
             raise
 
-    def publish_now(self, channel: bytes, payload: bytes) -> None:
-        """PUBLISH ``payload`` on ``channel``, the body not copied."""
+    def publish_now(self, channel: bytes, payload: bytes, log: bytes = b"", cap: int = 0) -> None:
+        """
+        PUBLISH ``payload`` on ``channel``, the body not copied; with ``log``,
+        first append it to that stream if it exists (``XADD ... NOMKSTREAM``,
+        at most ``cap`` entries kept), so that the stream has it before any
+        node hears of it.
+        """
+        parts = []
+        if log:
+            limit = b"%d" % cap
+            parts.append(
+                b"*9\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$10\r\nNOMKSTREAM\r\n$6\r\nMAXLEN\r\n"
+                b"$1\r\n~\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nm\r\n$%d\r\n"
+                % (len(log), log, len(limit), limit, len(payload))
+            )
+            parts += [payload, b"\r\n"]
         head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n" % (
             len(channel),
             channel,
             len(payload),
         )
-        self.transport.writeSequence([head, payload, b"\r\n"])
-        size = len(head) + len(payload) + 2
+        parts += [head, payload, b"\r\n"]
+        self.transport.writeSequence(parts)
+        size = sum(len(part) for part in parts)
+        if log:
+            self._expected.append(0)  # the XADD's answer
         self._expected.append(size)
         self.unanswered += size
 
@@ -150,6 +168,9 @@ class RedisBus:
         self._password_file = password_file
         self._password: str | None = None
         self._prefix = channel_prefix(target)
+        self._log_prefix = durable_log_key(target.db, "")
+        #: The most entries a topic's durable log keeps (``XADD MAXLEN ~``).
+        self.log_length = DEFAULT_LOG_LENGTH
         self._pattern = self._prefix.encode() + b"*"
         self._state = "starting"
         self._joined = False
@@ -205,7 +226,9 @@ class RedisBus:
             return False
         if protocol.unanswered >= MAX_UNANSWERED_BYTES:
             return False
-        protocol.publish_now((self._prefix + subject).encode("utf-8", "surrogatepass"), payload)
+        channel = (self._prefix + subject).encode("utf-8", "surrogatepass")
+        log = (self._log_prefix + subject).encode("utf-8", "surrogatepass")
+        protocol.publish_now(channel, payload, log, self.log_length)
         return True
 
     def stop(self) -> defer.Deferred:

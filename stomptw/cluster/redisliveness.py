@@ -16,10 +16,12 @@ nodes are alive, for the admin API and ``/metrics``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import txredisapi
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -28,7 +30,7 @@ from stomptw.cluster.codec import stream_fields
 if TYPE_CHECKING:
     from stomptw.cluster.redisqueues import RedisQueues
 
-__all__ = ["GROUP", "STATUS_INTERVAL", "Liveness"]
+__all__ = ["GROUP", "STATUS_INTERVAL", "Liveness", "every", "stop_all"]
 
 log = Logger()
 
@@ -38,6 +40,33 @@ GROUP = b"stomptw"
 MAX_CLAIM = 512
 #: Seconds between reads of the cluster-wide depths and live nodes.
 STATUS_INTERVAL = 2.0
+
+
+def every(clock: Any, interval: float, call: Callable[[], object]) -> LoopingCall:
+    """
+    Run ``call`` every ``interval`` seconds on ``clock``, the first time
+    after one interval; a failure is logged and the next runs all the same.
+    """
+
+    def safely() -> None:
+        try:
+            call()
+        except Exception:
+            log.failure("cluster: a periodic task failed")
+
+    loop = LoopingCall(safely)
+    loop.clock = clock
+    loop.start(interval, now=False)
+    return loop
+
+
+def stop_all(loops: list[LoopingCall], pending: Any) -> None:
+    """Stop ``loops`` and cancel ``pending`` (a delayed call, or None) if it is still due."""
+    for loop in loops:
+        if loop.running:
+            loop.stop()
+    if pending is not None and pending.active():
+        pending.cancel()
 
 
 class Liveness:

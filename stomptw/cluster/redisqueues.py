@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import txredisapi
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stomptw.cluster.codec import stream_fields
-from stomptw.cluster.redisliveness import GROUP, STATUS_INTERVAL, Liveness
+from stomptw.cluster.redisliveness import GROUP, STATUS_INTERVAL, Liveness, every, stop_all
 from stomptw.cluster.redissends import Sends
 from stomptw.interfaces import IClusterQueues
 
@@ -135,9 +136,10 @@ class RedisQueues:
         self._reading: set[str] | None = None
         self._unblocking = False
         self._flush_call: Any = None
-        self._timers: list[Any] = []
+        self._timers: list[LoopingCall] = []
         self.liveness = Liveness(self, db, instance)
         self._stopped = False
+        self._up_watchers: list[Callable[[], None]] = []
         #: Called with no arguments when the queues become usable again.
         self.on_up: Callable[[], None] = lambda: None
         #: Called with the reason when waiting SENDs are given up.
@@ -171,6 +173,10 @@ class RedisQueues:
         """The command connection while it is up, else None."""
         return self._protocol()
 
+    def watch_up(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the queues are usable again (after the others)."""
+        self._up_watchers.append(callback)
+
     def _protocol(self) -> Any:
         link = self._commands
         protocol = link.protocol if link is not None else None
@@ -199,22 +205,10 @@ class RedisQueues:
         self._reader = self._bus.open_link(build, identify)
         self._bus.watch(self._changed)
         interval = max(0.1, self.node_timeout / 4)
-        self._every(interval, self.liveness.heartbeat)
-        self._every(interval, self.sends.give_up_if_late)
-        self._every(interval, self.liveness.scan)
-        self._every(STATUS_INTERVAL, self.liveness.read_status)
-
-    def _every(self, interval: float, call: Callable[[], None]) -> None:
-        def tick() -> None:
-            if self._stopped:
-                return
-            try:
-                call()
-            finally:
-                self._timers[index] = self._clock.callLater(interval, tick)
-
-        index = len(self._timers)
-        self._timers.append(self._clock.callLater(interval, tick))
+        self._timers.append(every(self._clock, interval, self.liveness.heartbeat))
+        self._timers.append(every(self._clock, interval, self.sends.give_up_if_late))
+        self._timers.append(every(self._clock, interval, self.liveness.scan))
+        self._timers.append(every(self._clock, STATUS_INTERVAL, self.liveness.read_status))
 
     def add(self, subject: str, payload: bytes) -> None:
         self.sends.add(self._protocol(), subject, payload)
@@ -254,11 +248,7 @@ class RedisQueues:
     @defer.inlineCallbacks
     def stop(self) -> Any:
         self._stopped = True
-        for timer in self._timers:
-            if timer.active():
-                timer.cancel()
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
+        stop_all(self._timers, self._flush_call)
         self._flush_call = None
         protocol = self._protocol()
         if protocol is not None:
@@ -448,6 +438,8 @@ class RedisQueues:
                 self._make_group(subject)
         self._read()
         self.liveness.read_status()
+        for watcher in self._up_watchers:
+            watcher()
         self.on_up()
 
     # -- what the liveness checks may claim -------------------------------------------
