@@ -56,8 +56,10 @@ def build() -> Path:
     return BINARY
 
 
-def _target_args(target: Target) -> list[str]:
+def _target_args(target: Target, consumers_at: Target | None = None) -> list[str]:
     args = ["--port", str(target.port), "--transport", target.transport]
+    if consumers_at is not None:
+        args += ["--consumer-port", str(consumers_at.port)]
     if target.transport == "ws":
         args += ["--ws-path", target.ws_path]
     for name, value in target.connect_headers.items():
@@ -72,13 +74,16 @@ def run(
     timeout: float,
     cpu_of_broker: Callable[[], float] | None = None,
     nice: int = 0,
+    consumers_at: Target | None = None,
 ) -> dict:
     """
     One ``stompgen`` run: its figures, with the broker's CPU from GO to the
     end (``broker_cpu_s``). ``nice`` below 0 raises the generator's CPU
     priority (its scheduler weight), for ``compare.py --check-generator``.
+    ``consumers_at`` puts the consumers and subscribers on another node of a
+    cluster (``target`` has the producers).
     """
-    command = [str(build()), scenario, *_target_args(target), *options]
+    command = [str(build()), scenario, *_target_args(target, consumers_at), *options]
     command += ["--timeout", str(timeout), "--gate"]
     deadline = time.monotonic() + timeout + 30
     proc = subprocess.Popen(
@@ -126,6 +131,7 @@ def throughput(
     timeout: float = 120.0,
     cpu_of_broker: Callable[[], float] | None = None,
     nice: int = 0,
+    consumers_at: Target | None = None,
 ) -> dict:
     """As :func:`loadgen.throughput`, by the compiled generator."""
     options = [
@@ -137,7 +143,7 @@ def throughput(
     ]  # fmt: skip
     options += ["--persistent"] if persistent else []
     options += ["--backlog"] if backlog else []
-    return run("throughput", target, options, timeout, cpu_of_broker, nice)
+    return run("throughput", target, options, timeout, cpu_of_broker, nice, consumers_at)
 
 
 def fanout(
@@ -150,6 +156,7 @@ def fanout(
     idle: float = 3.0,
     cpu_of_broker: Callable[[], float] | None = None,
     nice: int = 0,
+    consumers_at: Target | None = None,
 ) -> dict:
     """As :func:`loadgen.fanout`, by the compiled generator."""
     options = [
@@ -158,7 +165,7 @@ def fanout(
         "--size", str(size),
         "--idle", f"{idle:g}",
     ]  # fmt: skip
-    return run("fanout", target, options, timeout, cpu_of_broker, nice)
+    return run("fanout", target, options, timeout, cpu_of_broker, nice, consumers_at)
 
 
 def latency(
@@ -172,6 +179,7 @@ def latency(
     cpu_of_broker: Callable[[], float] | None = None,
     nice: int = 0,
     realtime: bool = False,
+    consumers_at: Target | None = None,
 ) -> dict:
     """
     As :func:`loadgen.latency`, by the compiled generator. With ``realtime``
@@ -180,4 +188,4 @@ def latency(
     """
     options = ["--rate", f"{rate:g}", "--seconds", f"{seconds:g}", "--size", str(size)]
     options += ["--idle", f"{idle:g}"] + (["--realtime"] if realtime else [])
-    return run("latency", target, options, timeout + seconds, cpu_of_broker, nice)
+    return run("latency", target, options, timeout + seconds, cpu_of_broker, nice, consumers_at)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from stomptw.brokerschedule import BrokerScheduling
 from stomptw.deadletters import DeadLetters
@@ -212,10 +213,10 @@ class Broker(BrokerScheduling, BrokerLifetime):
 
     def sync(self):
         """A Deferred that fires once every message accepted so far is stored."""
+        stored = self.store.sync()
         if self.cluster_sync is None:
-            return self.store.sync()
-        both = defer.gatherResults([self.store.sync(), self.cluster_sync()], consumeErrors=True)
-        return both.addErrback(lambda failure: failure.value.subFailure)
+            return stored
+        return both(stored, self.cluster_sync())
 
     def new_session_id(self) -> str:
         """A session identifier for a new client connection."""
@@ -455,6 +456,19 @@ class Broker(BrokerScheduling, BrokerLifetime):
     def _forget_if_idle(self, dest: IDestination) -> None:
         if dest.is_idle() and self.destinations.get(dest.name) is dest:
             del self.destinations[dest.name]
+
+
+def both(first: defer.Deferred, second: defer.Deferred) -> defer.Deferred:
+    """
+    A Deferred that fires once ``first`` and ``second`` have, failing with
+    the first failure; one already fired with success is not waited for
+    (so the common case, nothing pending, costs no gathering).
+    """
+    for done, other in ((first, second), (second, first)):
+        if done.called and not isinstance(done.result, Failure):
+            return other
+    gathered = defer.gatherResults([first, second], consumeErrors=True)
+    return gathered.addErrback(lambda failure: failure.value.subFailure)
 
 
 def _stream_limits(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -405,3 +406,30 @@ def test_ws_compression_benchmark_compares_bytes_and_cpu():
     assert on["wire_bytes_per_delivery"] < off["wire_bytes_per_delivery"] / 2, out
     designs = {row["design"] for row in rows[2:]}
     assert "shared, no context (stomptw)" in designs, out
+
+
+def test_cluster_benchmark_runs_one_node_and_the_cluster_side_by_side():
+    _needs_cargo()
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    out, records = run_script(
+        "benchmarks/cluster.py",
+        "--messages",
+        "300",
+        "--rounds",
+        "1",
+        "--latency-seconds",
+        "0.5",
+        "--twistd",
+        TWISTD,
+    )
+    setups = {"single", "cluster-1", "cluster-2"}
+    assert {r["setup"] for r in records} == setups, out
+    assert len(records) == 4 * len(setups), out
+    for r in records:
+        assert r.get("ok", True) and r["lost"] == 0 and not r.get("duplicates"), r
+    for r in records:
+        # Redis's CPU is counted for the cluster's rows only (a few runs of
+        # 300 messages may use less than a clock tick of it).
+        assert (r["redis_cpu_s"] >= 0) if r["setup"] != "single" else r["redis_cpu_s"] == 0, r
+    assert "vs single" in out and "redis ms/1k" in out, out

@@ -364,9 +364,9 @@ def test_publishes_and_txredisapi_commands_share_the_connection_in_order():
     from twisted.internet.testing import StringTransport
     from txredisapi import ConnectionError as RedisConnectionError
 
-    from stomptw.cluster.redisbus import _Publisher
+    from stomptw.cluster.redisbus import CommandConnection
 
-    protocol = _Publisher(charset=None, convertNumbers=False)
+    protocol = CommandConnection(charset=None, convertNumbers=False)
     protocol.factory = None
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -388,3 +388,58 @@ def test_publishes_and_txredisapi_commands_share_the_connection_in_order():
     protocol.connectionLost(Failure(Exception("gone")))
     assert failed and failed[0].check(RedisConnectionError)
     assert protocol.unanswered == 0
+
+
+class _SilentRedis:
+    """What :class:`RedisLink` uses of a connection, with PINGs left unanswered."""
+
+    def __init__(self) -> None:
+        self.connected = 1
+        self.pings: list[defer.Deferred] = []
+        self.aborted = False
+        self.transport = self
+        self._lost: defer.Deferred = defer.Deferred()
+
+    def whenDisconnected(self) -> defer.Deferred:  # noqa: N802 - txredisapi's name
+        return self._lost
+
+    def whenConnected(self) -> defer.Deferred:  # noqa: N802 - txredisapi's name
+        return defer.succeed(self)
+
+    def ping(self) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.pings.append(d)
+        return d
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        pass
+
+    def abortConnection(self) -> None:  # noqa: N802 - Twisted's name
+        self.aborted = True
+
+
+def test_a_ping_answer_late_behind_other_answers_keeps_the_link():
+    """Under load a PING's answer queues behind others: Redis is alive while anything comes."""
+    from stomptw.cluster.redislink import PING_INTERVAL, PING_TIMEOUT, RedisLink
+
+    clock, redis = Clock(), _SilentRedis()
+
+    class Endpoint:
+        def connect(self, factory):
+            return defer.succeed(redis)
+
+    link = RedisLink(Endpoint(), clock, lambda: redis, lambda p: None, lambda: None)
+    link.start()
+    assert link.protocol is redis
+    clock.advance(PING_INTERVAL)
+    assert len(redis.pings) == 1
+    for _ in range(int(PING_TIMEOUT * 4)):
+        clock.advance(0.5)
+        redis.dataReceived(b":1\r\n")  # other commands' answers keep coming
+    assert not redis.aborted and link.protocol is redis
+    clock.advance(PING_TIMEOUT)  # then nothing at all: Redis is gone
+    assert redis.aborted
+    assert (
+        link.reason
+        == f"no answer from Redis within {PING_TIMEOUT:g} s while waiting for PING's answer"
+    )

@@ -19,6 +19,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from stomptw.broker import both
 from stomptw.cluster.codec import decode_topic_message, encode_topic_message, sender
 from stomptw.cluster.queues import ClusterQueue, DurableLog
 from stomptw.cluster.settings import default_node_id, parse_cluster_url
@@ -156,8 +157,7 @@ class ClusterNode(Service):
 
     def _sync(self) -> defer.Deferred:
         """Once the cluster has every queue message sent and durable subscription made so far."""
-        both = defer.gatherResults([self.queues.sync(), self.durables.sync()], consumeErrors=True)
-        return both.addErrback(lambda failure: failure.value.subFailure)
+        return both(self.queues.sync(), self.durables.sync())
 
     def _arrive_durable(
         self, topic: str, owner: str, entry_id: bytes, payload: bytes, deliveries: int

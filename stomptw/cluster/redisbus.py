@@ -32,7 +32,7 @@ from stomptw.cluster.redislink import RedisLink
 from stomptw.cluster.settings import RedisTarget, read_password_file
 from stomptw.interfaces import IClusterBus
 
-__all__ = ["RedisBus", "channel_prefix", "redis_endpoint"]
+__all__ = ["CommandConnection", "RedisBus", "channel_prefix", "redis_endpoint"]
 
 log = Logger()
 
@@ -73,13 +73,16 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.on_message(message)
 
 
-class _Publisher(txredisapi.RedisProtocol):
+class CommandConnection(txredisapi.RedisProtocol):
     """
-    The publishing connection. A PUBLISH skips txredisapi's per-command
-    machinery (two Deferreds and a closure each, too much for every topic
-    message of a burst): it is written as it is, and its answer counted when
-    it comes back. Other commands (AUTH, SELECT, PING) go through txredisapi
-    as usual; answers come in the order of the commands, and are matched so.
+    A connection whose commands for every message skip txredisapi's
+    per-command machinery (two Deferreds, a closure and a queue entry each,
+    too much for every message of a burst): a PUBLISH, or a command given
+    as RESP bytes (:meth:`raw`), is written as it is, and its answer
+    counted, or handed to a callback, when it comes back. Other commands
+    (AUTH, SELECT, PING, ...) go through txredisapi as usual; answers come
+    in the order of the commands, and are matched so. The bus publishes on
+    one; the cluster's queues send on another.
 
     :ivar unanswered: bytes of PUBLISH commands written and not yet answered.
     """
@@ -88,8 +91,8 @@ class _Publisher(txredisapi.RedisProtocol):
         super().__init__(*args, **kwargs)
         self.unanswered = 0
         #: Whom each answer to come is for, oldest first: a PUBLISH (its
-        #: size) or a txredisapi command (None).
-        self._expected: deque[int | None] = deque()
+        #: size), a raw command (its callback) or a txredisapi command (None).
+        self._expected: deque[Any] = deque()
 
     def execute_command(self, *args: Any, **kwargs: Any) -> defer.Deferred:
         self._expected.append(None)
@@ -98,6 +101,14 @@ class _Publisher(txredisapi.RedisProtocol):
         except Exception:
             self._expected.pop()
             raise
+
+    def raw(self, parts: list[bytes], answered: Callable[[Any], None]) -> None:
+        """
+        Write a command given as RESP ``parts``; ``answered`` gets its answer
+        (an exception instance for an error, or a lost connection).
+        """
+        self.transport.writeSequence(parts)
+        self._expected.append(answered)
 
     def publish_now(self, channel: bytes, payload: bytes, log: bytes = b"", cap: int = 0) -> None:
         """
@@ -129,17 +140,22 @@ class _Publisher(txredisapi.RedisProtocol):
         self.unanswered += size
 
     def replyReceived(self, reply: Any) -> None:
-        size = self._expected.popleft() if self._expected else None
-        if size is None:
+        whom = self._expected.popleft() if self._expected else None
+        if whom is None:
             super().replyReceived(reply)  # a txredisapi command's
+        elif isinstance(whom, int):
+            self.unanswered -= whom
         else:
-            self.unanswered -= size
+            whom(reply)
 
     def connectionLost(self, why: Failure) -> None:
         # What was PUBLISHed and not answered is lost with the connection;
-        # txredisapi then fails its own commands' Deferreds.
-        self._expected.clear()
+        # raw commands hear of it, and txredisapi fails its own commands'.
+        expected, self._expected = self._expected, deque()
         self.unanswered = 0
+        for whom in expected:
+            if whom is not None and not isinstance(whom, int):
+                whom(txredisapi.ConnectionError("Lost connection"))
         super().connectionLost(why)
 
 
@@ -194,7 +210,7 @@ class RedisBus:
         target = self.target
 
         def publisher() -> txredisapi.BaseRedisProtocol:
-            return _Publisher(
+            return CommandConnection(
                 charset=None,
                 password=password,
                 dbid=target.db,

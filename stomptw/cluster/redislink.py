@@ -62,7 +62,9 @@ class RedisLink:
     One connection to Redis, kept up: reconnects with exponential backoff
     (:data:`INITIAL_DELAY` to :data:`MAX_DELAY`), PINGs it every
     :data:`PING_INTERVAL` seconds and drops it when an answer (or the login
-    of a new connection) takes more than :data:`PING_TIMEOUT`; calls
+    of a new connection) takes more than :data:`PING_TIMEOUT` with nothing
+    at all received meanwhile (a PING's answer may queue behind many
+    others under load); calls
     ``changed`` each time it becomes usable or stops being so.
 
     :param endpoint: where Redis is.
@@ -93,6 +95,8 @@ class RedisLink:
         self.changed = changed
         self.protocol: Any = None
         self.reason = ""
+        #: When the connection last received anything (a sign of life).
+        self.heard = 0.0
         self._connection: Any = None
         self._attempt = 0
         self._retry: Any = None
@@ -114,6 +118,16 @@ class RedisLink:
     def _connected(self, protocol: Any) -> None:
         self._connecting = None
         self._connection = protocol
+        self.heard = self.clock.seconds()
+        # Any answer shows that Redis is there: a PING's may come late
+        # behind a long run of others, which the node is still reading.
+        received = protocol.dataReceived
+
+        def heard(data: bytes) -> None:
+            self.heard = self.clock.seconds()
+            received(data)
+
+        protocol.dataReceived = heard
         protocol.whenDisconnected().addCallback(self._lost)
         self._expect(protocol, "logging in")
         protocol.whenConnected().addCallback(self._logged_in)
@@ -146,6 +160,15 @@ class RedisLink:
 
     def _no_answer(self, protocol: Any, what: str) -> None:
         self._timeout = None
+        if protocol is not self._connection:
+            return
+        silent = self.clock.seconds() - self.heard
+        if silent < PING_TIMEOUT:
+            # Redis is answering, just not this yet: wait as long again.
+            self._timeout = self.clock.callLater(
+                PING_TIMEOUT - silent, self._no_answer, protocol, what
+            )
+            return
         if protocol is self._connection:
             self.reason = f"no answer from Redis within {PING_TIMEOUT:g} s while {what}"
             protocol.transport.abortConnection()

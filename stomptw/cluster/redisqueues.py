@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stomptw.cluster.codec import stream_fields
+from stomptw.cluster.redisbus import CommandConnection
 from stomptw.cluster.redisliveness import GROUP, STATUS_INTERVAL, Liveness, every, stop_all
 from stomptw.cluster.redissends import Sends
 from stomptw.interfaces import IClusterQueues
@@ -195,13 +196,16 @@ class RedisQueues:
         def build() -> txredisapi.BaseRedisProtocol:
             return self._bus.protocol(txredisapi.RedisProtocol)
 
+        def build_commands() -> txredisapi.BaseRedisProtocol:
+            return self._bus.protocol(CommandConnection)
+
         def identify(protocol: Any) -> defer.Deferred:
             def known(client_id: Any) -> None:
                 self._reader_id = client_id
 
             return protocol.execute_command("CLIENT", "ID").addCallback(known)
 
-        self._commands = self._bus.open_link(build, self._commands_up)
+        self._commands = self._bus.open_link(build_commands, self._commands_up)
         self._reader = self._bus.open_link(build, identify)
         self._bus.watch(self._changed)
         interval = max(0.1, self.node_timeout / 4)

@@ -97,8 +97,25 @@ class Sends:
     def _xadd(self, protocol: Any, subject: str, payload: bytes) -> None:
         self._register(protocol, subject)
         self._in_flight.append((subject, payload))
-        d = protocol.execute_command("XADD", self._key(subject), "*", "m", payload)
-        d.addCallbacks(self._added, self._not_added)
+        raw = getattr(protocol, "raw", None)
+        if raw is None:
+            d = protocol.execute_command("XADD", self._key(subject), "*", "m", payload)
+            d.addCallbacks(self._added, self._not_added)
+            return
+        key = self._key(subject).encode("utf-8", "surrogatepass")
+        head = b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nm\r\n$%d\r\n" % (
+            len(key),
+            key,
+            len(payload),
+        )
+        raw([head, payload, b"\r\n"], self._answered_now)
+
+    def _answered_now(self, reply: Any) -> None:
+        """A raw XADD's answer: its entry id, or an exception."""
+        if isinstance(reply, Exception):
+            self._not_added(Failure(reply))
+        else:
+            self._added(reply)
 
     def _added(self, _: object) -> None:
         self._in_flight.popleft()

@@ -110,10 +110,15 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection whose CONNECT the broker has answered with CONNECTED.
+    /// A connection to `--port` whose CONNECT the broker has answered with CONNECTED.
     pub fn open(o: &Opts, deadline: Instant) -> Result<Conn, String> {
+        Conn::open_at(o, o.port, deadline)
+    }
+
+    /// As [`Conn::open`], to `port` (`--consumer-port` for consumers).
+    pub fn open_at(o: &Opts, port: u16, deadline: Instant) -> Result<Conn, String> {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-        let addr = SocketAddr::new(o.ip, o.port);
+        let addr = SocketAddr::new(o.ip, port);
         let sock = TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(10)))
             .map_err(|e| format!("connect: {e}"))?;
         // Writes wait at most until the deadline (the broker may apply flow control).
@@ -130,7 +135,7 @@ impl Conn {
             let request = format!(
                 "GET {} HTTP/1.1\r\nHost: {host}:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n",
-                o.ws_path, o.port, base64(&key)
+                o.ws_path, port, base64(&key)
             );
             c.write(request.as_bytes())?;
             let end = loop {

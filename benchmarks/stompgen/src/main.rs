@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 
 const USAGE: &str = "usage: stompgen <throughput|fanout|latency> --port N [--host 127.0.0.1]
-    [--transport tcp|ws] [--ws-path /ws] [--header name:value ...] [--destination D]
+    [--consumer-port N (consumers and subscribers there; default --port)] [--transport tcp|ws] [--ws-path /ws] [--header name:value ...] [--destination D]
     [--timeout SECONDS] [--gate]
   throughput: --producers P --consumers C --messages N --size S
               [--ack auto|client-individual] [--persistent] [--backlog]
@@ -34,6 +34,8 @@ pub struct Opts {
     pub mode: Mode,
     pub ip: IpAddr,
     pub port: u16,
+    /// Where consumers and subscribers connect (another node of a cluster).
+    pub consumer_port: u16,
     pub ws: bool,
     pub ws_path: String,
     pub headers: Vec<(String, String)>,
@@ -55,7 +57,7 @@ pub struct Opts {
 }
 
 const VALUED: &[&str] = &[
-    "host", "port", "transport", "ws-path", "header", "destination", "timeout", "producers",
+    "host", "port", "consumer-port", "transport", "ws-path", "header", "destination", "timeout", "producers",
     "consumers", "messages", "size", "ack", "subscribers", "idle", "rate", "seconds",
 ];
 
@@ -112,6 +114,7 @@ fn parse_args(argv: &[String]) -> Result<Opts, String> {
         mode,
         ip,
         port: num(&named, "port", None)?,
+        consumer_port: num(&named, "consumer-port", Some(get("port").unwrap_or("0")))?,
         ws: match get("transport").unwrap_or("tcp") {
             "tcp" => false,
             "ws" => true,

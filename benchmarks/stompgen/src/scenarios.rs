@@ -301,7 +301,7 @@ fn consumer(sh: &Shared, out: &mut Out, total: u64, pooled: bool, latency: bool)
     if latency {
         out.latencies.reserve(total as usize);
     }
-    let mut conn = Conn::open(o, sh.deadline)?;
+    let mut conn = Conn::open_at(o, o.consumer_port, sh.deadline)?;
     let ack = if o.ack_each { "client-individual" } else { "auto" };
     conn.send(&format!("SUBSCRIBE\ndestination:{}\nid:0\nack:{ack}\nreceipt:sub\n\n\0", o.destination))?;
     // Messages may come before the receipt (a backlog): they count too.
