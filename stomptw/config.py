@@ -121,13 +121,13 @@ def endpoint_scope(description: str) -> str:
 def tcp_address(description: str) -> tuple[str, str] | None:
     """
     The interface and the port (as written) that a ``tcp:``, ``tcp6:``,
-    ``ssl:``/``tls:`` or ``mtls:`` endpoint string binds; without
+    ``ssl:``/``tls:``, ``mtls:`` or ``reuseport:`` endpoint string binds; without
     ``interface=``, every address (``0.0.0.0``, or ``::`` for tcp6). None
     for other kinds of endpoint.
     """
     parts = description.replace("\\:", "\x00").split(":")
     kind = parts[0].strip().lower()
-    if kind not in ("tcp", "tcp6", "ssl", "tls", "mtls"):
+    if kind not in ("tcp", "tcp6", "ssl", "tls", "mtls", "reuseport"):
         return None
     port, interface = "", "::" if kind == "tcp6" else "0.0.0.0"
     for part in parts[1:]:

@@ -274,6 +274,9 @@ def busy_listeners(config: BrokerConfig) -> list[str]:
             probe = socket.socket(family, socket.SOCK_STREAM)
             try:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted does
+                if description.split(":", 1)[0].strip().lower() == "reuseport":
+                    # Other nodes share the port on purpose: as the endpoint does.
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 probe.bind((interface, port))
             except OSError as e:
                 moved = f"{flag} " + description.replace(f":{port}", f":{example}", 1)
