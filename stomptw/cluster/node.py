@@ -112,9 +112,8 @@ class ClusterNode(Service):
         for vhost in self.broker.vhosts.values():
             vhost.on_topic_message = None
             vhost.make_queue = None
-            for dest in list(vhost.destinations.values()):
-                if isinstance(dest, ClusterQueue):
-                    dest.give_back_all()
+        for queue in self._cluster_queues():
+            queue.give_back_all()
         if self.durables is not None:
             self.durables.stop()
         if self.queues is None:
@@ -178,19 +177,24 @@ class ClusterNode(Service):
         message.delivery_count = deliveries
         durable.queue.arrive(entry_id, message)
 
+    def _cluster_queues(self) -> list[ClusterQueue]:
+        """This node's cluster queues, in every vhost."""
+        return [
+            dest
+            for vhost in self.broker.vhosts.values()
+            for dest in vhost.destinations.values()
+            if isinstance(dest, ClusterQueue)
+        ]
+
     def _queues_gave_up(self, why: str) -> None:
         """SENDs that waited too long for the cluster were dropped: tell their producers."""
-        for vhost in self.broker.vhosts.values():
-            for dest in list(vhost.destinations.values()):
-                if isinstance(dest, ClusterQueue):
-                    dest.give_up(why)
+        for queue in self._cluster_queues():
+            queue.give_up(why)
 
     def _queues_up(self) -> None:
         """The cluster's queues are back: producers blocked meanwhile may send again."""
-        for vhost in self.broker.vhosts.values():
-            for dest in list(vhost.destinations.values()):
-                if isinstance(dest, ClusterQueue):
-                    dest.cluster_back()
+        for queue in self._cluster_queues():
+            queue.cluster_back()
 
     def _publish(self, vhost: str, message: Message) -> None:
         """A client of this node sent ``message`` to a topic of ``vhost``: on to the others."""
