@@ -510,13 +510,29 @@ class AdminResource(JsonResource):
             },
         )
 
-    def _purge(self, request: Request, name: str) -> bytes:
+    def _purge(self, request: Request, name: str) -> Any:
         try:
             count = self._vhost(request).purge(name)
         except KeyError:
             raise HTTPError(404, f"no destination {name!r}") from None
         except DestinationError as e:
             raise HTTPError(400, str(e)) from None
+        if isinstance(count, defer.Deferred):
+            # A cluster queue: purged in Redis too.
+
+            def purged(count: int) -> tuple[int, dict]:
+                log.info(
+                    "admin API: purged {count} message(s) from {name} across the cluster",
+                    count=count,
+                    name=name,
+                )
+                return 200, {"destination": name, "purged": count}
+
+            def unreachable(failure: Any) -> None:
+                failure.trap(ConnectionError)
+                raise HTTPError(503, f"could not purge {name} in the cluster: {failure.value}")
+
+            return count.addCallbacks(purged, unreachable)
         log.info("admin API: purged {count} message(s) from {name}", count=count, name=name)
         return self._json(request, 200, {"destination": name, "purged": count})
 

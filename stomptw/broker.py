@@ -12,14 +12,14 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from stomptw.brokerschedule import BrokerScheduling
 from stomptw.deadletters import DeadLetters
+from stomptw.deferreds import both
 from stomptw.destinations import DestinationContext, Queue
 from stomptw.durables import Durables
 from stomptw.expiry import ExpirySweep
@@ -197,6 +197,9 @@ class Broker(BrokerScheduling, BrokerLifetime):
         #: ``() -> Deferred`` that fires once every message sent to a
         #: cluster queue so far is stored by the cluster; None on a single node.
         self.cluster_sync: Callable[[], Any] | None = None
+        #: ``() -> context manager`` within which the messages sent to cluster
+        #: queues are stored all together or not at all; None on a single node.
+        self.cluster_together: Callable[[], Any] | None = None
         self._root = True
 
     def use_cluster_durables(self, cluster: Any) -> None:
@@ -217,6 +220,15 @@ class Broker(BrokerScheduling, BrokerLifetime):
         if self.cluster_sync is None:
             return stored
         return both(stored, self.cluster_sync())
+
+    def all_or_nothing(self) -> Any:
+        """
+        A context manager for a COMMIT: within it, the messages sent to the
+        cluster's queues are stored by the cluster all together or not at all.
+        """
+        if self.cluster_together is None:
+            return nullcontext()
+        return self.cluster_together()
 
     def new_session_id(self) -> str:
         """A session identifier for a new client connection."""
@@ -358,16 +370,24 @@ class Broker(BrokerScheduling, BrokerLifetime):
             expires=expires,
         )
 
-    def purge(self, name: str) -> int:
+    def purge(self, name: str) -> Any:
         """
         Drop every message waiting in the queue ``name`` (not those delivered
-        and unacknowledged); return how many. Raises :class:`KeyError` if
-        there is no such destination, :class:`DestinationError` for a topic.
+        and unacknowledged); return how many, or, for a queue that spans a
+        cluster, a Deferred that fires with how many. Raises
+        :class:`KeyError` if there is no such destination,
+        :class:`DestinationError` for a topic.
         """
-        dest = self.destinations[name]
+        dest = self.destinations.get(name)
+        if dest is None:
+            if self.make_queue is None or not name.startswith(QUEUE_PREFIX):
+                raise KeyError(name)
+            # Unknown here, but a cluster queue's messages may wait in the cluster.
+            dest = self.destination(name)
         if not isinstance(dest, Queue):
             raise DestinationError(f"{name} is a {dest.kind}; only queues hold messages")
-        dropped = dest.purge()
+        everywhere = getattr(dest, "purge_all", None)
+        dropped = everywhere() if everywhere is not None else dest.purge()
         self._forget_if_idle(dest)
         return dropped
 
@@ -456,19 +476,6 @@ class Broker(BrokerScheduling, BrokerLifetime):
     def _forget_if_idle(self, dest: IDestination) -> None:
         if dest.is_idle() and self.destinations.get(dest.name) is dest:
             del self.destinations[dest.name]
-
-
-def both(first: defer.Deferred, second: defer.Deferred) -> defer.Deferred:
-    """
-    A Deferred that fires once ``first`` and ``second`` have, failing with
-    the first failure; one already fired with success is not waited for
-    (so the common case, nothing pending, costs no gathering).
-    """
-    for done, other in ((first, second), (second, first)):
-        if done.called and not isinstance(done.result, Failure):
-            return other
-    gathered = defer.gatherResults([first, second], consumeErrors=True)
-    return gathered.addErrback(lambda failure: failure.value.subFailure)
 
 
 def _stream_limits(

@@ -519,14 +519,15 @@ def commit(session: StompSession, headers: Headers, body: bytes) -> None:
                 destination, e, " None of the transaction took effect."
             ) from None
     _check_scheduled_room(session, actions)
-    for action, args in actions:
-        if action is _publish:
-            _publish(*args, reject=False)
-        elif action is _to_application:
-            # A handler's failure is reported against the COMMIT.
-            _to_application(*args[:-1], headers.get("receipt"))
-        else:
-            action(*args)
+    with session.broker.all_or_nothing():
+        for action, args in actions:
+            if action is _publish:
+                _publish(*args, reject=False)
+            elif action is _to_application:
+                # A handler's failure is reported against the COMMIT.
+                _to_application(*args[:-1], headers.get("receipt"))
+            else:
+                action(*args)
 
 
 def _check_scheduled_room(session: StompSession, actions: list) -> None:

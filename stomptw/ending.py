@@ -58,6 +58,9 @@ class SessionEnding:
         return done
 
     def _store_failed(self: StompSession, receipt: str, failure: Failure) -> None:
+        if failure.check(errors.NotReplicated):
+            self.fail(errors.not_replicated(failure.getErrorMessage()), receipt=receipt)
+            return
         self.fail(errors.not_stored(failure.getErrorMessage()), receipt=receipt)
 
     def fail(

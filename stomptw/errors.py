@@ -187,6 +187,20 @@ def closed_by_operator(reason: str) -> ProtocolError:
     return ProtocolError("closed by the operator", details)
 
 
+class NotReplicated(Exception):
+    """A persistent message was stored, but not on enough Redis replicas in time."""
+
+
+def not_replicated(why: str) -> ProtocolError:
+    """The ERROR for a persistent message too few Redis replicas confirmed in time."""
+    return ProtocolError(
+        "message not replicated",
+        f"{why}. The message is stored on the cluster's Redis primary and may still be "
+        "delivered, but would be lost if Redis failed over now; later messages without a "
+        "RECEIPT may not have been accepted. Check the Redis replicas, then send again.",
+    )
+
+
 def not_stored(why: str) -> ProtocolError:
     """The store could not write a persistent message."""
     return ProtocolError(

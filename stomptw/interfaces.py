@@ -350,5 +350,29 @@ class IClusterQueues(Interface):
     def sync():
         """A Deferred that fires once every :meth:`add` so far is stored by the engine."""
 
+    def held(subject):  # noqa: N805
+        """
+        ``(messages, bytes)`` in the queue ``subject`` across the cluster, as
+        the engine last reported them ((0, 0) when no queue limit is set).
+        """
+
+    def watch(subject, on):  # noqa: N805
+        """
+        While ``on``, read ``subject``'s :meth:`held` often: producers wait
+        for it to have room (the node hears of each change).
+        """
+
+    def purge(subject):  # noqa: N805
+        """
+        Drop what waits in the queue ``subject`` that no node has taken yet;
+        a Deferred that fires with how many (fails if the engine is unreachable).
+        """
+
+    def together():
+        """
+        A context manager: the :meth:`add` calls made within it are stored
+        by the engine all together or not at all (a COMMIT's SENDs).
+        """
+
     def stop():
         """Disconnect; a Deferred that fires once the connections are closed."""

@@ -9,6 +9,7 @@ runs real nodes on a real Redis.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -40,6 +41,7 @@ class MemoryQueues:
         self.deliver = None
         self.on_up = self.on_gave_up = None
         self.full = False
+        self.watched: dict[str, bool] = {}
         self._ids = itertools.count(1)
 
     def start(self, deliver) -> None:
@@ -53,6 +55,20 @@ class MemoryQueues:
 
     def want(self, subject: str, credit: int) -> None:
         self.wants[subject] = credit
+
+    def together(self):
+        return contextlib.nullcontext()  # one process's lists: atomic already
+
+    def held(self, subject: str) -> tuple[int, int]:
+        entries = self.entries.get(subject, [])
+        return len(entries), sum(len(payload) for _, payload, _ in entries)
+
+    def watch(self, subject: str, on: bool) -> None:
+        self.watched[subject] = on
+
+    def purge(self, subject: str):
+        entries = self.entries.pop(subject, [])
+        return defer.succeed(len(entries))
 
     def hand_over(self, subject: str) -> int:
         """Hand the node as many waiting entries as it wants; return how many."""

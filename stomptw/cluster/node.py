@@ -19,10 +19,10 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from stomptw.broker import both
 from stomptw.cluster.codec import decode_topic_message, encode_topic_message, sender
 from stomptw.cluster.queues import ClusterQueue, DurableLog
 from stomptw.cluster.settings import default_node_id, parse_cluster_url
+from stomptw.deferreds import both
 from stomptw.interfaces import IClusterBus, IClusterDurables, IClusterQueues
 from stomptw.model import TOPIC_PREFIX
 
@@ -97,8 +97,10 @@ class ClusterNode(Service):
             for name, vhost in self.broker.vhosts.items():
                 vhost.make_queue = functools.partial(self._make_queue, name, vhost)
                 vhost.cluster_sync = queues.sync
+                vhost.cluster_together = queues.together
             queues.on_up = self._queues_up
             queues.on_gave_up = self._queues_gave_up
+            queues.on_room = self._room
             queues.start(self._arrive)
         durables = self.durables
         if durables is not None:
@@ -112,6 +114,7 @@ class ClusterNode(Service):
         for vhost in self.broker.vhosts.values():
             vhost.on_topic_message = None
             vhost.make_queue = None
+            vhost.cluster_together = None
         for queue in self._cluster_queues():
             queue.give_back_all()
         if self.durables is not None:
@@ -190,6 +193,12 @@ class ClusterNode(Service):
         """SENDs that waited too long for the cluster were dropped: tell their producers."""
         for queue in self._cluster_queues():
             queue.give_up(why)
+
+    def _room(self, subject: str) -> None:
+        """A queue with blocked producers changed length across the cluster."""
+        for queue in self._cluster_queues():
+            if queue.subject == subject:
+                queue.cluster_back()
 
     def _queues_up(self) -> None:
         """The cluster's queues are back: producers blocked meanwhile may send again."""
@@ -398,7 +407,15 @@ def join_cluster(broker: Broker, config: BrokerConfig, reactor: Any) -> ClusterN
     bus = RedisBus(target, node_id, reactor, config.cluster_password_file)
     instance = os.urandom(8).hex()
     queues = RedisQueues(
-        bus, reactor, config.cluster_node_timeout, instance, config.cluster_send_timeout
+        bus,
+        reactor,
+        config.cluster_node_timeout,
+        instance,
+        config.cluster_send_timeout,
+        config.max_queue_length,
+        config.max_queue_bytes,
+        config.cluster_replicas,
+        config.cluster_replica_timeout,
     )
     durables = RedisDurables(
         queues.command_connection, reactor, target.db, node_id, config.max_queue_length

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.internet import defer
+
 from stomptw.cluster.codec import encode_topic_message
 from stomptw.destinations import Queue
 from stomptw.errors import cluster_unreachable
@@ -73,6 +75,8 @@ class ClusterQueue(Queue):
         self, message: Message, producer: IMessageConsumer | None = None, reject: bool = True
     ) -> None:
         """Append ``message`` to the cluster's queue (it comes back here only if read here)."""
+        if reject and self.overflow == "reject" and self.is_full():
+            self.check_room()  # raises DestinationFull
         try:
             self.engine.add(self.subject, self._encode(message))
         except OverflowError as e:
@@ -80,17 +84,66 @@ class ClusterQueue(Queue):
             raise DestinationFull(self.name, str(e)) from None
         self.messages_in += 1
         self.bytes_in += len(message.body)
-        if producer is not None and not self.engine.connected and producer not in self.blocked:
-            # Like a full queue: the producer waits until the cluster is back.
-            self.blocked.add(producer)
-            self.context.stats["producers_blocked"] += 1
-            producer.block(self)
+        if producer is None or producer in self.blocked:
+            return
+        # Like a full queue: the producer waits until the cluster is back,
+        # or until the queue has room across the cluster.
+        if self.engine.connected:
+            if self.overflow == "reject" or not self.is_full():
+                return
+            if self._consumes(producer) and not self._at(2):
+                return  # blocking it would also stop the ACKs that make room
+        self.blocked.add(producer)
+        self.context.stats["producers_blocked"] += 1
+        producer.block(self)
+        self.engine.watch(self.subject, True)
+
+    # -- limits across the cluster -----------------------------------------------------
+
+    def _at(self, share: float = 1.0) -> bool:
+        config = self.context.config
+        if not (config.max_queue_length or config.max_queue_bytes):
+            return False
+        count, size = self.engine.held(self.subject)
+        return bool(
+            (config.max_queue_length and count >= config.max_queue_length * share)
+            or (config.max_queue_bytes and size >= config.max_queue_bytes * share)
+        )
+
+    def check_room(self, count: int = 0, size: int = 0) -> None:
+        """Like a single node's, against the queue's length and bytes across the cluster."""
+        if self.overflow != "reject":
+            return
+        config = self.context.config
+        held, held_bytes = self.engine.held(self.subject)
+        if count:
+            full = (config.max_queue_length and held + count > config.max_queue_length) or (
+                config.max_queue_bytes and held_bytes + size > config.max_queue_bytes
+            )
+        else:
+            full = self.is_full()
+        if not full:
+            return
+        self.context.stats["rejected"] += 1
+        more = f" and {count} more" if count else ""
+        if config.max_queue_length and held + count > config.max_queue_length - (not count):
+            why = f"{held} messages across the cluster{more}, the limit is "
+            why += str(config.max_queue_length)
+        else:
+            why = f"{held_bytes} bytes held across the cluster, the limit is "
+            why += str(config.max_queue_bytes)
+        raise DestinationFull(self.name, why)
 
     def _has_room(self) -> bool:
         return self.engine.connected and super()._has_room()
 
+    def _check_room(self) -> None:
+        super()._check_room()
+        if not self.blocked:
+            self.engine.watch(self.subject, False)
+
     def cluster_back(self) -> None:
-        """The cluster's queues are reachable again: let blocked producers go."""
+        """The cluster's queues are reachable again, or have room: let blocked producers go."""
         self._check_room()
 
     def give_up(self, why: str) -> None:
@@ -174,6 +227,16 @@ class ClusterQueue(Queue):
                 self.context.store.remove(message.key)
                 message.key = 0
 
+    def purge_all(self) -> defer.Deferred:
+        """
+        Purge across the cluster: what waits here, and what waits in the
+        engine unread by any node (what other nodes took for their
+        subscribers, at most their credit, is still delivered). Fires with
+        how many were dropped.
+        """
+        here = self.purge()
+        return self.engine.purge(self.subject).addCallback(lambda there: here + there)
+
     def give_back_all(self) -> None:
         """The node stops: what waits here goes back to the cluster's queue."""
         self._give_back_waiting()
@@ -199,6 +262,17 @@ class DurableLog:
     def connected(self) -> bool:
         """Whether the cluster's Redis is reachable."""
         return self._connected()
+
+    def held(self, subject: str) -> tuple[int, int]:
+        """No cluster-wide count: the topic's log is bounded by its own length."""
+        return (0, 0)
+
+    def watch(self, subject: str, on: bool) -> None:
+        """Nothing to watch: nothing is sent to a durable subscription's queue."""
+
+    def purge(self, subject: str) -> defer.Deferred:
+        """Nothing beyond this node: the log is the topic's, for every subscription."""
+        return defer.succeed(0)
 
     def add(self, subject: str, payload: bytes) -> None:
         """Never called: a durable subscription's messages come from its topic."""

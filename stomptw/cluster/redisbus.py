@@ -102,12 +102,21 @@ class CommandConnection(txredisapi.RedisProtocol):
             self._expected.pop()
             raise
 
-    def raw(self, parts: list[bytes], answered: Callable[[Any], None]) -> None:
+    def raw(
+        self,
+        parts: list[bytes],
+        answered: Callable[[Any], None],
+        before: list[Callable[[Any], None]] = (),  # type: ignore[assignment]
+    ) -> None:
         """
         Write a command given as RESP ``parts``; ``answered`` gets its answer
-        (an exception instance for an error, or a lost connection).
+        (an exception instance for an error, or a lost connection). When
+        ``parts`` hold several commands (``MULTI`` ... ``EXEC``), ``before``
+        gets the answers to all but the last, in order.
         """
         self.transport.writeSequence(parts)
+        if before:
+            self._expected.extend(before)
         self._expected.append(answered)
 
     def publish_now(self, channel: bytes, payload: bytes, log: bytes = b"", cap: int = 0) -> None:

@@ -228,6 +228,11 @@ class Liveness:
             [protocol.execute_command("XLEN", self.engine.key(s)) for s in subjects]
         )
         self.depths = dict(zip(subjects, (int(n) for n in lengths), strict=True))
+        limits = self.engine.limits
+        if limits.counted:
+            sizes = yield protocol.execute_command("HGETALL", limits.hash_key)
+            flat = list(sizes or ())
+            limits.read_all(self.depths, dict(zip(flat[::2], flat[1::2], strict=True)))
         members = yield protocol.execute_command("SMEMBERS", self._members)
         names = sorted(m.decode("utf-8", "replace") for m in members or ())
         if names:

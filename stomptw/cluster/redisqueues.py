@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from stomptw.cluster.codec import stream_fields
 from stomptw.cluster.redisbus import CommandConnection
+from stomptw.cluster.redislimits import POLL_INTERVAL, ClusterLimits
 from stomptw.cluster.redisliveness import GROUP, STATUS_INTERVAL, Liveness, every, stop_all
 from stomptw.cluster.redissends import Sends
 from stomptw.interfaces import IClusterQueues
@@ -83,6 +84,10 @@ class RedisQueues:
     :param node_timeout: ``--cluster-node-timeout``.
     :param instance: this process's token, the value of its liveness key.
     :param send_timeout: ``--cluster-send-timeout``.
+    :param max_length: ``--max-queue-length``, held across the cluster.
+    :param max_bytes: ``--max-queue-bytes``, likewise.
+    :param replicas: ``--cluster-replicas``.
+    :param replica_timeout: ``--cluster-replica-timeout``.
 
     :ivar taken: entries read from Redis for this node's subscribers.
     :ivar given_back: entries handed back for the other nodes.
@@ -97,6 +102,10 @@ class RedisQueues:
         node_timeout: float,
         instance: str,
         send_timeout: float = 10.0,
+        max_length: int = 0,
+        max_bytes: int = 0,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         db = bus.target.db
         self.node_id = bus.node_id
@@ -118,13 +127,17 @@ class RedisQueues:
         self._grouped: set[str] = set()
         self._grouping: set[str] = set()
         self._registered: set[str] = set()
-        #: Entry ids handed to this node's queues and not yet done with.
-        self._held: dict[str, set[bytes]] = {}
-        #: Acknowledgements to send, and sent but not yet answered.
-        self._acks: dict[str, list[bytes]] = {}
+        #: Entry ids handed to this node's queues and not yet done with
+        #: (with their sizes as stored).
+        self._held: dict[str, dict[bytes, int]] = {}
+        #: Acknowledgements to send (id: size), and sent but not yet answered.
+        self._acks: dict[str, dict[bytes, int]] = {}
         self._unconfirmed: dict[str, set[bytes]] = {}
         #: Entries to give back, kept while Redis is unreachable.
-        self._returns: list[tuple[str, bytes, bytes, int]] = []
+        self._returns: list[tuple[str, bytes, bytes, int, int]] = []
+        #: The cluster-wide queue limits, and each queue's view.
+        self.limits = ClusterLimits(db, max_length, max_bytes, self.key)
+        self.limits.on_view = lambda subject: self.on_room(subject)
         #: The SENDs on their way to Redis.
         self.sends = Sends(
             clock,
@@ -133,6 +146,10 @@ class RedisQueues:
             lambda protocol, subject: self._register(protocol, subject),
             self.key,
             lambda why: self.on_gave_up(why),
+            self.limits,
+            replicas,
+            replica_timeout,
+            self._protocol,
         )
         self._reading: set[str] | None = None
         self._unblocking = False
@@ -145,6 +162,9 @@ class RedisQueues:
         self.on_up: Callable[[], None] = lambda: None
         #: Called with the reason when waiting SENDs are given up.
         self.on_gave_up: Callable[[str], None] = lambda why: None
+        #: Called with a watched queue's subject when its cluster-wide
+        #: length or bytes change (its blocked producers may go on).
+        self.on_room: Callable[[str], None] = lambda subject: None
 
     @property
     def depths(self) -> dict[str, int]:
@@ -213,12 +233,32 @@ class RedisQueues:
         self._timers.append(every(self._clock, interval, self.sends.give_up_if_late))
         self._timers.append(every(self._clock, interval, self.liveness.scan))
         self._timers.append(every(self._clock, STATUS_INTERVAL, self.liveness.read_status))
+        if self.limits.counted:
+            self._timers.append(
+                every(self._clock, POLL_INTERVAL, lambda: self.limits.poll(self._protocol()))
+            )
 
     def add(self, subject: str, payload: bytes) -> None:
         self.sends.add(self._protocol(), subject, payload)
 
     def sync(self) -> defer.Deferred:
         return self.sends.sync()
+
+    def together(self) -> Any:
+        return self.sends.together(self._protocol)
+
+    def held(self, subject: str) -> tuple[int, int]:
+        return self.limits.held(subject)
+
+    def purge(self, subject: str) -> defer.Deferred:
+        protocol = self._protocol()
+        if protocol is None:
+            return defer.fail(ConnectionError("the cluster's Redis is unreachable"))
+        self.flush()  # this node's acknowledgements first
+        return self.limits.purge(protocol, subject, GROUP)
+
+    def watch(self, subject: str, on: bool) -> None:
+        self.limits.watch(subject, on)
 
     def want(self, subject: str, credit: int) -> None:
         if credit <= 0:
@@ -235,17 +275,15 @@ class RedisQueues:
 
     def done(self, subject: str, entry_id: bytes) -> None:
         held = self._held.get(subject)
-        if held is not None:
-            held.discard(entry_id)
-        self._acks.setdefault(subject, []).append(entry_id)
+        size = held.pop(entry_id, 0) if held is not None else 0
+        self._acks.setdefault(subject, {})[entry_id] = size
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
 
     def give_back(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
         held = self._held.get(subject)
-        if held is not None:
-            held.discard(entry_id)
-        self._returns.append((subject, entry_id, payload, deliveries))
+        size = held.pop(entry_id, 0) if held is not None else 0
+        self._returns.append((subject, entry_id, payload, deliveries, size))
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
 
@@ -272,41 +310,47 @@ class RedisQueues:
         if protocol is None:
             return
         acks, self._acks = self._acks, {}
+        limits = self.limits if self.limits.counted else None
         for subject, ids in acks.items():
             key = self._prefix + subject
             unconfirmed = self._unconfirmed.setdefault(subject, set())
             unconfirmed.update(ids)
+            if limits is not None:
+                limits.settle(protocol, subject, GROUP, ids).addBoth(self._acked, subject, ids)
+                continue
             d = protocol.execute_command("XACK", key, GROUP, *ids)
             d.addBoth(self._acked, subject, ids)
             protocol.execute_command("XDEL", key, *ids).addErrback(lambda _: None)
         returns, self._returns = self._returns, []
-        for subject, entry_id, payload, deliveries in returns:
+        for back in returns:
+            subject, entry_id, payload, deliveries, size = back
             self.given_back += 1
-            d = protocol.execute_command(
-                "EVAL",
-                _GIVE_BACK,
-                1,
-                self._prefix + subject,
-                payload,
-                deliveries,
-                GROUP,
-                entry_id,
-            )
-            d.addErrback(self._not_given_back, subject, entry_id, payload, deliveries)
+            if limits is not None:
+                d = limits.give_back(protocol, subject, GROUP, entry_id, payload, deliveries, size)
+            else:
+                d = protocol.execute_command(
+                    "EVAL",
+                    _GIVE_BACK,
+                    1,
+                    self._prefix + subject,
+                    payload,
+                    deliveries,
+                    GROUP,
+                    entry_id,
+                )
+            d.addErrback(self._not_given_back, back)
 
-    def _acked(self, result: object, subject: str, ids: list[bytes]) -> None:
+    def _acked(self, result: object, subject: str, ids: dict[bytes, int]) -> None:
         if isinstance(result, Failure):
             # Sent again once Redis is back (the entries stay this node's).
-            self._acks.setdefault(subject, []).extend(ids)
+            self._acks.setdefault(subject, {}).update(ids)
             return
         unconfirmed = self._unconfirmed.get(subject)
         if unconfirmed is not None:
             unconfirmed.difference_update(ids)
 
-    def _not_given_back(
-        self, failure: Failure, subject: str, entry_id: bytes, payload: bytes, deliveries: int
-    ) -> None:
-        self._returns.append((subject, entry_id, payload, deliveries))
+    def _not_given_back(self, failure: Failure, back: tuple[str, bytes, bytes, int, int]) -> None:
+        self._returns.append(back)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -404,7 +448,7 @@ class RedisQueues:
             self._clock.callLater(0.1, self._read)
 
     def hand_over(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
-        self._held.setdefault(subject, set()).add(entry_id)
+        self._held.setdefault(subject, {})[entry_id] = len(payload)
         try:
             self._deliver(subject, entry_id, payload, deliveries)
         except Exception:
@@ -429,6 +473,9 @@ class RedisQueues:
         self._grouped.clear()
         self._grouping.clear()
         self._registered.clear()
+        if self.limits.counted:
+            # Ahead of every SEND on this connection, which runs it by its hash.
+            self.limits.load(protocol).addErrback(lambda _: None)
 
     def _changed(self) -> None:
         if not self.connected or self._stopped:
@@ -457,7 +504,7 @@ class RedisQueues:
         out = set(self._held.get(subject, ()))
         out.update(self._unconfirmed.get(subject, ()))
         out.update(self._acks.get(subject, ()))
-        out.update(entry for s, entry, _, _ in self._returns if s == subject)
+        out.update(back[1] for back in self._returns if back[0] == subject)
         return out
 
     def claimable_subjects(self) -> list[str]:

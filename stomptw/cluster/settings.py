@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from stomptw.settings import positive, setting
+from stomptw.settings import non_negative, positive, setting
 
 __all__ = [
     "ClusterSettings",
@@ -224,6 +224,23 @@ class ClusterSettings:
         "Seconds a SEND to a queue waits while the cluster's Redis is unreachable (its "
         "producer stops being read, as for a full queue) before the producer gets an "
         "ERROR and the messages still waiting are dropped.",
+        checks=[positive],
+        metavar="SECONDS",
+    )
+    cluster_replicas: int = setting(
+        0,
+        "--cluster-replicas",
+        "Redis replicas that must hold a persistent:true queue message before its RECEIPT "
+        "(Redis's WAIT, once the primary stored it). 0: the primary's answer is enough.",
+        checks=[non_negative],
+        metavar="N",
+    )
+    cluster_replica_timeout: float = setting(
+        1.0,
+        "--cluster-replica-timeout",
+        "Seconds a RECEIPT waits for --cluster-replicas replicas; past it the producer gets "
+        "an ERROR (the message is stored on the primary and may still be delivered). Keep "
+        "it well under --cluster-node-timeout: the wait holds up the node's Redis commands.",
         checks=[positive],
         metavar="SECONDS",
     )

@@ -1,0 +1,90 @@
+"""
+Purge and expiry of a queue that spans the cluster: a real ``redis-server``
+and two ``twistd -n stomptw --cluster ...`` nodes, stomp.py clients, the
+admin API over HTTP. A purge on one node empties what waits in Redis (what
+the other node already took for its subscriber stays there); a message
+that expires while it waits in Redis is never delivered, and goes to its
+dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from urllib.parse import quote
+
+import pytest
+from clients import LOCALHOST, ClientPool, unique, wait_until
+from redisnodes import REDIS_SERVER
+
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None,
+    reason="redis-server is not installed (apt-get install redis-server; .ci/run installs it)",
+)
+
+TOKEN = "cluster-purge-token-0123456789abcdef"
+
+
+def xlen(redis, subject: str) -> int:
+    return int(redis.cli("XLEN", f"stomptw:0:queue:{subject}").strip())
+
+
+def purge(node, queue: str) -> dict:
+    request = urllib.request.Request(
+        f"http://{LOCALHOST}:{node.admin_port}/api/destinations/"
+        + quote(queue, safe="")
+        + "/messages",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_a_purge_on_one_node_empties_what_waits_in_redis(cluster, tmp_path):
+    token = tmp_path / "admin-token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    redis, a, b = cluster.pair("--admin-token-file", str(token))
+    queue = "/queue/" + unique("purged")
+    subject = "/" + queue
+    with ClientPool() as pool:
+        consumer = pool.tcp(b.port)
+        consumer.subscribe(queue, ack="client-individual", **{"prefetch-count": "2"})
+        producer = pool.tcp(a.port)
+        for i in range(10):
+            producer.send(queue, f"m{i}", headers={"persistent": "true"}, receipt=True)
+        held = consumer.next_messages(2)
+        assert [m.body for m in held] == ["m0", "m1"]
+        wait_until(lambda: b.cluster()["queues"]["taken"] == 2, "node B took two")
+        assert xlen(redis, subject) == 10
+        # Node A has no subscriber and holds nothing: it purges Redis.
+        answer = purge(a, queue)
+        assert answer == {"destination": queue, "purged": 8}
+        assert xlen(redis, subject) == 2  # B's two, delivered and unacknowledged
+        for message in held:
+            consumer.ack(message)
+        wait_until(lambda: xlen(redis, subject) == 0, "the queue empty")
+        assert int(redis.cli("HEXISTS", "stomptw:0:queue-bytes", subject).strip()) == 0
+        producer.send(queue, "after", receipt=True)
+        assert consumer.next_message().body == "after"  # nothing purged comes back
+    assert "purged 8 message(s) from " + queue + " across the cluster" in a.log_text()
+
+
+def test_a_message_that_expires_while_waiting_in_redis_is_never_delivered(cluster):
+    redis, a, b = cluster.pair("--dead-letter-expired")
+    queue = "/queue/" + unique("ttl")
+    with ClientPool() as pool:
+        producer = pool.tcp(a.port)
+        # Already past its time when a node takes it (expires is absolute, in ms).
+        producer.send(queue, "stale", headers={"expires": "1000"}, receipt=True)
+        producer.send(queue, "fresh", receipt=True)
+        dead = pool.tcp(a.port)
+        dead.subscribe("/queue/DLQ." + queue[len("/queue/") :])
+        consumer = pool.tcp(b.port)
+        consumer.subscribe(queue)
+        assert consumer.next_message().body == "fresh"
+        expired = dead.next_message()
+        assert expired.body == "stale"
+        consumer.assert_no_message()
+    wait_until(lambda: xlen(redis, "/" + queue) == 0, "the queue empty")
