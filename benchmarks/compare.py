@@ -15,6 +15,9 @@ Example::
 
     python benchmarks/compare.py --brokers stomptw,rabbitmq,activemq \\
         --messages 20000 --rounds 3 --connections 10000
+
+``--cluster`` runs cluster mode instead (``benchmarks/cluster.py``): one
+plain node, one node with ``--cluster`` and two nodes, side by side.
 """
 
 from __future__ import annotations
@@ -359,6 +362,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the checkout whose stomptw runs (default: this one), e.g. a git worktree "
         "of an earlier commit, to compare two versions with the same generator",
     )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="cluster mode instead: one plain node, one node with --cluster and two nodes "
+        "side by side on a redis-server of their own (benchmarks/cluster.py; takes "
+        "--messages, --rounds, --latency-seconds, --timeout, --twistd and --json)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="with --cluster: write every run here")
     a = p.parse_args(argv)
     a.scenario_list = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     a.size_list = [int(s) for s in a.sizes.split(",") if s.strip()]
@@ -376,6 +387,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if (a.check_generator or a.latency_realtime) and a.generator != "stompgen":
         p.error("--check-generator and --latency-realtime need the compiled generator (cargo)")
     return a
+
+
+def cluster_mode(args: argparse.Namespace) -> int:
+    """``--cluster``: the cluster benchmark (``benchmarks/cluster.py``) with these settings."""
+    import cluster
+
+    forwarded = [
+        "--messages",
+        str(args.messages),
+        "--rounds",
+        str(args.rounds),
+        "--latency-seconds",
+        str(args.latency_seconds),
+        "--timeout",
+        str(args.timeout),
+        "--twistd",
+        args.twistd,
+    ]
+    if args.json is not None:
+        forwarded += ["--json", str(args.json)]
+    return cluster.main(forwarded)
 
 
 def warm_up(broker: BrokerProcess, args: argparse.Namespace) -> None:
@@ -415,6 +447,8 @@ def settle(brokers: dict[str, BrokerProcess], limit: float = 5.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cluster:
+        return cluster_mode(args)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     harness.raise_fd_limit()
     workroot = Path(tempfile.mkdtemp(prefix="stomptw-compare-"))
