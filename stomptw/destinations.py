@@ -75,12 +75,16 @@ class QueueLimits:
         if message.expires:
             self.expiring += 1
 
-    def _release(self, message: Message) -> None:
-        """``message`` leaves the queue for good."""
+    def _forget(self, message: Message) -> None:
+        """``message`` no longer counts against the queue's limits."""
         self.count -= 1
         self.bytes -= message.size
         if message.expires:
             self.expiring -= 1
+
+    def _release(self, message: Message) -> None:
+        """``message`` leaves the queue for good."""
+        self._forget(message)
         if message.key:
             self.context.store.remove(message.key)
             message.key = 0

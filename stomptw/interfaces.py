@@ -359,7 +359,7 @@ class IClusterQueues(Interface):
     def watch(subject, on):  # noqa: N805
         """
         While ``on``, read ``subject``'s :meth:`held` often: producers wait
-        for it to have room (the node hears of each change).
+        for it to have room (the node hears when it has).
         """
 
     def purge(subject):  # noqa: N805

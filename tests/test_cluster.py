@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 from stomptw.cluster.codec import decode_topic_message, encode_topic_message, sender
 from stomptw.cluster.node import ClusterNode, join_cluster
 from stomptw.cluster.probe import ClusterUnavailable, command
+from stomptw.cluster.redislink import HeardProtocol
 from stomptw.cluster.settings import (
     default_node_id,
     parse_cluster_url,
@@ -390,7 +391,12 @@ def test_publishes_and_txredisapi_commands_share_the_connection_in_order():
     assert protocol.unanswered == 0
 
 
-class _SilentRedis:
+class _Reads:
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        pass
+
+
+class _SilentRedis(HeardProtocol, _Reads):
     """What :class:`RedisLink` uses of a connection, with PINGs left unanswered."""
 
     def __init__(self) -> None:
@@ -410,9 +416,6 @@ class _SilentRedis:
         d: defer.Deferred = defer.Deferred()
         self.pings.append(d)
         return d
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
-        pass
 
     def abortConnection(self) -> None:  # noqa: N802 - Twisted's name
         self.aborted = True

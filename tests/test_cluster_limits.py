@@ -133,3 +133,25 @@ def test_block_holds_producers_on_any_node_until_a_consumer_makes_room(cluster):
         producer.barrier()
         consumer.assert_no_message()
         wait_until(lambda: xlen(redis, subject) == 0, "the queue empty")
+
+
+def test_script_flush_in_redis_loses_no_receipted_message(cluster):
+    """The nodes send queue messages through a script; an operator's SCRIPT FLUSH is survived."""
+    redis, a, b = cluster.pair()
+    queue = "/queue/" + unique("flushed")
+    with ClientPool() as pool:
+        consumer = pool.tcp(b.port)
+        consumer.subscribe(queue, ack="client-individual")
+        producer = pool.tcp(a.port)
+        for i in range(5):
+            producer.send(queue, f"m{i}", headers={"persistent": "true"}, receipt=True)
+        redis.cli("SCRIPT", "FLUSH")
+        for i in range(5, 10):
+            producer.send(queue, f"m{i}", headers={"persistent": "true"}, receipt=True)
+        got = consumer.next_messages(10)
+        assert [m.body for m in got] == [f"m{i}" for i in range(10)]
+        redis.cli("SCRIPT", "FLUSH")
+        for message in got:
+            consumer.ack(message)
+        wait_until(lambda: xlen(redis, "/" + queue) == 0, "every entry acknowledged")
+        wait_until(lambda: counted_bytes(redis, "/" + queue) == 0, "and its bytes")

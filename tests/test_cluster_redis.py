@@ -346,3 +346,41 @@ def test_a_frozen_redis_is_noticed_and_fan_out_resumes_when_it_thaws(cluster):
         assert "no answer from Redis within 3 s" in log, log
         assert log.count(f"cluster: node {node.node_id} is back on Redis") == 1, log
         node.stop()  # SIGTERM: an orderly stop, the Redis connections closed with it
+
+
+def test_queue_messages_keep_their_sender_and_each_node_checks_permissions(cluster, tmp_path):
+    """Logins and permissions are each node's own (same files); user-id survives the hop."""
+    permissions = tmp_path / "permissions.toml"
+    permissions.write_text(
+        "[users.alice]\n"
+        'read = ["/queue/jobs.*"]\n'
+        'write = ["/queue/jobs.*", "/topic/e2e.barrier"]\n'
+        'create = ["/queue/jobs.*"]\n'
+        "[users.bob]\n"
+        'read = ["/queue/other.*"]\n'
+        'write = ["/queue/jobs.*"]\n'
+        'create = ["/queue/jobs.*"]\n'
+    )
+    args = ("--auth", "memory:alice:secret", "--auth", "memory:bob:hunter2")
+    args += ("--permissions", str(permissions))
+    redis = cluster.redis()
+    a = cluster.start("na", "--cluster", redis.url, *args)
+    b = cluster.start("nb", "--cluster", redis.url, *args)
+    joined(a, b)
+    queue = "/queue/jobs." + unique("q")
+    with ClientPool() as pool:
+        consumer = login(pool, b)
+        consumer.subscribe(queue)
+        bob = pool.tcp(a.port, connect=False)
+        bob.connect(username="bob", passcode="hunter2")
+        # A forged user-id is replaced by the sender's node with the login.
+        bob.send(queue, "from bob", headers={"user-id": "alice"}, receipt=True)
+        got = consumer.next_message()
+        assert got.body == "from bob" and got.headers["user-id"] == "bob"
+        # Node B checks its own permissions: bob may not read the queue there.
+        reader = pool.tcp(b.port, connect=False)
+        reader.connect(username="bob", passcode="hunter2")
+        reader.conn.subscribe(queue, id="1", headers={"receipt": "r"})
+        error = reader.next_error()
+        assert "read" in error.headers["message"] and queue in error.headers["message"]
+        consumer.assert_no_message()

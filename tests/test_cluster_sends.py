@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from stomptw.cluster.redisbus import CommandConnection
+from stomptw.cluster.redislimits import ClusterLimits
 from stomptw.cluster.redissends import Sends
 from stomptw.errors import NotReplicated
 
@@ -198,3 +199,35 @@ def test_with_replicas_a_lost_connection_writes_wait_again_after_the_resent_send
     assert out_bytes == xadd(b"q:/a", b"one") + b"*3\r\n$4\r\nWAIT\r\n$1\r\n2\r\n$4\r\n1000\r\n"
     again.dataReceived(b"$3\r\n1-0\r\n:2\r\n")
     assert d.called and d.result is None
+
+
+def test_a_send_redis_has_no_script_for_loads_it_and_goes_again_in_order():
+    """After SCRIPT FLUSH, every counted SEND written before the reload comes again, in order."""
+    limits = ClusterLimits(0, 0, 1 << 20, lambda subject: "q:" + subject)
+    protocol, transport = connection()
+    out = Sends(
+        Clock(),
+        "n1",
+        10.0,
+        lambda p, s: None,
+        lambda s: "q:" + s,
+        print,
+        limits,
+        connection=lambda: protocol,
+    )
+    out.add(protocol, "/a", b"one")
+    out.add(protocol, "/a", b"two")
+    d = out.sync()
+    first = transport.value()
+    assert first.count(b"EVALSHA") == 2
+    transport.clear()
+    protocol.dataReceived(b"-NOSCRIPT No matching script.\r\n" * 2)
+    again = transport.value()
+    assert again.startswith(b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n")
+    assert again.index(b"one") < again.index(b"two")  # in their order
+    assert not d.called
+    assert limits.held("/a")[0] == 2  # still on their way
+    protocol.dataReceived(b"$40\r\n" + b"0" * 40 + b"\r\n")  # the load's answer
+    protocol.dataReceived(b"*2\r\n:1\r\n:600\r\n*2\r\n:2\r\n:1200\r\n")
+    assert d.called and d.result is None
+    assert limits.held("/a") == (2, 1200)

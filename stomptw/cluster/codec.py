@@ -27,6 +27,7 @@ __all__ = [
     "encode_topic_message",
     "sender",
     "stream_fields",
+    "topic_subject",
 ]
 
 #: The layout's version; a node refuses payloads of another.
@@ -70,22 +71,44 @@ def encode_topic_message(node: str, instance: str, vhost: str, message: Message)
     return b"".join(parts)
 
 
+def _leading(payload: bytes, count: int) -> list[bytes] | None:
+    """The first ``count`` strings of ``payload``, as bytes; None if it is too short."""
+    offset = _HEAD.size
+    found = []
+    for _ in range(count):
+        if len(payload) < offset + 4:
+            return None
+        (length,) = _LENGTH.unpack_from(payload, offset)
+        offset += 4
+        found.append(payload[offset : offset + length])
+        offset += length
+    return found
+
+
 def sender(payload: bytes) -> tuple[bytes, bytes]:
     """
     The node id and instance in ``payload``, as bytes, read without decoding
     the rest (a node skips its own messages this way); ``(b"", b"")`` if
     the payload is too short to hold them.
     """
-    offset = _HEAD.size
-    found = []
-    for _ in range(2):
-        if len(payload) < offset + 4:
-            return b"", b""
-        (length,) = _LENGTH.unpack_from(payload, offset)
-        offset += 4
-        found.append(payload[offset : offset + length])
-        offset += length
+    found = _leading(payload, 2)
+    if found is None:
+        return b"", b""
     return found[0], found[1]
+
+
+def topic_subject(payload: bytes) -> str | None:
+    """
+    The vhost and destination in ``payload``, joined (a topic's subject),
+    read without decoding the rest; None if the payload cannot hold them.
+    """
+    found = _leading(payload, 4)
+    if found is None:
+        return None
+    try:
+        return (found[2] + found[3]).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def decode_topic_message(payload: bytes) -> TopicMessage:

@@ -10,7 +10,6 @@ cluster's, handed to this node as its subscribers can take them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,13 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from stomptw.cluster.codec import decode_topic_message, encode_topic_message, sender
+from stomptw.cluster.codec import (
+    decode_topic_message,
+    encode_topic_message,
+    sender,
+    topic_subject,
+)
+from stomptw.cluster.nodequeues import NodeQueues
 from stomptw.cluster.queues import ClusterQueue, DurableLog
 from stomptw.cluster.settings import default_node_id, parse_cluster_url
 from stomptw.deferreds import both
@@ -80,6 +85,12 @@ class ClusterNode(Service):
         self.local_only = 0
         self.malformed = 0
         self._impostor_logged = False
+        #: This node's side of the cluster's queues (None without them).
+        self.queue_side = (
+            NodeQueues(broker, queues, self.node_id, self.instance, read_ahead, self._malformed)
+            if queues is not None
+            else None
+        )
         broker.cluster = self
 
     def privilegedStartService(self) -> None:
@@ -92,16 +103,8 @@ class ClusterNode(Service):
         for name, vhost in self.broker.vhosts.items():
             vhost.on_topic_message = functools.partial(self._publish, name)
         self.bus.start(self._receive)
-        queues = self.queues
-        if queues is not None:
-            for name, vhost in self.broker.vhosts.items():
-                vhost.make_queue = functools.partial(self._make_queue, name, vhost)
-                vhost.cluster_sync = queues.sync
-                vhost.cluster_together = queues.together
-            queues.on_up = self._queues_up
-            queues.on_gave_up = self._queues_gave_up
-            queues.on_room = self._room
-            queues.start(self._arrive)
+        if self.queue_side is not None:
+            self.queue_side.start()
         durables = self.durables
         if durables is not None:
             for name, vhost in self.broker.vhosts.items():
@@ -113,10 +116,8 @@ class ClusterNode(Service):
         super().stopService()
         for vhost in self.broker.vhosts.values():
             vhost.on_topic_message = None
-            vhost.make_queue = None
-            vhost.cluster_together = None
-        for queue in self._cluster_queues():
-            queue.give_back_all()
+        if self.queue_side is not None:
+            self.queue_side.release()
         if self.durables is not None:
             self.durables.stop()
         if self.queues is None:
@@ -124,38 +125,8 @@ class ClusterNode(Service):
         d = self.queues.stop()
         return d.addBoth(lambda _: self.bus.stop())
 
-    # -- queues ------------------------------------------------------------------------
-
-    def _make_queue(self, vhost_name: str, vhost: Broker, name: str, dead: bool) -> ClusterQueue:
-        return ClusterQueue(
-            name,
-            vhost.context,
-            self.queues,
-            self.node_id,
-            self.instance,
-            vhost_name,
-            self.read_ahead,
-            dead_letter=dead,
-        )
-
-    def _arrive(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
-        """An entry of a cluster queue, handed to this node: to its queue here."""
-        try:
-            remote = decode_topic_message(payload)
-        except ValueError as e:
-            self.malformed += 1
-            log.warn("cluster: a queue entry in Redis is not one of ours ({error})", error=e)
-            self.queues.done(subject, entry_id)
-            return
-        message = remote.message
-        message.delivery_count = deliveries
-        vhost = self.broker.vhosts.get(remote.vhost)
-        dest = vhost.destinations.get(message.destination) if vhost is not None else None
-        if not isinstance(dest, ClusterQueue) or not dest.subscriptions:
-            # Nobody here takes it any more: back for the other nodes.
-            self.queues.give_back(subject, entry_id, payload, deliveries)
-            return
-        dest.arrive(entry_id, message)
+    def _malformed(self) -> None:
+        self.malformed += 1
 
     def _sync(self) -> defer.Deferred:
         """Once the cluster has every queue message sent and durable subscription made so far."""
@@ -180,31 +151,6 @@ class ClusterNode(Service):
         message.delivery_count = deliveries
         durable.queue.arrive(entry_id, message)
 
-    def _cluster_queues(self) -> list[ClusterQueue]:
-        """This node's cluster queues, in every vhost."""
-        return [
-            dest
-            for vhost in self.broker.vhosts.values()
-            for dest in vhost.destinations.values()
-            if isinstance(dest, ClusterQueue)
-        ]
-
-    def _queues_gave_up(self, why: str) -> None:
-        """SENDs that waited too long for the cluster were dropped: tell their producers."""
-        for queue in self._cluster_queues():
-            queue.give_up(why)
-
-    def _room(self, subject: str) -> None:
-        """A queue with blocked producers changed length across the cluster."""
-        for queue in self._cluster_queues():
-            if queue.subject == subject:
-                queue.cluster_back()
-
-    def _queues_up(self) -> None:
-        """The cluster's queues are back: producers blocked meanwhile may send again."""
-        for queue in self._cluster_queues():
-            queue.cluster_back()
-
     def _publish(self, vhost: str, message: Message) -> None:
         """A client of this node sent ``message`` to a topic of ``vhost``: on to the others."""
         bus = self.bus
@@ -222,9 +168,9 @@ class ClusterNode(Service):
         if sender(payload) == self._me:
             # This node's own, back from the bus: its topic's log has it now.
             if durables is not None and durables.attached_topics():
-                with contextlib.suppress(ValueError):
-                    remote = decode_topic_message(payload)
-                    durables.notify(remote.vhost + remote.message.destination)
+                subject = topic_subject(payload)
+                if subject is not None:
+                    durables.notify(subject)
             return
         try:
             remote = decode_topic_message(payload)
@@ -256,19 +202,7 @@ class ClusterNode(Service):
     def status(self) -> dict[str, Any]:
         """This node's view of the cluster, for the admin API (``GET /api/cluster``)."""
         bus = self.bus
-        queues = self.queues
-        extra: dict[str, Any] = {}
-        if queues is not None:
-            extra = {
-                "nodes_alive": list(queues.nodes),
-                "queues": {
-                    "connected": bool(queues.connected),
-                    "depths": dict(queues.depths),
-                    "taken": getattr(queues, "taken", 0),
-                    "claimed": getattr(queues, "claimed", 0),
-                    "given_back": getattr(queues, "given_back", 0),
-                },
-            }
+        extra = self.queue_side.status() if self.queue_side is not None else {}
         return {
             "enabled": True,
             "node": self.node_id,
@@ -287,7 +221,7 @@ class ClusterNode(Service):
     def metric_families(self) -> list[tuple[str, str, str, list]]:
         """``(name, type, help, samples)`` for ``/metrics``, labelled with the node id."""
         node = {"node": self.node_id}
-        families = self._queue_families(node)
+        families = self.queue_side.metric_families(node) if self.queue_side is not None else []
         return families + [
             (
                 "stomptw_cluster_up",
@@ -321,34 +255,6 @@ class ClusterNode(Service):
                 "counter",
                 "Times this node joined the cluster again after losing Redis.",
                 [(node, getattr(self.bus, "reconnects", 0))],
-            ),
-        ]
-
-    def _queue_families(self, node: dict[str, str]) -> list[tuple[str, str, str, list]]:
-        queues = self.queues
-        if queues is None:
-            return []
-        depths = [({**node, "queue": subject}, depth) for subject, depth in queues.depths.items()]
-        return [
-            (
-                "stomptw_cluster_queue_depth",
-                "gauge",
-                "Messages a cluster queue holds in Redis (waiting and unacknowledged), "
-                "across every node, as last read.",
-                depths,
-            ),
-            (
-                "stomptw_cluster_nodes_alive",
-                "gauge",
-                "Nodes whose liveness key is in the cluster's Redis, as last read.",
-                [(node, len(queues.nodes))],
-            ),
-            (
-                "stomptw_cluster_queue_messages_claimed_total",
-                "counter",
-                "Unacknowledged queue messages this node took over from a silent node "
-                "(or from itself before a restart), to deliver again.",
-                [(node, getattr(queues, "claimed", 0))],
             ),
         ]
 

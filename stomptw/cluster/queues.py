@@ -212,10 +212,7 @@ class ClusterQueue(Queue):
         while self.pending:
             message = self.pending.popleft()
             entry = self._entries.pop(message, None)
-            self.count -= 1
-            self.bytes -= message.size
-            if message.expires:
-                self.expiring -= 1
+            self._forget(message)
             if entry is not None:
                 self.engine.give_back(
                     self.subject, entry, self._encode(message), message.delivery_count

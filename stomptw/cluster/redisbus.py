@@ -28,11 +28,17 @@ from zope.interface import implementer
 
 from stomptw.cluster.probe import CHECK_TIMEOUT, ClusterUnavailable, check_redis
 from stomptw.cluster.redisdurables import DEFAULT_LOG_LENGTH, durable_log_key
-from stomptw.cluster.redislink import RedisLink
+from stomptw.cluster.redislink import HeardProtocol, RedisLink
 from stomptw.cluster.settings import RedisTarget, read_password_file
 from stomptw.interfaces import IClusterBus
 
-__all__ = ["CommandConnection", "RedisBus", "channel_prefix", "redis_endpoint"]
+__all__ = [
+    "CommandConnection",
+    "ReaderConnection",
+    "RedisBus",
+    "channel_prefix",
+    "redis_endpoint",
+]
 
 log = Logger()
 
@@ -64,7 +70,7 @@ def redis_endpoint(target: RedisTarget, reactor: Any) -> IStreamClientEndpoint:
     return endpoint
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _Subscriber(HeardProtocol, txredisapi.SubscriberProtocol):
     """A subscriber connection that hands each message's payload to ``on_message``."""
 
     on_message: Callable[[bytes], None] = staticmethod(lambda payload: None)
@@ -73,7 +79,11 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.on_message(message)
 
 
-class CommandConnection(txredisapi.RedisProtocol):
+class ReaderConnection(HeardProtocol, txredisapi.RedisProtocol):
+    """A plain txredisapi connection kept up by a link (the cluster queues' blocking reads)."""
+
+
+class CommandConnection(HeardProtocol, txredisapi.RedisProtocol):
     """
     A connection whose commands for every message skip txredisapi's
     per-command machinery (two Deferreds, a closure and a queue entry each,

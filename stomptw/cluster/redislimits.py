@@ -30,6 +30,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from stomptw.destinations import RESUME_BELOW
 from stomptw.model import MESSAGE_OVERHEAD
 
 __all__ = ["POLL_INTERVAL", "ClusterLimits", "bytes_key"]
@@ -153,7 +154,8 @@ class ClusterLimits:
 
     :ivar counted: whether any limit is set (SENDs and acknowledgements then
         go through scripts that count).
-    :ivar on_view: called with a watched queue's subject when its view changes.
+    :ivar on_view: called with a watched queue's subject when its view shows
+        room again (under :data:`RESUME_BELOW` of its limits).
     """
 
     def __init__(self, db: int, max_length: int, max_bytes: int, key: Callable[[str], str]) -> None:
@@ -206,8 +208,16 @@ class ClusterLimits:
         except (TypeError, ValueError, IndexError):
             return  # an error answer: the next report says
         self._view[subject] = view
-        if subject in self._watched:
+        if subject in self._watched and self._has_room(subject):
             self.on_view(subject)
+
+    def _has_room(self, subject: str) -> bool:
+        """Whether the queue is under :data:`RESUME_BELOW` of its limits (producers may go on)."""
+        count, size = self.held(subject)
+        return not (
+            (self.max_length and count >= self.max_length * RESUME_BELOW)
+            or (self.max_bytes and size >= self.max_bytes * RESUME_BELOW)
+        )
 
     def watch(self, subject: str, on: bool) -> None:
         """Read ``subject``'s view every :data:`POLL_INTERVAL` while ``on`` (producers wait)."""
@@ -225,7 +235,7 @@ class ClusterLimits:
 
     def read(self, protocol: Any, subject: str) -> defer.Deferred:
         """Read ``subject``'s length and bytes into the view."""
-        d = protocol.execute_command("EVAL", _DEPTH, 2, self._key(subject), self.hash_key, subject)
+        d = protocol.eval(_DEPTH, [self._key(subject), self.hash_key], [subject])
         d.addCallback(lambda reply: self.seen(subject, reply))
         return d.addErrback(lambda _: None)
 
@@ -264,7 +274,7 @@ class ClusterLimits:
         args: list[Any] = [group, subject]
         for entry_id, length in entries.items():
             args += [entry_id, length + MESSAGE_OVERHEAD]
-        d = protocol.execute_command("EVAL", _SETTLE, 2, self._key(subject), self.hash_key, *args)
+        d = protocol.eval(_SETTLE, [self._key(subject), self.hash_key], args)
         return d.addCallback(lambda reply: self.seen(subject, reply))
 
     def give_back(
@@ -278,25 +288,24 @@ class ClusterLimits:
         old_size: int,
     ) -> defer.Deferred:
         """Append ``payload`` again and drop ``entry_id`` (``old_size`` stored bytes), counting."""
-        return protocol.execute_command(
-            "EVAL",
+        return protocol.eval(
             _GIVE_BACK,
-            2,
-            self._key(subject),
-            self.hash_key,
-            payload,
-            deliveries,
-            group,
-            entry_id,
-            old_size + MESSAGE_OVERHEAD,
-            subject,
-            MESSAGE_OVERHEAD,
+            [self._key(subject), self.hash_key],
+            [
+                payload,
+                deliveries,
+                group,
+                entry_id,
+                old_size + MESSAGE_OVERHEAD,
+                subject,
+                MESSAGE_OVERHEAD,
+            ],
         )
 
     def purge(self, protocol: Any, subject: str, group: str) -> defer.Deferred:
         """Delete what waits in ``subject`` unread by any node; fires with how many."""
-        d = protocol.execute_command(
-            "EVAL", _PURGE, 2, self._key(subject), self.hash_key, group, subject, MESSAGE_OVERHEAD
+        d = protocol.eval(
+            _PURGE, [self._key(subject), self.hash_key], [group, subject, MESSAGE_OVERHEAD]
         )
 
         def purged(count: Any) -> int:

@@ -57,6 +57,23 @@ class _Factory(Factory):
         self.link.reason = why
 
 
+class HeardProtocol:
+    """
+    A mixin for the protocols a :class:`RedisLink` keeps up: every read
+    calls ``on_heard``, since any answer shows that Redis is there (a
+    PING's may come late behind a long run of others).
+    """
+
+    #: Set by the link: called with no arguments on every read.
+    on_heard: Callable[[], None] | None = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        heard = self.on_heard
+        if heard is not None:
+            heard()
+        super().dataReceived(data)  # type: ignore[misc]
+
+
 class RedisLink:
     """
     One connection to Redis, kept up: reconnects with exponential backoff
@@ -121,16 +138,13 @@ class RedisLink:
         self.heard = self.clock.seconds()
         # Any answer shows that Redis is there: a PING's may come late
         # behind a long run of others, which the node is still reading.
-        received = protocol.dataReceived
-
-        def heard(data: bytes) -> None:
-            self.heard = self.clock.seconds()
-            received(data)
-
-        protocol.dataReceived = heard
+        protocol.on_heard = self._heard
         protocol.whenDisconnected().addCallback(self._lost)
         self._expect(protocol, "logging in")
         protocol.whenConnected().addCallback(self._logged_in)
+
+    def _heard(self) -> None:
+        self.heard = self.clock.seconds()
 
     def _logged_in(self, protocol: Any) -> None:
         d = defer.maybeDeferred(self.prepare, protocol)

@@ -6,10 +6,11 @@ Each queue is a stream, ``stomptw:<db>:queue:<vhost><destination>``, with
 one consumer group, ``stomptw``, in which each node is a consumer named by
 its node id. A SEND is an ``XADD``. A node reads with ``XREADGROUP ... >``
 only as many entries as its subscribers can take (their credit), on a
-connection of its own that blocks until entries come; an acknowledged
-entry is ``XACK``-ed and ``XDEL``-eted (in batches, once per reactor turn).
-An entry returned with no subscriber left on the node is appended again and
-acknowledged in one script, so that another node can take it.
+connection of its own that blocks until entries come. The SENDs on their
+way are :class:`~stomptw.cluster.redissends.Sends`; the entries the node
+holds, and their acknowledgements and give-backs,
+:class:`~stomptw.cluster.redissettles.Settles`; the queue limits,
+:class:`~stomptw.cluster.redislimits.ClusterLimits`.
 
 Each node keeps a liveness key, ``stomptw:<db>:node:<id>``, renewed well
 within ``--cluster-node-timeout``. A node with subscribers looks, every
@@ -34,10 +35,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stomptw.cluster.codec import stream_fields
-from stomptw.cluster.redisbus import CommandConnection
+from stomptw.cluster.redisbus import CommandConnection, ReaderConnection
 from stomptw.cluster.redislimits import POLL_INTERVAL, ClusterLimits
 from stomptw.cluster.redisliveness import GROUP, STATUS_INTERVAL, Liveness, every, stop_all
 from stomptw.cluster.redissends import Sends
+from stomptw.cluster.redissettles import Settles
 from stomptw.interfaces import IClusterQueues
 
 if TYPE_CHECKING:
@@ -53,14 +55,6 @@ log = Logger()
 BLOCK_MS = 1000
 #: The most entries one read takes of one stream.
 MAX_READ = 512
-
-#: Append an entry again (for any node) and drop the old one, in one step.
-_GIVE_BACK = """
-redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'n', ARGV[2])
-redis.call('XACK', KEYS[1], ARGV[3], ARGV[4])
-redis.call('XDEL', KEYS[1], ARGV[4])
-return 1
-"""
 
 
 def queue_key(db: int, subject: str) -> str:
@@ -116,7 +110,7 @@ class RedisQueues:
         self._prefix = queue_key(db, "")
         self._registry = registry_key(db)
         self.node_timeout = node_timeout
-        self.taken = self.given_back = 0
+        self.taken = 0
         self._deliver: Callable[[str, bytes, bytes, int], None] = lambda *a: None
         self._commands: RedisLink | None = None
         self._reader: RedisLink | None = None
@@ -127,17 +121,11 @@ class RedisQueues:
         self._grouped: set[str] = set()
         self._grouping: set[str] = set()
         self._registered: set[str] = set()
-        #: Entry ids handed to this node's queues and not yet done with
-        #: (with their sizes as stored).
-        self._held: dict[str, dict[bytes, int]] = {}
-        #: Acknowledgements to send (id: size), and sent but not yet answered.
-        self._acks: dict[str, dict[bytes, int]] = {}
-        self._unconfirmed: dict[str, set[bytes]] = {}
-        #: Entries to give back, kept while Redis is unreachable.
-        self._returns: list[tuple[str, bytes, bytes, int, int]] = []
         #: The cluster-wide queue limits, and each queue's view.
         self.limits = ClusterLimits(db, max_length, max_bytes, self.key)
         self.limits.on_view = lambda subject: self.on_room(subject)
+        #: The entries this node holds, and their acknowledgements and give-backs.
+        self.settles = Settles(clock, self._protocol, self.key, GROUP, self.limits)
         #: The SENDs on their way to Redis.
         self.sends = Sends(
             clock,
@@ -153,7 +141,6 @@ class RedisQueues:
         )
         self._reading: set[str] | None = None
         self._unblocking = False
-        self._flush_call: Any = None
         self._timers: list[LoopingCall] = []
         self.liveness = Liveness(self, db, instance)
         self._stopped = False
@@ -163,7 +150,7 @@ class RedisQueues:
         #: Called with the reason when waiting SENDs are given up.
         self.on_gave_up: Callable[[str], None] = lambda why: None
         #: Called with a watched queue's subject when its cluster-wide
-        #: length or bytes change (its blocked producers may go on).
+        #: length and bytes have room again (its blocked producers may go on).
         self.on_room: Callable[[str], None] = lambda subject: None
 
     @property
@@ -175,6 +162,11 @@ class RedisQueues:
     def nodes(self) -> list[str]:
         """The nodes alive, as last read."""
         return self.liveness.nodes
+
+    @property
+    def given_back(self) -> int:
+        """Entries handed back for the other nodes."""
+        return self.settles.given_back
 
     @property
     def claimed(self) -> int:
@@ -214,7 +206,7 @@ class RedisQueues:
         self._deliver = deliver
 
         def build() -> txredisapi.BaseRedisProtocol:
-            return self._bus.protocol(txredisapi.RedisProtocol)
+            return self._bus.protocol(ReaderConnection)
 
         def build_commands() -> txredisapi.BaseRedisProtocol:
             return self._bus.protocol(CommandConnection)
@@ -274,24 +266,16 @@ class RedisQueues:
             self._unblock()
 
     def done(self, subject: str, entry_id: bytes) -> None:
-        held = self._held.get(subject)
-        size = held.pop(entry_id, 0) if held is not None else 0
-        self._acks.setdefault(subject, {})[entry_id] = size
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self.flush)
+        self.settles.done(subject, entry_id)
 
     def give_back(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
-        held = self._held.get(subject)
-        size = held.pop(entry_id, 0) if held is not None else 0
-        self._returns.append((subject, entry_id, payload, deliveries, size))
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self.flush)
+        self.settles.give_back(subject, entry_id, payload, deliveries)
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
         self._stopped = True
-        stop_all(self._timers, self._flush_call)
-        self._flush_call = None
+        stop_all(self._timers, None)
+        self.settles.stop()
         protocol = self._protocol()
         if protocol is not None:
             try:
@@ -302,55 +286,9 @@ class RedisQueues:
             except Exception:
                 pass
 
-    # -- sending what waits ----------------------------------------------------------
-
     def flush(self) -> None:
-        self._flush_call = None
-        protocol = self._protocol()
-        if protocol is None:
-            return
-        acks, self._acks = self._acks, {}
-        limits = self.limits if self.limits.counted else None
-        for subject, ids in acks.items():
-            key = self._prefix + subject
-            unconfirmed = self._unconfirmed.setdefault(subject, set())
-            unconfirmed.update(ids)
-            if limits is not None:
-                limits.settle(protocol, subject, GROUP, ids).addBoth(self._acked, subject, ids)
-                continue
-            d = protocol.execute_command("XACK", key, GROUP, *ids)
-            d.addBoth(self._acked, subject, ids)
-            protocol.execute_command("XDEL", key, *ids).addErrback(lambda _: None)
-        returns, self._returns = self._returns, []
-        for back in returns:
-            subject, entry_id, payload, deliveries, size = back
-            self.given_back += 1
-            if limits is not None:
-                d = limits.give_back(protocol, subject, GROUP, entry_id, payload, deliveries, size)
-            else:
-                d = protocol.execute_command(
-                    "EVAL",
-                    _GIVE_BACK,
-                    1,
-                    self._prefix + subject,
-                    payload,
-                    deliveries,
-                    GROUP,
-                    entry_id,
-                )
-            d.addErrback(self._not_given_back, back)
-
-    def _acked(self, result: object, subject: str, ids: dict[bytes, int]) -> None:
-        if isinstance(result, Failure):
-            # Sent again once Redis is back (the entries stay this node's).
-            self._acks.setdefault(subject, {}).update(ids)
-            return
-        unconfirmed = self._unconfirmed.get(subject)
-        if unconfirmed is not None:
-            unconfirmed.difference_update(ids)
-
-    def _not_given_back(self, failure: Failure, back: tuple[str, bytes, bytes, int, int]) -> None:
-        self._returns.append(back)
+        """Send the acknowledgements and give-backs that wait, now."""
+        self.settles.flush()
 
     # -- reading ---------------------------------------------------------------------
 
@@ -448,7 +386,7 @@ class RedisQueues:
             self._clock.callLater(0.1, self._read)
 
     def hand_over(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
-        self._held.setdefault(subject, {})[entry_id] = len(payload)
+        self.settles.hold(subject, entry_id, len(payload))
         try:
             self._deliver(subject, entry_id, payload, deliveries)
         except Exception:
@@ -496,16 +434,8 @@ class RedisQueues:
     # -- what the liveness checks may claim -------------------------------------------
 
     def not_claimable(self, subject: str) -> set[bytes]:
-        """
-        This node's entries of ``subject`` that are not to be claimed again:
-        held by its queue, or acknowledged or given back and not yet
-        answered by Redis.
-        """
-        out = set(self._held.get(subject, ()))
-        out.update(self._unconfirmed.get(subject, ()))
-        out.update(self._acks.get(subject, ()))
-        out.update(back[1] for back in self._returns if back[0] == subject)
-        return out
+        """This node's entries of ``subject`` that are not to be claimed again."""
+        return self.settles.not_claimable(subject)
 
     def claimable_subjects(self) -> list[str]:
         """The queues this node's subscribers can take messages of now."""

@@ -132,6 +132,8 @@ class Sends:
         self._confirmed = 0
         self._wait_upto = 0
         self._together_bytes = 0
+        #: Whether the SEND script is being loaded again (after SCRIPT FLUSH).
+        self._reloading = False
 
     @contextmanager
     def together(self, protocol: Callable[[], Any]) -> Iterator[None]:
@@ -214,6 +216,9 @@ class Sends:
     def _answered_now(self, reply: Any) -> None:
         """A raw XADD's answer: its entry id, or an exception."""
         if isinstance(reply, Exception):
+            if self._limits is not None and str(reply).startswith("NOSCRIPT"):
+                self._again(self._in_flight.popleft())
+                return
             self._not_added(Failure(reply))
         else:
             self._added(reply)
@@ -240,6 +245,31 @@ class Sends:
         for index, (one, body) in enumerate(payload):  # type: ignore[arg-type]
             answer = answers[index] if index < len(answers) else None
             limits.answered(one, len(body), answer)
+
+    def _again(self, unit: _Unit) -> None:
+        """
+        Redis forgot the SEND script (SCRIPT FLUSH): load it, and send the
+        unit again. Every SEND written before the load fails the same way
+        and comes here in turn, so they keep their order.
+        """
+        limits = self._limits
+        protocol = self._connection()
+        if protocol is None or limits is None:
+            self._in_flight.appendleft(unit)
+            self._not_added(Failure(txredisapi.ConnectionError("the SEND script is gone")))
+            return
+        subject, payload = unit
+        pieces = [(subject, payload)] if subject is not None else payload
+        for one, body in pieces:  # type: ignore[union-attr]
+            limits.unsent(one, len(body))  # type: ignore[arg-type]
+        if not self._reloading:
+            self._reloading = True
+
+            def loaded(_: object) -> None:
+                self._reloading = False
+
+            limits.load(protocol).addBoth(loaded)
+        self._write(protocol, unit)
 
     def _not_added(self, failure: Failure) -> None:
         unit = self._in_flight.popleft()
