@@ -1,5 +1,7 @@
 """
-The broker: a registry of destinations and the routing between them.
+The broker: a registry of destinations, sessions and subscriptions. Its send
+path (accepting and routing messages) is
+:class:`~stomptw.brokersend.BrokerSending`, a base class.
 
 It knows nothing of sockets or of STOMP's wire format; client sessions talk
 to it through :class:`Subscription` objects and the
@@ -12,18 +14,17 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 
 from stomptw.brokerschedule import BrokerScheduling
+from stomptw.brokersend import BrokerSending
 from stomptw.deadletters import DeadLetters
-from stomptw.deferreds import both
 from stomptw.destinations import DestinationContext, Queue
 from stomptw.durables import Durables
 from stomptw.expiry import ExpirySweep
-from stomptw.interfaces import IDestination, IMessageConsumer, IMessageStore
+from stomptw.interfaces import IDestination, IMessageStore
 from stomptw.lifetime import BrokerLifetime
 from stomptw.logging import ConnectionLogBudget
 from stomptw.model import (
@@ -43,7 +44,7 @@ from stomptw.model import (
     message_size,
 )
 from stomptw.permissions import compile_patterns
-from stomptw.scheduled import DELAY_HEADER, SCHEDULED_OWNER, Scheduler
+from stomptw.scheduled import SCHEDULED_OWNER, Scheduler
 from stomptw.streams import STREAM_PREFIX, Stream, StreamLimits, parse_limit
 from stomptw.tempqueues import REPLY_PREFIX, TEMP_PREFIX
 from stomptw.topics import Topic
@@ -74,7 +75,7 @@ __all__ = [
 RESERVED_PREFIXES = ("durable:", SCHEDULED_OWNER)
 
 
-class Broker(BrokerScheduling, BrokerLifetime):
+class Broker(BrokerSending, BrokerScheduling, BrokerLifetime):
     """
     Routes messages between client sessions.
 
@@ -214,22 +215,6 @@ class Broker(BrokerScheduling, BrokerLifetime):
         """The durable topic subscriptions, by their store name."""
         return self._durables.by_owner
 
-    def sync(self):
-        """A Deferred that fires once every message accepted so far is stored."""
-        stored = self.store.sync()
-        if self.cluster_sync is None:
-            return stored
-        return both(stored, self.cluster_sync())
-
-    def all_or_nothing(self) -> Any:
-        """
-        A context manager for a COMMIT: within it, the messages sent to the
-        cluster's queues are stored by the cluster all together or not at all.
-        """
-        if self.cluster_together is None:
-            return nullcontext()
-        return self.cluster_together()
-
     def new_session_id(self) -> str:
         """A session identifier for a new client connection."""
         return f"{self._prefix}-{next(self._session_ids)}"
@@ -291,120 +276,6 @@ class Broker(BrokerScheduling, BrokerLifetime):
                 dest = Queue(name, self.context, dead_letter=self.is_dead_letter_queue(name))
             self.destinations[name] = dest
         return dest
-
-    def send(
-        self,
-        destination: str,
-        headers: dict[str, str],
-        body: bytes,
-        producer: IMessageConsumer | None = None,
-        reject: bool = True,
-    ) -> Message:
-        """
-        Accept a message for ``destination`` and route it.
-
-        ``persistent:true`` makes a queue store it; ``expires`` (milliseconds
-        since the epoch, already checked to be digits) or the broker's
-        default TTL bound how long it may wait. Raises
-        :class:`DestinationFull` if the destination refuses it (only when
-        ``reject``; a transaction checks its destinations beforehand with
-        :meth:`check_room`).
-        """
-        dest = self.destinations.get(destination)
-        if dest is None:
-            if destination.startswith(REPLY_PREFIX):
-                # Its connection has ended: nothing takes the message.
-                self.stats["published"] += 1
-                self.stats["dropped"] += 1
-                return Message(self.new_message_id(), destination, headers, body)
-            dest = self.destination(destination)
-        delay = headers.get(DELAY_HEADER)
-        if delay and delay.isdigit() and int(delay) > 0:
-            return self._schedule(destination, headers, body, int(delay))
-        now = self.now_ms()
-        message = self._accept(destination, headers, body, now)
-        # Only a sender's expiry time can already be past.
-        expired = bool(message.expires) and message.expires <= now
-        if expired:
-            # Accepted, but never delivered.
-            self.stats["published"] += 1
-            self.expire(None, message)
-            self._forget_if_idle(dest)
-            return message
-        dest.publish(message, producer, reject)
-        self.stats["published"] += 1
-        if self.on_topic_message is not None and dest.kind == "topic":
-            self.on_topic_message(message)
-        self._forget_if_idle(dest)
-        return message
-
-    def route_remote(self, message: Message) -> None:
-        """
-        Deliver a topic message another node of the cluster accepted to this
-        node's subscribers and durable subscriptions of its topic, without
-        passing it on again. A topic nobody here subscribes to is not made.
-        """
-        dest = self.destinations.get(message.destination)
-        if dest is None or dest.kind != "topic":
-            return
-        if not message.expires or message.expires > self.now_ms():
-            dest.publish(message, None, False)
-        self._forget_if_idle(dest)
-
-    def _accept(
-        self, destination: str, headers: dict[str, str], body: bytes, routed_ms: int
-    ) -> Message:
-        """A new message; ``--default-ttl`` counts from ``routed_ms`` when it has no ``expires``."""
-        raw = headers.get("expires")
-        expires = int(raw) if raw else 0
-        ttl = self.config.default_ttl_ms
-        if not expires and ttl:
-            expires = routed_ms + ttl
-            headers["expires"] = str(expires)
-        return Message(
-            self.new_message_id(),
-            destination,
-            headers,
-            body,
-            persistent=headers.get("persistent") == "true",
-            expires=expires,
-        )
-
-    def purge(self, name: str) -> Any:
-        """
-        Drop every message waiting in the queue ``name`` (not those delivered
-        and unacknowledged); return how many, or, for a queue that spans a
-        cluster, a Deferred that fires with how many. Raises
-        :class:`KeyError` if there is no such destination,
-        :class:`DestinationError` for a topic.
-        """
-        dest = self.destinations.get(name)
-        if dest is None:
-            if self.make_queue is None or not name.startswith(QUEUE_PREFIX):
-                raise KeyError(name)
-            # Unknown here, but a cluster queue's messages may wait in the cluster.
-            dest = self.destination(name)
-        if not isinstance(dest, Queue):
-            raise DestinationError(f"{name} is a {dest.kind}; only queues hold messages")
-        everywhere = getattr(dest, "purge_all", None)
-        dropped = everywhere() if everywhere is not None else dest.purge()
-        self._forget_if_idle(dest)
-        return dropped
-
-    def check_room(self, destination: str, count: int = 0, size: int = 0) -> None:
-        """
-        Raise :class:`DestinationFull` if ``destination`` refuses messages
-        now, or (with ``count``) if ``count`` messages of ``size`` bytes in
-        all would take it over its limits.
-        """
-        if destination.startswith(REPLY_PREFIX) and destination not in self.destinations:
-            return  # its connection has ended: the message will be dropped
-        dest = self.destination(destination)
-        try:
-            if isinstance(dest, Queue):
-                dest.check_room(count, size)
-        finally:
-            self._forget_if_idle(dest)
 
     def subscribe(self, subscription: Subscription) -> None:
         """
