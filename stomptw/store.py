@@ -131,16 +131,195 @@ class MemoryStore:
 RETRY_SECONDS = 1.0
 
 
+class StoreWriter:
+    """
+    The one thread that writes :class:`SQLiteStore`'s database, and the
+    batches it commits: the writes of a reactor turn gather in
+    :attr:`batch`; the thread commits one batch at a time in one
+    transaction (:attr:`in_flight`), and what arrives meanwhile waits for
+    the next. A commit that fails on the disk (full, I/O error) is kept for
+    the next one, tried every :data:`RETRY_SECONDS`; reads of paged
+    messages queue behind the commits.
+
+    :param reactor: the reactor whose thread uses the store.
+    :param path: the database's path, for the logs.
+    :param commit: ``batch -> None``, run in the thread (the store's, so
+        that tests can inject faults there).
+
+    :ivar failing: why the last commit failed, until one succeeds again.
+    """
+
+    def __init__(self, reactor, path: str, commit: Callable[[Batch], None]) -> None:
+        self._reactor = reactor
+        self.path = path
+        self._commit = commit
+        self.batch = Batch()
+        self.in_flight: Batch | None = None
+        self._scheduled = False
+        self.closed = False
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self.batches = 0
+        self.last_commit = 0.0
+        self.failing: str | None = None
+        self.failures = 0
+        self._retry = None
+
+    def start(self, conn: sqlite3.Connection) -> None:
+        """Start the thread, on the opened database."""
+        self._conn = conn
+        # A daemon thread: a broker stopped without closing its store is a
+        # crash as far as the store knows, and must not hang the process.
+        self.thread = threading.Thread(target=self._run, name="stomptw-store", daemon=True)
+        self.thread.start()
+
+    def halt(self) -> None:
+        """Stop the thread once it has done what it was given."""
+        if self.thread is not None:
+            self.jobs.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def cancel_retry(self) -> None:
+        """No later retry of a failed commit (closing: one last try now, or none)."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    def sync(self) -> defer.Deferred:
+        """Fire once everything written so far is committed to disk."""
+        d: defer.Deferred = defer.Deferred()
+        if self.batch:
+            self.batch.waiters.append(d)
+            self.schedule()
+        elif self.in_flight is not None:
+            self.in_flight.waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def read(self, read: Read) -> defer.Deferred:
+        """Run ``read`` in the thread, behind the commits before it."""
+        if self.thread is None:
+            raise StoreError("the message store is closed")
+        self.jobs.put(read)
+        return read.deferred
+
+    def schedule(self) -> None:
+        """Commit :attr:`batch` soon: at the next reactor turn, or after the one in flight."""
+        if self._scheduled or self.in_flight is not None or self._retry is not None:
+            return
+        self._scheduled = True
+        # Start at the next reactor turn, so that everything this turn
+        # produces goes into the same transaction.
+        self._reactor.callLater(0, self._start)
+
+    def _start(self) -> None:
+        self._scheduled = False
+        if self.in_flight is not None or not self.batch or self.thread is None:
+            if not self.batch:
+                waiters, self.batch.waiters = self.batch.waiters, []
+                for d in waiters:
+                    d.callback(None)
+            return
+        batch, self.batch = self.batch, Batch()
+        self.in_flight = batch
+        self.jobs.put((batch, time.monotonic()))
+
+    def _run(self) -> None:
+        # The store's thread: commits one batch at a time, reports back to
+        # the reactor thread.
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if isinstance(job, Read):
+                try:
+                    found: object = select_page(self._conn, job)
+                except BaseException:
+                    found = Failure()
+                self._reactor.callFromThread(job.done, found)
+                continue
+            batch, started = job
+            try:
+                self._commit(batch)
+                result: object = None
+            except BaseException:
+                result = Failure()
+            self._reactor.callFromThread(self._committed, result, batch, started)
+
+    def _committed(self, result: object, batch: Batch, started: float) -> None:
+        self.in_flight = None
+        self.last_commit = time.monotonic() - started
+        failure = result if isinstance(result, Failure) else None
+        waiters = batch.waiters
+        batch.waiters = []
+        if failure is None:
+            self.batches += 1
+            if self.failing is not None:
+                log.info(
+                    "message store writes succeed again ({path}) after {count} failed "
+                    "commit(s); nothing that got a RECEIPT was lost",
+                    path=self.path,
+                    count=self.failures,
+                )
+                self.failing = None
+                self.failures = 0
+            for d in waiters:
+                d.callback(None)
+        else:
+            self._failed(failure, batch, waiters)
+        if self._retry is None and (self.batch or self.batch.waiters):
+            self._start()
+
+    def _failed(self, failure: Failure, batch: Batch, waiters: list[defer.Deferred]) -> None:
+        """
+        A commit failed (disk full, I/O error): the frames waiting for it get
+        their ERROR; its writes are kept for the next commit, tried again
+        every :data:`RETRY_SECONDS` until one succeeds.
+        """
+        why = failure.getErrorMessage()
+        self.failures += 1
+        if self.failing is None:
+            log.error(
+                "message store commit failed ({path}): {why}; persistent messages get an "
+                "ERROR instead of a RECEIPT until writes succeed again (tried every "
+                "{retry:g} s); everything else goes on",
+                path=self.path,
+                why=why,
+                retry=RETRY_SECONDS,
+            )
+        self.failing = why
+        error = Failure(StoreError(f"message store commit failed: {why}"))
+        if failure.check(sqlite3.OperationalError, OSError):
+            # The disk or the file system: its writes may work next time.
+            self.batch.take_back(batch)
+            if not self.closed:
+                self._retry = self._reactor.callLater(RETRY_SECONDS, self._retry_now)
+        else:
+            # The batch itself cannot be written (a bug): trying it again would
+            # block every later commit behind it.
+            log.failure("message store commit failed ({path})", failure, path=self.path)
+        for d in waiters:
+            d.errback(error)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        if self.batch or self.batch.waiters:
+            self._start()
+
+
 @implementer(IMessageStore)
 class SQLiteStore:
     """
     The embedded durable store: one SQLite database in WAL mode.
 
-    Writes are collected in a batch on the reactor thread. A single
-    background thread commits one batch at a time in one transaction; what
-    arrives meanwhile waits for the next one. A message put and removed
-    before its batch is committed (consumed and acknowledged at once) never
-    reaches the disk at all.
+    Writes are collected in a batch on the reactor thread; one background
+    thread (:class:`StoreWriter`) commits one batch at a time in one
+    transaction, and what arrives meanwhile waits for the next one. A
+    message put and removed before its batch is committed (consumed and
+    acknowledged at once) never reaches the disk at all.
 
     :param directory: the data directory; created if missing.
     :param reactor: the reactor whose thread calls the store.
@@ -158,21 +337,15 @@ class SQLiteStore:
         self.path = os.path.join(directory, DB_NAME)
         self._reactor = reactor
         self._synchronous = synchronous
-        self._batch = Batch()
-        self._in_flight: Batch | None = None
-        self._scheduled = False
-        self._closed = False
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock: int | None = None
-        self._batches = 0
-        self._last_commit = 0.0
-        self._commit_seconds = 0.0
-        #: Why the last commit failed, until one succeeds again.
-        self.failing: str | None = None
-        self._failures = 0
-        self._retry = None
+        #: The writing thread and its batches.
+        self._writer = StoreWriter(reactor, self.path, lambda batch: self._commit(batch))
+
+    @property
+    def failing(self) -> str | None:
+        """Why the last commit failed, until one succeeds again."""
+        return self._writer.failing
 
     # -- opening -------------------------------------------------------------------
 
@@ -233,10 +406,7 @@ class SQLiteStore:
             self._release_lock()
             raise
         self._conn = conn
-        # A daemon thread: a broker stopped without closing its store is a
-        # crash as far as the store knows, and must not hang the process.
-        self._thread = threading.Thread(target=self._run, name="stomptw-store", daemon=True)
-        self._thread.start()
+        self._writer.start(conn)
         paged = sum(page.count for page in pages.values())
         log.info(
             "message store {path}: {messages} message(s), {subs} durable subscription(s)"
@@ -273,59 +443,59 @@ class SQLiteStore:
     # -- writes (reactor thread) -----------------------------------------------------
 
     def put(self, message: StoredMessage) -> None:
-        batch = self._batch
+        batch = self._writer.batch
         batch.puts[message.key] = message
         batch.deletes.discard(message.key)
-        self._schedule()
+        self._writer.schedule()
 
     def set_delivery_count(self, key: int, count: int) -> None:
-        batch = self._batch
+        batch = self._writer.batch
         put = batch.puts.get(key)
         if put is not None:
             put.delivery_count = count
         elif key not in batch.deletes:
             batch.counts[key] = count
-            self._schedule()
+            self._writer.schedule()
 
     def remove(self, key: int) -> None:
-        batch = self._batch
+        batch = self._writer.batch
         batch.counts.pop(key, None)
         if batch.puts.pop(key, None) is not None:
             # Put and removed before the commit; but an older commit in
             # flight may be writing it, so delete it as well then.
-            if self._in_flight is None or key not in self._in_flight.puts:
+            if self._writer.in_flight is None or key not in self._writer.in_flight.puts:
                 return
         batch.deletes.add(key)
-        self._schedule()
+        self._writer.schedule()
 
     def put_subscription(self, owner: str, client_id: str, name: str, destination: str) -> None:
-        self._batch.sub_deletes.discard(owner)
-        self._batch.sub_puts[owner] = (client_id, name, destination)
-        self._schedule()
+        self._writer.batch.sub_deletes.discard(owner)
+        self._writer.batch.sub_puts[owner] = (client_id, name, destination)
+        self._writer.schedule()
 
     def remove_subscription(self, owner: str) -> None:
-        self._batch.sub_puts.pop(owner, None)
-        self._batch.sub_deletes.add(owner)
-        self._schedule()
+        self._writer.batch.sub_puts.pop(owner, None)
+        self._writer.batch.sub_deletes.add(owner)
+        self._writer.schedule()
 
     def remove_range(self, owner: str, first_key: int, last_key: int) -> None:
         """Forget ``owner``'s messages from ``first_key`` to ``last_key`` (a purged page)."""
-        batch = self._batch
+        batch = self._writer.batch
         for key in [k for k, m in batch.puts.items() if m.owner == owner]:
             if first_key <= key <= last_key:
                 del batch.puts[key]
                 batch.counts.pop(key, None)
         batch.ranges.append((owner, first_key, last_key))
-        self._schedule()
+        self._writer.schedule()
 
     def remove_oldest(self, owner: str, first_key: int, last_key: int, count: int) -> None:
         """Forget the oldest ``count`` of ``owner``'s messages in that key range (drop-head)."""
-        oldest = self._batch.oldest
+        oldest = self._writer.batch.oldest
         if oldest and oldest[-1][:3] == (owner, first_key, last_key):
             oldest[-1] = (owner, first_key, last_key, oldest[-1][3] + count)
         else:
             oldest.append((owner, first_key, last_key, count))
-        self._schedule()
+        self._writer.schedule()
 
     def read(self, owner: str, first_key: int, last_key: int, limit: int) -> defer.Deferred:
         """
@@ -336,44 +506,22 @@ class SQLiteStore:
         far.
         """
         read = Read(owner, first_key, last_key, limit, self._reactor)
-
-        def start(_: object) -> defer.Deferred:
-            if self._thread is None:
-                raise StoreError("the message store is closed")
-            self._jobs.put(read)
-            return read.deferred
-
-        return self.sync().addCallback(start)
+        return self.sync().addCallback(lambda _: self._writer.read(read))
 
     def sync(self) -> defer.Deferred:
         """Fire once everything written so far is committed to disk."""
-        d: defer.Deferred = defer.Deferred()
-        if self._batch:
-            self._batch.waiters.append(d)
-            self._schedule()
-        elif self._in_flight is not None:
-            self._in_flight.waiters.append(d)
-        else:
-            d.callback(None)
-        return d
+        return self._writer.sync()
 
     def close(self) -> defer.Deferred:
         """Commit what is pending, then close the database and its thread."""
-        if self._retry is not None and self._retry.active():
-            # Closing: one last try now, not later.
-            self._retry.cancel()
-            self._retry = None
+        writer = self._writer
+        writer.cancel_retry()  # closing: one last try now, not later
         d = self.sync()
 
         def closed(result: object) -> object:
-            self._closed = True
-            if self._retry is not None and self._retry.active():
-                self._retry.cancel()
-            self._retry = None
-            if self._thread is not None:
-                self._jobs.put(None)
-                self._thread.join()
-                self._thread = None
+            writer.closed = True
+            writer.cancel_retry()
+            writer.halt()
             if self._conn is not None:
                 if result is None:
                     self._conn.execute(
@@ -388,118 +536,15 @@ class SQLiteStore:
 
     def stats(self) -> dict[str, float]:
         """Commit counters: batches committed, the last commit's duration, failures in a row."""
+        writer = self._writer
         return {
-            "batches": self._batches,
-            "last_commit_seconds": self._last_commit,
-            "failed_commits": self._failures,
+            "batches": writer.batches,
+            "last_commit_seconds": writer.last_commit,
+            "failed_commits": writer.failures,
         }
-
-    # -- the writer --------------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        if self._scheduled or self._in_flight is not None or self._retry is not None:
-            return
-        self._scheduled = True
-        # Start at the next reactor turn, so that everything this turn
-        # produces goes into the same transaction.
-        self._reactor.callLater(0, self._start)
-
-    def _start(self) -> None:
-        self._scheduled = False
-        if self._in_flight is not None or not self._batch or self._thread is None:
-            if not self._batch:
-                waiters, self._batch.waiters = self._batch.waiters, []
-                for d in waiters:
-                    d.callback(None)
-            return
-        batch, self._batch = self._batch, Batch()
-        self._in_flight = batch
-        self._jobs.put((batch, time.monotonic()))
-
-    def _run(self) -> None:
-        # The store's thread: commits one batch at a time, reports back to
-        # the reactor thread.
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if isinstance(job, Read):
-                try:
-                    found: object = select_page(self._conn, job)
-                except BaseException:
-                    found = Failure()
-                self._reactor.callFromThread(job.done, found)
-                continue
-            batch, started = job
-            try:
-                self._commit(batch)
-                result: object = None
-            except BaseException:
-                result = Failure()
-            self._reactor.callFromThread(self._committed, result, batch, started)
 
     def _commit(self, batch: Batch) -> None:
         # Runs in the store's thread, the only one that writes (a method:
         # tests inject faults here).
         assert self._conn is not None
         write_batch(self._conn, batch)
-
-    def _committed(self, result: object, batch: Batch, started: float) -> None:
-        self._in_flight = None
-        self._last_commit = time.monotonic() - started
-        failure = result if isinstance(result, Failure) else None
-        waiters = batch.waiters
-        batch.waiters = []
-        if failure is None:
-            self._batches += 1
-            if self.failing is not None:
-                log.info(
-                    "message store writes succeed again ({path}) after {count} failed "
-                    "commit(s); nothing that got a RECEIPT was lost",
-                    path=self.path,
-                    count=self._failures,
-                )
-                self.failing = None
-                self._failures = 0
-            for d in waiters:
-                d.callback(None)
-        else:
-            self._failed(failure, batch, waiters)
-        if self._retry is None and (self._batch or self._batch.waiters):
-            self._start()
-
-    def _failed(self, failure: Failure, batch: Batch, waiters: list[defer.Deferred]) -> None:
-        """
-        A commit failed (disk full, I/O error): the frames waiting for it get
-        their ERROR; its writes are kept for the next commit, tried again
-        every :data:`RETRY_SECONDS` until one succeeds.
-        """
-        why = failure.getErrorMessage()
-        self._failures += 1
-        if self.failing is None:
-            log.error(
-                "message store commit failed ({path}): {why}; persistent messages get an "
-                "ERROR instead of a RECEIPT until writes succeed again (tried every "
-                "{retry:g} s); everything else goes on",
-                path=self.path,
-                why=why,
-                retry=RETRY_SECONDS,
-            )
-        self.failing = why
-        error = Failure(StoreError(f"message store commit failed: {why}"))
-        if failure.check(sqlite3.OperationalError, OSError):
-            # The disk or the file system: its writes may work next time.
-            self._batch.take_back(batch)
-            if not self._closed:
-                self._retry = self._reactor.callLater(RETRY_SECONDS, self._retry_now)
-        else:
-            # The batch itself cannot be written (a bug): trying it again would
-            # block every later commit behind it.
-            log.failure("message store commit failed ({path})", failure, path=self.path)
-        for d in waiters:
-            d.errback(error)
-
-    def _retry_now(self) -> None:
-        self._retry = None
-        if self._batch or self._batch.waiters:
-            self._start()

@@ -244,9 +244,7 @@ async def test_paged_messages_of_a_crashed_broker_are_marked_as_possible_redeliv
     await broker.sync()
     # A crash: the store is left without its clean-close mark.
     store = broker.store
-    store._jobs.put(None)
-    store._thread.join()
-    store._thread = None
+    store._writer.halt()
     store._conn.close()
     store._release_lock()
 
