@@ -89,6 +89,7 @@ SANS_IO = (
     "stomptw.wsframes",
     "stomptw.session",
     "stomptw.ending",
+    "stomptw.sessionout",
     "stomptw.commands",
     "stomptw.model",
     "stomptw.errors",
