@@ -106,15 +106,17 @@ class Redis:
 class Setup:
     """The nodes of one setup; producers connect to the first, consumers to the last."""
 
-    def __init__(self, name: str, workdir: Path, twistd: str, redis: Redis) -> None:
+    def __init__(
+        self, name: str, workdir: Path, twistd: str, redis: Redis, extra: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
         self.redis = redis if name != "single" else None
         count = 2 if name == "cluster-2" else 1
         self.nodes = []
         for i in range(count):
-            args = []
+            args = list(extra)
             if self.redis is not None:
-                args = ["--cluster", redis.url, "--node-id", f"n{i + 1}"]
+                args += ["--cluster", redis.url, "--node-id", f"n{i + 1}"]
             node = harness.Stomptw(workdir / f"{name}-n{i + 1}", twistd, args, ws=False)
             self.nodes.append(node)
         for node in self.nodes:
@@ -215,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--twistd", default=str(Path(sys.executable).with_name("twistd")))
     parser.add_argument("--json", type=Path, help="write every run here")
+    parser.add_argument(
+        "--node-args",
+        default="",
+        help="more arguments for every node (plain ones too), e.g. '--max-queue-bytes 0' to "
+        "measure without the cluster-wide queue limits",
+    )
     args = parser.parse_args(argv)
     compiledgen.build()
     workroot = Path(tempfile.mkdtemp(prefix="stomptw-cluster-bench-"))
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for name in SETUPS:
-            setups[name] = Setup(name, workroot, args.twistd, redis)
+            setups[name] = Setup(name, workroot, args.twistd, redis, tuple(args.node_args.split()))
         for round_ in range(args.rounds):
             for case in CASES:
                 for name in SETUPS:

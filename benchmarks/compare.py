@@ -367,7 +367,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="cluster mode instead: one plain node, one node with --cluster and two nodes "
         "side by side on a redis-server of their own (benchmarks/cluster.py; takes "
-        "--messages, --rounds, --latency-seconds, --timeout, --twistd and --json)",
+        "--messages, --rounds, --latency-seconds, --timeout, --twistd, --json and "
+        "--stomptw-args)",
     )
     p.add_argument("--json", type=Path, default=None, help="with --cluster: write every run here")
     a = p.parse_args(argv)
@@ -407,6 +408,8 @@ def cluster_mode(args: argparse.Namespace) -> int:
     ]
     if args.json is not None:
         forwarded += ["--json", str(args.json)]
+    if args.stomptw_args:
+        forwarded += ["--node-args", args.stomptw_args]
     return cluster.main(forwarded)
 
 
