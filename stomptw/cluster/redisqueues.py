@@ -6,7 +6,8 @@ Each queue is a stream, ``stomptw:<db>:queue:<vhost><destination>``, with
 one consumer group, ``stomptw``, in which each node is a consumer named by
 its node id. A SEND is an ``XADD``. A node reads with ``XREADGROUP ... >``
 only as many entries as its subscribers can take (their credit), on a
-connection of its own that blocks until entries come. The SENDs on their
+connection of its own that blocks until entries come
+(:class:`~stomptw.cluster.redisreads.Reads`). The SENDs on their
 way are :class:`~stomptw.cluster.redissends.Sends`; the entries the node
 holds, and their acknowledgements and give-backs,
 :class:`~stomptw.cluster.redissettles.Settles`; the queue limits,
@@ -31,13 +32,12 @@ import txredisapi
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from stomptw.cluster.codec import stream_fields
 from stomptw.cluster.redisbus import CommandConnection, ReaderConnection
 from stomptw.cluster.redislimits import POLL_INTERVAL, ClusterLimits
 from stomptw.cluster.redisliveness import GROUP, STATUS_INTERVAL, Liveness, every, stop_all
+from stomptw.cluster.redisreads import Reads
 from stomptw.cluster.redissends import Sends
 from stomptw.cluster.redissettles import Settles
 from stomptw.interfaces import IClusterQueues
@@ -49,12 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["GROUP", "RedisQueues", "queue_key", "registry_key"]
 
 log = Logger()
-
-#: Milliseconds a read blocks waiting for entries (well under the link's
-#: PING timeout, which a blocked read holds up).
-BLOCK_MS = 1000
-#: The most entries one read takes of one stream.
-MAX_READ = 512
 
 
 def queue_key(db: int, subject: str) -> str:
@@ -83,7 +77,6 @@ class RedisQueues:
     :param replicas: ``--cluster-replicas``.
     :param replica_timeout: ``--cluster-replica-timeout``.
 
-    :ivar taken: entries read from Redis for this node's subscribers.
     :ivar given_back: entries handed back for the other nodes.
     :ivar liveness: this node's liveness key, the claims of silent nodes'
         entries, and the cluster-wide depths and live nodes.
@@ -103,24 +96,24 @@ class RedisQueues:
     ) -> None:
         db = bus.target.db
         self.node_id = bus.node_id
-        self._node = bus.node_id.encode()
         self._bus = bus
         self._clock = clock
         self._db = db
         self._prefix = queue_key(db, "")
-        self._registry = registry_key(db)
         self.node_timeout = node_timeout
-        self.taken = 0
         self._deliver: Callable[[str, bytes, bytes, int], None] = lambda *a: None
         self._commands: RedisLink | None = None
         self._reader: RedisLink | None = None
-        self._reader_id: Any = None
-        #: Credit per subject, as the queues last said.
-        self._wants: dict[str, int] = {}
-        #: Subjects whose group exists (checked on this connection), and being made.
-        self._grouped: set[str] = set()
-        self._grouping: set[str] = set()
-        self._registered: set[str] = set()
+        #: This node's reads, by its subscribers' credit.
+        self.reads = Reads(
+            clock,
+            bus.node_id,
+            self._prefix,
+            registry_key(db),
+            self._protocol,
+            self._reader_protocol,
+            self.hand_over,
+        )
         #: The cluster-wide queue limits, and each queue's view.
         self.limits = ClusterLimits(db, max_length, max_bytes, self.key)
         self.limits.on_view = lambda subject: self.on_room(subject)
@@ -131,7 +124,7 @@ class RedisQueues:
             clock,
             bus.node_id,
             send_timeout,
-            lambda protocol, subject: self._register(protocol, subject),
+            self.reads.register,
             self.key,
             lambda why: self.on_gave_up(why),
             self.limits,
@@ -139,8 +132,6 @@ class RedisQueues:
             replica_timeout,
             self._protocol,
         )
-        self._reading: set[str] | None = None
-        self._unblocking = False
         self._timers: list[LoopingCall] = []
         self.liveness = Liveness(self, db, instance)
         self._stopped = False
@@ -162,6 +153,11 @@ class RedisQueues:
     def nodes(self) -> list[str]:
         """The nodes alive, as last read."""
         return self.liveness.nodes
+
+    @property
+    def taken(self) -> int:
+        """Entries read from Redis for this node's subscribers."""
+        return self.reads.taken
 
     @property
     def given_back(self) -> int:
@@ -213,7 +209,7 @@ class RedisQueues:
 
         def identify(protocol: Any) -> defer.Deferred:
             def known(client_id: Any) -> None:
-                self._reader_id = client_id
+                self.reads.reader_id = client_id
 
             return protocol.execute_command("CLIENT", "ID").addCallback(known)
 
@@ -253,17 +249,7 @@ class RedisQueues:
         self.limits.watch(subject, on)
 
     def want(self, subject: str, credit: int) -> None:
-        if credit <= 0:
-            self._wants.pop(subject, None)
-            return
-        self._wants[subject] = credit
-        if subject not in self._grouped:
-            self._make_group(subject)
-            return
-        if self._reading is None:
-            self._read()
-        elif subject not in self._reading:
-            self._unblock()
+        self.reads.want(subject, credit)
 
     def done(self, subject: str, entry_id: bytes) -> None:
         self.settles.done(subject, entry_id)
@@ -274,6 +260,7 @@ class RedisQueues:
     @defer.inlineCallbacks
     def stop(self) -> Any:
         self._stopped = True
+        self.reads.stopped = True
         stop_all(self._timers, None)
         self.settles.stop()
         protocol = self._protocol()
@@ -290,100 +277,7 @@ class RedisQueues:
         """Send the acknowledgements and give-backs that wait, now."""
         self.settles.flush()
 
-    # -- reading ---------------------------------------------------------------------
-
-    def _register(self, protocol: Any, subject: str) -> None:
-        if subject not in self._registered:
-            self._registered.add(subject)
-            protocol.execute_command("SADD", self._registry, subject).addErrback(
-                self._unregister, subject
-            )
-
-    def _unregister(self, failure: Failure, subject: str) -> None:
-        self._registered.discard(subject)
-
-    def _make_group(self, subject: str) -> None:
-        protocol = self._protocol()
-        if protocol is None or subject in self._grouping:
-            return
-        self._grouping.add(subject)
-        self._register(protocol, subject)
-        d = protocol.execute_command(
-            "XGROUP", "CREATE", self._prefix + subject, GROUP, "0", "MKSTREAM"
-        )
-
-        def made(result: object) -> None:
-            self._grouping.discard(subject)
-            if isinstance(result, Failure) and "BUSYGROUP" not in result.getErrorMessage():
-                return  # the connection went; made again when it is back
-            self._grouped.add(subject)
-            if self._wants.get(subject):
-                if self._reading is None:
-                    self._read()
-                elif subject not in self._reading:
-                    self._unblock()
-
-        d.addBoth(made)
-
-    def _read(self) -> None:
-        if self._reading is not None or self._stopped:
-            return
-        protocol = self._reader_protocol()
-        if protocol is None:
-            return
-        wants = self._wants
-        subjects = [s for s, credit in wants.items() if credit > 0 and s in self._grouped]
-        if not subjects:
-            return
-        count = min(MAX_READ, max(wants[s] for s in subjects))
-        keys = [self._prefix + s for s in subjects]
-        self._reading = set(subjects)
-        try:
-            d = protocol.execute_command(
-                "XREADGROUP",
-                "GROUP",
-                GROUP,
-                self._node,
-                "COUNT",
-                count,
-                "BLOCK",
-                BLOCK_MS,
-                "STREAMS",
-                *keys,
-                *([">"] * len(keys)),
-            )
-        except txredisapi.ConnectionError:
-            self._reading = None
-            return
-        d.addCallbacks(self._read_done, self._read_failed)
-
-    def _read_done(self, reply: Any) -> None:
-        try:
-            for key, entries in reply or ():
-                subject = key[len(self._prefix) :].decode("utf-8", "surrogatepass")
-                for entry_id, raw in entries:
-                    fields = stream_fields(raw)
-                    payload = fields.get(b"m")
-                    if payload is None:
-                        continue
-                    self.taken += 1
-                    self.hand_over(subject, entry_id, payload, int(fields.get(b"n", 0)))
-        finally:
-            self._reading = None
-        self._read()
-
-    def _read_failed(self, failure: Failure) -> None:
-        subjects = self._reading or set()
-        self._reading = None
-        if "NOGROUP" in failure.getErrorMessage():
-            # A stream deleted under us (FLUSHDB, DEL): make its group again.
-            self._grouped.difference_update(subjects)
-            for subject in subjects:
-                if self._wants.get(subject):
-                    self._make_group(subject)
-            return
-        if self._reader_protocol() is not None and not self._stopped:
-            self._clock.callLater(0.1, self._read)
+    # -- what is read --------------------------------------------------------------
 
     def hand_over(self, subject: str, entry_id: bytes, payload: bytes, deliveries: int) -> None:
         self.settles.hold(subject, entry_id, len(payload))
@@ -392,25 +286,11 @@ class RedisQueues:
         except Exception:
             log.failure("cluster: a queue message from Redis could not be delivered")
 
-    def _unblock(self) -> None:
-        """Cut the blocked read short, so that it is made again with another subject."""
-        protocol = self._protocol()
-        if protocol is None or self._reader_id is None or self._unblocking:
-            return
-        self._unblocking = True
-
-        def sent(_: object) -> None:
-            self._unblocking = False
-
-        protocol.execute_command("CLIENT", "UNBLOCK", self._reader_id).addBoth(sent)
-
     # -- Redis up and down -------------------------------------------------------------
 
     def _commands_up(self, protocol: Any) -> None:
         """A new command connection: groups are checked again, and what waited is sent."""
-        self._grouped.clear()
-        self._grouping.clear()
-        self._registered.clear()
+        self.reads.forget_groups()
         if self.limits.counted:
             # Ahead of every SEND on this connection, which runs it by its hash.
             self.limits.load(protocol).addErrback(lambda _: None)
@@ -422,10 +302,7 @@ class RedisQueues:
         self.liveness.heartbeat()
         self.sends.resume(protocol)
         self.flush()
-        for subject, credit in list(self._wants.items()):
-            if credit > 0:
-                self._make_group(subject)
-        self._read()
+        self.reads.resume()
         self.liveness.read_status()
         for watcher in self._up_watchers:
             watcher()
@@ -439,8 +316,8 @@ class RedisQueues:
 
     def claimable_subjects(self) -> list[str]:
         """The queues this node's subscribers can take messages of now."""
-        return [s for s, credit in self._wants.items() if credit > 0 and s in self._grouped]
+        return self.reads.claimable_subjects()
 
     def credit(self, subject: str) -> int:
         """How many messages of ``subject`` this node's subscribers can take now."""
-        return self._wants.get(subject, 0)
+        return self.reads.credit(subject)

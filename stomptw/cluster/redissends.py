@@ -3,7 +3,9 @@ The SENDs to the cluster's queues on their way to Redis (:class:`Sends`,
 for :class:`~stomptw.cluster.redisqueues.RedisQueues`): one ``XADD`` each,
 answered in order on the command connection; a transaction's, sent inside
 :meth:`Sends.together`, in one ``MULTI``/``EXEC``, so that Redis stores all
-of them or none. RECEIPTs wait for the answers (:meth:`Sends.sync`).
+of them or none. RECEIPTs wait for the answers (:meth:`Sends.sync`, kept
+by :class:`~stomptw.cluster.redisconfirms.Confirmations`, which also waits
+for Redis replicas).
 While Redis is unreachable, SENDs are kept (up to :data:`MAX_OUTBOX_BYTES`),
 and those whose connection was lost before the answer are sent again once
 it is back (a message may then be stored twice, never lost); after
@@ -23,8 +25,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from stomptw.cluster.redisconfirms import Confirmations
 from stomptw.cluster.redislimits import ClusterLimits
-from stomptw.errors import NotReplicated
 
 __all__ = ["MAX_OUTBOX_BYTES", "Sends"]
 
@@ -55,16 +57,19 @@ def _xadd_parts(key: str, payload: bytes) -> list[bytes]:
     return [head, payload, b"\r\n"]
 
 
+def _pieces(unit: _Unit) -> list[tuple[str, bytes]]:
+    """A unit's SENDs, ``(subject, payload)`` each."""
+    subject, payload = unit
+    return [unit] if subject is not None else payload  # type: ignore[list-item,return-value]
+
+
 def _count(unit: _Unit) -> int:
     subject, payload = unit
     return 1 if subject is not None else len(payload)
 
 
 def _size(unit: _Unit) -> int:
-    subject, payload = unit
-    if subject is not None:
-        return len(payload)  # type: ignore[arg-type]
-    return sum(len(p) for _, p in payload)  # type: ignore[union-attr]
+    return sum(len(payload) for _, payload in _pieces(unit))
 
 
 class Sends:
@@ -118,19 +123,17 @@ class Sends:
         #: those whose connection was lost before the answer, to send again.
         self._in_flight: deque[_Unit] = deque()
         self._resend: deque[_Unit] = deque()
-        #: SENDs accepted, and answered by Redis; RECEIPTs wait on these.
-        self._sent = 0
-        self._answered = 0
-        self._waiters: deque[tuple[int, defer.Deferred]] = deque()
+        #: What the RECEIPTs wait for.
+        self.confirms = Confirmations(
+            node_id,
+            replicas,
+            replica_timeout,
+            connection,
+            lambda: bool(self._outbox or self._resend),
+        )
         #: The SENDs of the transaction being committed, while one is.
         self._together: list[tuple[str, bytes]] | None = None
-        self.replicas = replicas
-        self._replica_timeout = replica_timeout
         self._connection = connection
-        #: With replicas: SENDs confirmed on enough replicas (or given up on),
-        #: and SENDs a WAIT written so far covers.
-        self._confirmed = 0
-        self._wait_upto = 0
         self._together_bytes = 0
         #: Whether the SEND script is being loaded again (after SCRIPT FLUSH).
         self._reloading = False
@@ -182,13 +185,13 @@ class Sends:
         if protocol is None or self._outbox or self._resend:
             size = _size(unit)
             self._check_room(size)
-            self._sent += _count(unit)
+            self.confirms.sent += _count(unit)
             if not self._waiting_since:
                 self._waiting_since = self._clock.seconds()
             self._outbox.append(unit)
             self._outbox_bytes += size
             return
-        self._sent += _count(unit)
+        self.confirms.sent += _count(unit)
         self._write(protocol, unit)
 
     def _write(self, protocol: Any, unit: _Unit) -> None:
@@ -225,15 +228,10 @@ class Sends:
 
     def _added(self, reply: Any) -> None:
         unit = self._in_flight.popleft()
-        self._answered += _count(unit)
         limits = self._limits
         if limits is not None:
             self._count_answer(limits, unit, reply)
-        if self.replicas:
-            return  # RECEIPTs wait for the WAIT after it
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= self._answered:
-            waiters.popleft()[1].callback(None)
+        self.confirms.answer(_count(unit))
 
     @staticmethod
     def _count_answer(limits: ClusterLimits, unit: _Unit, reply: Any) -> None:
@@ -242,7 +240,7 @@ class Sends:
             limits.answered(subject, len(payload), reply)  # type: ignore[arg-type]
             return
         answers = reply if isinstance(reply, list) else []
-        for index, (one, body) in enumerate(payload):  # type: ignore[arg-type]
+        for index, (one, body) in enumerate(_pieces(unit)):
             answer = answers[index] if index < len(answers) else None
             limits.answered(one, len(body), answer)
 
@@ -258,10 +256,8 @@ class Sends:
             self._in_flight.appendleft(unit)
             self._not_added(Failure(txredisapi.ConnectionError("the SEND script is gone")))
             return
-        subject, payload = unit
-        pieces = [(subject, payload)] if subject is not None else payload
-        for one, body in pieces:  # type: ignore[union-attr]
-            limits.unsent(one, len(body))  # type: ignore[arg-type]
+        for one, body in _pieces(unit):
+            limits.unsent(one, len(body))
         if not self._reloading:
             self._reloading = True
 
@@ -275,10 +271,8 @@ class Sends:
         unit = self._in_flight.popleft()
         limits = self._limits
         if limits is not None:
-            subject, payload = unit
-            pieces = [(subject, payload)] if subject is not None else payload
-            for one, body in pieces:  # type: ignore[union-attr]
-                limits.unsent(one, len(body))  # type: ignore[arg-type]
+            for one, body in _pieces(unit):
+                limits.unsent(one, len(body))
         if failure.check(txredisapi.ConnectionError):
             # Whether Redis stored it is unknown: sent again once Redis is
             # back (a message may then be stored twice, never lost; a
@@ -288,7 +282,6 @@ class Sends:
             if not self._waiting_since:
                 self._waiting_since = self._clock.seconds()
             return
-        self._answered += _count(unit)
         subject, payload = unit
         log.error(
             "cluster: Redis refused {what} for {queue}: {error}",
@@ -296,84 +289,11 @@ class Sends:
             queue=subject if subject is not None else ", ".join(sorted({s for s, _ in payload})),
             error=failure.getErrorMessage(),
         )
-        waiters, self._waiters = self._waiters, deque()
-        for _, d in waiters:
-            d.errback(failure)
+        self.confirms.refuse(_count(unit), failure)
 
     def sync(self) -> defer.Deferred:
-        """
-        A Deferred that fires once Redis has answered every SEND so far (and,
-        with ``replicas``, enough replicas hold them).
-        """
-        done = self._confirmed if self.replicas else self._answered
-        if done >= self._sent:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._waiters.append((self._sent, d))
-        if self.replicas:
-            self._wait_for_replicas()
-        return d
-
-    # -- replicas ------------------------------------------------------------------------
-
-    def _wait_for_replicas(self) -> None:
-        """
-        Write a ``WAIT`` after the SENDs the waiting RECEIPTs need (on the
-        same connection: it covers every write before it, and its answer
-        comes after theirs).
-        """
-        if not self._waiters or self._outbox or self._resend:
-            return
-        upto = self._waiters[-1][0]
-        if self._wait_upto >= upto:
-            return  # a WAIT written already covers them
-        protocol = self._connection()
-        if protocol is None:
-            return
-        self._wait_upto = upto
-        timeout = b"%d" % max(1, int(self._replica_timeout * 1000))
-        replicas = b"%d" % self.replicas
-        command = b"*3\r\n$4\r\nWAIT\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-            len(replicas),
-            replicas,
-            len(timeout),
-            timeout,
-        )
-        protocol.raw([command], lambda reply: self._replicated(upto, reply))
-
-    def _replicated(self, upto: int, reply: Any) -> None:
-        """A ``WAIT``'s answer: how many replicas hold the SENDs up to ``upto``."""
-        if isinstance(reply, txredisapi.ConnectionError):
-            # Written again once the SENDs are (resume).
-            self._wait_upto = min(self._wait_upto, self._confirmed)
-            return
-        self._confirmed = max(self._confirmed, upto)
-        failure = None
-        if isinstance(reply, Exception):
-            failure = Failure(reply)
-        elif int(reply) < self.replicas:
-            failure = Failure(
-                NotReplicated(
-                    f"only {int(reply)} of {self.replicas} Redis replicas confirmed a "
-                    f"persistent message within {self._replica_timeout:g} s"
-                )
-            )
-            log.warn(
-                "cluster: node {node}: only {got} of {wanted} Redis replicas confirmed "
-                "persistent messages within {timeout:g} s; their producers get an ERROR",
-                node=self.node_id,
-                got=int(reply),
-                wanted=self.replicas,
-                timeout=self._replica_timeout,
-            )
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= upto:
-            d = waiters.popleft()[1]
-            if failure is None:
-                d.callback(None)
-            else:
-                d.errback(failure)
-        self._wait_for_replicas()
+        """A Deferred that fires once Redis has answered (and confirmed) every SEND so far."""
+        return self.confirms.sync()
 
     def resume(self, protocol: Any) -> None:
         """Redis is back: send what waited, in order."""
@@ -383,9 +303,7 @@ class Sends:
         self._waiting_since = 0.0
         for unit in [*resend, *outbox]:
             self._write(protocol, unit)
-        if self.replicas:
-            self._wait_upto = self._confirmed
-            self._wait_for_replicas()
+        self.confirms.resumed()
 
     def give_up_if_late(self) -> None:
         """SENDs that waited ``send_timeout`` for Redis are dropped, and their producers told."""
@@ -399,8 +317,6 @@ class Sends:
         self._resend.clear()
         self._outbox_bytes = 0
         self._waiting_since = 0.0
-        self._answered += dropped
-        self._confirmed = self._wait_upto = self._answered
         self.dropped += dropped
         why = f"the cluster's Redis has been unreachable for {waited:.0f} s"
         log.warn(
@@ -410,7 +326,5 @@ class Sends:
             count=dropped,
             seconds=waited,
         )
-        waiters, self._waiters = self._waiters, deque()
-        for _, d in waiters:
-            d.errback(Failure(ConnectionError(why)))
+        self.confirms.give_up(dropped, Failure(ConnectionError(why)))
         self._gave_up(why)
