@@ -139,8 +139,7 @@ class BrokerSending:
             dest = self.destination(name)
         if not isinstance(dest, Queue):
             raise DestinationError(f"{name} is a {dest.kind}; only queues hold messages")
-        everywhere = getattr(dest, "purge_all", None)
-        dropped = everywhere() if everywhere is not None else dest.purge()
+        dropped = dest.purge_all()
         self._forget_if_idle(dest)
         return dropped
 

@@ -7,7 +7,7 @@ Queues: each message to one subscriber, with limits, redelivery and paging
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -104,24 +104,32 @@ class QueueLimits:
         """
         if self.overflow != "reject":
             return
+        held, held_bytes = self._held()
+        config = self.context.config
         if count:
-            config = self.context.config
-            full = (config.max_queue_length and self.count + count > config.max_queue_length) or (
-                config.max_queue_bytes and self.bytes + size > config.max_queue_bytes
+            full = (config.max_queue_length and held + count > config.max_queue_length) or (
+                config.max_queue_bytes and held_bytes + size > config.max_queue_bytes
             )
         else:
             full = self.is_full()
         if full:
             self.context.stats["rejected"] += 1
-            raise DestinationFull(self.name, self._limit_reached(count, size))
+            raise DestinationFull(self.name, self._limit_reached(held, held_bytes, count, size))
 
-    def _limit_reached(self, count: int = 0, size: int = 0) -> str:
+    #: Where the counts of :meth:`_held` come from, for the ERROR's words.
+    _scope = ""
+
+    def _held(self) -> tuple[int, int]:
+        """The messages and bytes counted against the limits."""
+        return self.count, self.bytes
+
+    def _limit_reached(self, held: int, held_bytes: int, count: int = 0, size: int = 0) -> str:
         config = self.context.config
         more = f" and {count} more" if count else ""
-        if config.max_queue_length and self.count + count > config.max_queue_length - (not count):
-            return f"{self.count} messages{more}, the limit is {config.max_queue_length}"
+        if config.max_queue_length and held + count > config.max_queue_length - (not count):
+            return f"{held} messages{self._scope}{more}, the limit is {config.max_queue_length}"
         more = f" and {size} more" if count else ""
-        return f"{self.bytes} bytes held{more}, the limit is {config.max_queue_bytes}"
+        return f"{held_bytes} bytes held{self._scope}{more}, the limit is {config.max_queue_bytes}"
 
 
 @implementer(IDestination)
@@ -293,6 +301,13 @@ class Queue(QueueLimits, QueuePaging, QueueDispatch):
                 self._release(message)
                 self.context.expire(self, message)
             self._check_room()
+
+    def purge_all(self) -> Any:
+        """
+        Drop every waiting message wherever it waits: here, on a single
+        node; a queue that spans a cluster answers with a Deferred.
+        """
+        return self.purge()
 
     def purge(self) -> int:
         """Drop every pending message; return how many."""

@@ -100,16 +100,19 @@ class ClusterNode(Service):
 
     def startService(self) -> None:
         super().startService()
+        durables = self.durables
+        # What a RECEIPT waits for in the cluster: its queue messages, and
+        # its durable subscriptions too when they are the cluster's.
+        sync = self._sync if durables is not None else getattr(self.queues, "sync", None)
         for name, vhost in self.broker.vhosts.items():
             vhost.on_topic_message = functools.partial(self._publish, name)
+            vhost.cluster_sync = sync
         self.bus.start(self._receive)
         if self.queue_side is not None:
             self.queue_side.start()
-        durables = self.durables
         if durables is not None:
             for name, vhost in self.broker.vhosts.items():
                 vhost.use_cluster_durables(ClusterDurables(self, name, vhost))
-                vhost.cluster_sync = self._sync
             durables.start(self._arrive_durable)
 
     def stopService(self) -> defer.Deferred:

@@ -60,7 +60,6 @@ class NodeQueues:
         engine = self.engine
         for name, vhost in self.broker.vhosts.items():
             vhost.make_queue = functools.partial(self.make_queue, name, vhost)
-            vhost.cluster_sync = engine.sync
             vhost.cluster_together = engine.together
         engine.on_up = self._up
         engine.on_gave_up = self._gave_up

@@ -110,29 +110,10 @@ class ClusterQueue(Queue):
             or (config.max_queue_bytes and size >= config.max_queue_bytes * share)
         )
 
-    def check_room(self, count: int = 0, size: int = 0) -> None:
-        """Like a single node's, against the queue's length and bytes across the cluster."""
-        if self.overflow != "reject":
-            return
-        config = self.context.config
-        held, held_bytes = self.engine.held(self.subject)
-        if count:
-            full = (config.max_queue_length and held + count > config.max_queue_length) or (
-                config.max_queue_bytes and held_bytes + size > config.max_queue_bytes
-            )
-        else:
-            full = self.is_full()
-        if not full:
-            return
-        self.context.stats["rejected"] += 1
-        more = f" and {count} more" if count else ""
-        if config.max_queue_length and held + count > config.max_queue_length - (not count):
-            why = f"{held} messages across the cluster{more}, the limit is "
-            why += str(config.max_queue_length)
-        else:
-            why = f"{held_bytes} bytes held across the cluster, the limit is "
-            why += str(config.max_queue_bytes)
-        raise DestinationFull(self.name, why)
+    _scope = " across the cluster"
+
+    def _held(self) -> tuple[int, int]:
+        return self.engine.held(self.subject)
 
     def _has_room(self) -> bool:
         return self.engine.connected and super()._has_room()
