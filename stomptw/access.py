@@ -12,6 +12,7 @@ login has succeeded.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -137,8 +138,8 @@ def authorize_use(session: StompSession, action: str, destination: str) -> None:
             return
     if action == "write":
         fast = session.write_allowed
-        if len(fast) >= MAX_CACHED:
-            fast.clear()
+        if not fast or len(fast) >= MAX_CACHED:
+            fast = session.write_allowed = set()
         fast.add(destination)
 
 
@@ -207,6 +208,9 @@ class _Waiting:
 
 _WAITING = _Waiting()
 
+#: A session's ``write_allowed`` before its first SEND passes every check.
+_NO_WRITES: frozenset[str] = frozenset()
+
 
 class SessionAccess:
     """
@@ -216,14 +220,17 @@ class SessionAccess:
     A base class of :class:`~stomptw.session.StompSession`.
     """
 
+    __slots__ = ()
+
     def _init_access(self: StompSession) -> None:
         #: The logged-in user (:class:`~stomptw.auth.StompUser`); None before CONNECT.
         self.user: StompUser | None = None
         #: Permission answers by (action, destination) (see :func:`authorize`).
         self.permissions: dict[tuple[str, str], bool] = {}
         #: Destinations a SEND may go to without asking again: every check
-        #: passed, create included (cleared when the rules change).
-        self.write_allowed: set[str] = set()
+        #: passed, create included (cleared when the rules change). Shared
+        #: and empty until the first such SEND.
+        self.write_allowed: AbstractSet[str] = _NO_WRITES
         #: A refused login's ERROR, waiting out the failure delay.
         self._refusal: Any = None
 
@@ -290,7 +297,7 @@ class SessionAccess:
         longer read its destination.
         """
         self.permissions.clear()
-        self.write_allowed.clear()
+        self.write_allowed = _NO_WRITES
         user = self.user
         if self.closing or user is None or user.unrestricted:
             return

@@ -258,6 +258,9 @@ class StompUser:
         return f"<StompUser {self.name or '(anonymous)'} vhost={self.vhost!r}>"
 
 
+#: No groups or tags: one empty set for every login that has none.
+_NO_NAMES: frozenset[str] = frozenset()
+
 #: The avatar of every session when the broker has no ``--auth``.
 ANONYMOUS_USER = StompUser()
 
@@ -281,11 +284,11 @@ class BrokerRealm:
         context = mind if isinstance(mind, LoginContext) else LoginContext()
         vhost = context.vhost
         if avatarId is checkers.ANONYMOUS:
-            name, groups, tags, expires = "", frozenset(), frozenset(), None
+            name, groups, tags, expires = "", _NO_NAMES, _NO_NAMES, None
         else:
             name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else str(avatarId)
-            groups = getattr(avatarId, "groups", frozenset())
-            tags = getattr(avatarId, "tags", frozenset())
+            groups = getattr(avatarId, "groups", _NO_NAMES)
+            tags = getattr(avatarId, "tags", _NO_NAMES)
             expires = getattr(avatarId, "expires", None)
         grants = getattr(avatarId, "grants", None)
         authorizer = getattr(avatarId, "authorizer", None)
@@ -303,8 +306,14 @@ class BrokerRealm:
             allowed = defer.succeed(grants.has_vhost(vhost))
         else:
             decide = None if policy.unrestricted else policy.decider(vhost, name, groups)
-            groups = groups | policy.groups_of(name)
-            tags = tags | policy.tags_of(name)
+            # Unions only when there is something to add: an anonymous
+            # login would otherwise hold two empty frozensets of its own.
+            extra_groups = policy.groups_of(name)
+            if extra_groups:
+                groups = groups | extra_groups
+            extra_tags = policy.tags_of(name)
+            if extra_tags:
+                tags = tags | extra_tags
             allowed = defer.succeed(policy.vhost_allowed(vhost, name, groups))
 
         def made(ok: bool) -> tuple[Any, StompUser, Callable[[], None]]:

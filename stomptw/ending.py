@@ -28,6 +28,8 @@ __all__ = ["SessionEnding"]
 class SessionEnding:
     """The ways a session ends (see the module docstring)."""
 
+    __slots__ = ()
+
     def shutdown(self: StompSession) -> Deferred:
         """
         End the session because the broker is stopping: an ERROR saying so,

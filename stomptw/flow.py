@@ -4,12 +4,16 @@ Whether a session reads from its client: the holds that stop it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any
 
 from stomptw.interfaces import IStompTransport
 
 __all__ = ["InputGate"]
+
+
+#: No destination holds the client back (shared by every idle session).
+_NONE: frozenset[Any] = frozenset()
 
 
 class InputGate:
@@ -36,8 +40,9 @@ class InputGate:
         self._transport = transport
         self._resumed = resumed
         self.output_limit = output_limit
-        #: The destinations holding the client back.
-        self.blockers: set[Any] = set()
+        #: The destinations holding the client back (a set of its own once
+        #: one does: most sessions are never held).
+        self.blockers: Set[Any] = _NONE
         #: True while reading is paused.
         self.paused = False
         #: False once the session is closing: nothing changes any more.
@@ -48,13 +53,17 @@ class InputGate:
     def block(self, queue: Any) -> bool:
         """``queue`` holds the client back; True if nothing did before."""
         first = not self.blockers
-        self.blockers.add(queue)
+        if first:
+            self.blockers = {queue}
+        else:
+            self.blockers.add(queue)
         self._update()
         return first
 
     def unblock(self, queue: Any) -> None:
         """``queue`` lets the client go."""
-        self.blockers.discard(queue)
+        if queue in self.blockers:
+            self.blockers.discard(queue)
         self._update()
 
     def unsent(self, size: int) -> None:
@@ -71,13 +80,13 @@ class InputGate:
             self._output_full = False
             self._update()
 
-    def release(self) -> set[Any]:
+    def release(self) -> Set[Any]:
         """
         The session ends: forget every hold; return the destinations that
         held the client.
         """
         self.open = False
-        blockers, self.blockers = self.blockers, set()
+        blockers, self.blockers = self.blockers, _NONE
         return blockers
 
     def reopen(self) -> None:

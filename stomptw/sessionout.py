@@ -26,6 +26,8 @@ __all__ = ["SessionOutput"]
 class SessionOutput:
     """The session's output and its flow control (see the module docstring)."""
 
+    __slots__ = ()
+
     # -- flow control ------------------------------------------------------------------
 
     def pause_writing(self: StompSession) -> None:

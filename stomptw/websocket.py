@@ -14,6 +14,7 @@ is the site the broker serves on its own WebSocket listener, and
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -110,6 +111,12 @@ _HANDSHAKE_LEFTOVERS = (
 )
 
 
+#: Value types an open connection may leave to its class when it holds the
+#: same value as every other connection (see ``_share_idle_state``).
+_IMMUTABLE = (type(None), bool, int, float, str, bytes)
+_MISSING = object()
+
+
 @implementer(IStompTransport, IPushProducer)
 class StompWebSocketProtocol(WebSocketServerProtocol):
     """
@@ -143,6 +150,42 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     deflate: SharedDeflate | None = None
     deflate_bits = 15
     _linger: IDelayedCall | None = None
+    #: Autobahn's queue of chopped or synchronous writes; made when first
+    #: needed (see :attr:`send_queue`), as the fast paths never use it.
+    _send_queue: deque | None = None
+    #: What open connections of one factory share: the attribute values
+    #: every one of them holds (see ``_share_idle_state``). Only the
+    #: subclass each factory makes has its own dict here.
+    _idle_defaults: dict[str, Any] | None = None
+
+    @property
+    def send_queue(self) -> deque:
+        """
+        Autobahn's queue of writes waiting for the next reactor turn.
+
+        An empty deque takes 600 bytes, and Autobahn makes one per
+        connection; here it is made the first time Autobahn queues a write
+        (the fast paths and :meth:`sendData` write directly while it is
+        empty).
+        """
+        queue = self._send_queue
+        if queue is None:
+            queue = self._send_queue = deque()
+        return queue
+
+    @send_queue.setter
+    def send_queue(self, queue: deque) -> None:
+        self._send_queue = queue if queue else None
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        Write ``data`` now when nothing is queued (Autobahn's own rule, without
+        making its queue); otherwise queue it behind the rest, as Autobahn does.
+        """
+        if not sync and not chopsize and not self._send_queue:
+            self.transport.write(data)
+            return
+        super().sendData(data, sync, chopsize)
 
     # -- IStompTransport ------------------------------------------------------------
 
@@ -171,7 +214,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             return
         opcode = opcode_for(data)
         n = len(data)
-        if self.send_queue or not self.fast_send or 0 < self.maxMessagePayloadSize < n:
+        if self._send_queue or not self.fast_send or 0 < self.maxMessagePayloadSize < n:
             # Autobahn's own path (which raises PayloadExceededError when over).
             self.sendMessage(data, isBinary=opcode == OPCODE_BINARY)
             return
@@ -314,6 +357,48 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             factory.broker, factory.config, self, factory.sweep, factory.reactor.seconds
         )
         self.session.connection_made()
+        self._share_idle_state()
+
+    def _share_idle_state(self) -> None:
+        """
+        Leave to the class the attribute values every open connection holds.
+
+        Autobahn keeps about 90 attributes on each connection: its options,
+        copied from the factory, and flags that stay at the same value while
+        a connection is open. An instance dictionary that size takes 3.3 KiB.
+        Each factory makes its own subclass (:meth:`StompWebSocketFactory.
+        setProtocolOptions`); the first connection to open gives it its
+        immutable values and the factory's own option objects as class
+        attributes, and every connection then keeps in its dictionary only
+        what differs from them. Lookups find the same values either way,
+        and an assignment puts a value back on the instance; a name the
+        class hierarchy already defines is never shared.
+        """
+        cls = type(self)
+        shared = cls.__dict__.get("_idle_defaults")
+        if shared is None:
+            return
+        factory = self.factory
+        own: dict[str, Any] = {}
+        for name, value in self.__dict__.items():
+            if name in shared:
+                default = shared[name]
+                if value is default or (
+                    type(value) is type(default) and type(value) in _IMMUTABLE and value == default
+                ):
+                    continue
+            elif (
+                type(value) in _IMMUTABLE
+                # The factory's own option objects, but no function: on a
+                # class it would become a method.
+                or (value is getattr(factory, name, _MISSING) and not hasattr(value, "__get__"))
+            ) and not hasattr(cls, name):
+                shared[name] = value
+                setattr(cls, name, value)
+                continue
+            own[name] = value
+        # A new dictionary is sized for what is left.
+        self.__dict__ = own
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -455,6 +540,20 @@ class StompWebSocketFactory(WebSocketServerFactory):
         if config.ws_compression == "on":
             self.deflate = SharedDeflate()
             self.setProtocolOptions(perMessageCompressionAccept=accept_deflate)
+
+    def setProtocolOptions(self, **options: Any) -> None:
+        """
+        Set Autobahn's options (:meth:`WebSocketServerFactory.setProtocolOptions`)
+        for connections made from now on.
+
+        Connections share their unchanging attributes through a subclass of
+        the factory's protocol class (``_share_idle_state``), made afresh
+        here so that connections already open keep the options they opened
+        with, as Autobahn's copies would.
+        """
+        super().setProtocolOptions(**options)
+        base = type(self).protocol
+        self.protocol = type(base.__name__, (base,), {"_idle_defaults": {}})
 
 
 #: The first-byte bit of a compressed message (RFC 7692 "Per-Message Compressed").

@@ -257,12 +257,8 @@ def ws_in_process():
     ``(protocol, transport)``: a StompWebSocketProtocol over a StringTransport
     with a Clock, after the opening handshake (no socket, no reactor).
     """
-    import base64
-    import os
-
-    from twisted.internet.address import IPv4Address
     from twisted.internet.task import Clock
-    from twisted.internet.testing import StringTransport
+    from wsinprocess import open_in_process
 
     from stomptw.broker import Broker
     from stomptw.config import BrokerConfig
@@ -270,19 +266,4 @@ def ws_in_process():
 
     clock = Clock()
     config = BrokerConfig()
-    factory = StompWebSocketFactory(Broker(config, clock=clock), config, clock)
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    proto = factory.buildProtocol(peer)
-    transport = StringTransport(peerAddress=peer)
-    proto.makeConnection(transport)
-    key = base64.b64encode(os.urandom(16)).decode()
-    proto.dataReceived(
-        (
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:15674\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n"
-        ).encode()
-    )
-    assert transport.value().startswith(b"HTTP/1.1 101 ")
-    transport.clear()
-    return proto, transport
+    return open_in_process(StompWebSocketFactory(Broker(config, clock=clock), config, clock))

@@ -32,7 +32,9 @@ from clients import (
 from twisted.internet import reactor
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from wireclient import connected_client, frame
+from wsinprocess import open_in_process
 
+from stomptw.session import StompSession
 from stomptw.websocket import FAST_PARTIAL_MAX, origin_allowed
 
 
@@ -467,7 +469,7 @@ def test_frames_cut_anywhere_wait_for_their_rest_on_the_fast_path(ws_in_process)
     assert [f.body for f in frames[1:]] == bodies
 
 
-def test_a_large_frame_in_pieces_streams_through_autobahn(ws_in_process):
+def test_a_large_frame_in_pieces_streams_through_autobahn(ws_in_process, monkeypatch):
     """
     A frame whose payload is over FAST_PARTIAL_MAX is not held whole: its
     pieces stream through Autobahn to the STOMP parser as they arrive, and
@@ -481,8 +483,16 @@ def test_a_large_frame_in_pieces_streams_through_autobahn(ws_in_process):
     headers = {"destination": "/queue/big", "content-length": str(len(body))}
     big = wire(encode_frame("SEND", headers, body), BINARY)
     seen = []
-    original = proto.session.data_received
-    proto.session.data_received = lambda data: (seen.append(len(data)), original(data))
+    session = proto.session
+    original = StompSession.data_received
+
+    def recording(self, data):
+        if self is session:
+            seen.append(len(data))
+        return original(self, data)
+
+    # Sessions have slots: the method is wrapped on the class.
+    monkeypatch.setattr(StompSession, "data_received", recording)
     proto.dataReceived(big[:30000])
     assert proto.data == b"" and sum(seen) > 29000  # streamed, not held
     proto.dataReceived(big[30000:])
@@ -547,3 +557,54 @@ async def test_embedded_resource_example():
         assert page.code == 200 and "chat.js" in await page.text()
     finally:
         await port.stopListening()
+
+
+def test_open_connections_keep_only_what_differs_and_stay_apart(ws_in_process):
+    """
+    An open connection leaves the values every connection holds alike to
+    its factory's class (Autobahn keeps about 90 attributes each): what is
+    left on it is a few dozen at most. A value one connection changes stays
+    its own: closing one leaves the other open and working.
+    """
+    first, first_wire = ws_in_process
+    second, second_wire = open_in_process(first.factory, 40001)
+    for proto in (first, second):
+        assert len(vars(proto)) < 30, sorted(vars(proto))
+        assert proto.maxFramePayloadSize == first.factory.maxFramePayloadSize
+        assert proto.state == proto.STATE_OPEN and proto.data == b""
+    first.dataReceived(wire(b"", CLOSE))
+    assert first.state != first.STATE_OPEN
+    assert second.state == second.STATE_OPEN
+    second.dataReceived(wire(encode_frame("CONNECT", {"accept-version": "1.2", "host": "x"})))
+    ((_, payload),) = _server_frames(second_wire.value())
+    assert parse_single_frame(payload).command == "CONNECTED"
+
+
+def test_options_set_later_apply_to_new_connections_only(ws_in_process):
+    """
+    As with Autobahn's own copies, a connection keeps the options it opened
+    with; ``setProtocolOptions`` applies to connections opened after it.
+    """
+    first, _ = ws_in_process
+    factory = first.factory
+    before = first.autoPingInterval
+    factory.setProtocolOptions(autoPingInterval=before + 7)
+    second, _ = open_in_process(factory, 40001)
+    assert (first.autoPingInterval, second.autoPingInterval) == (before, before + 7)
+
+
+def test_the_write_queue_is_made_only_when_autobahn_queues(ws_in_process):
+    """
+    Autobahn's queue of delayed writes (600 bytes empty) is not made for an
+    open connection; a pong or close goes straight to the socket, and the
+    queue appears once something is queued.
+    """
+    proto, transport = ws_in_process
+    assert proto._send_queue is None
+    proto.dataReceived(wire(b"hi", PING))
+    assert _server_frames(transport.value()) == [(0x80 | PONG, b"hi")]
+    assert proto._send_queue is None
+    proto.send_queue.append((b"x", True))
+    assert list(proto.send_queue) == [(b"x", True)]
+    proto.send_queue = type(proto.send_queue)()
+    assert proto._send_queue is None
