@@ -34,6 +34,18 @@ class InputGate:
     :param output_limit: unsent reply bytes that stop reading.
     """
 
+    # One per session: slots instead of a dictionary each.
+    __slots__ = (
+        "_output_full",
+        "_resumed",
+        "_transport",
+        "_unsent",
+        "blockers",
+        "open",
+        "output_limit",
+        "paused",
+    )
+
     def __init__(
         self, transport: IStompTransport, resumed: Callable[[], None], output_limit: int
     ) -> None:

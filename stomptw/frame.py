@@ -213,6 +213,19 @@ class FrameParser:
     :ivar bytes_received: total bytes fed, heart-beats included.
     """
 
+    # One per session: slots instead of a dictionary each.
+    __slots__ = (
+        "_buf",
+        "_failed",
+        "_head",
+        "_headers",
+        "_lines",
+        "_scan",
+        "bytes_received",
+        "limits",
+        "version",
+    )
+
     def __init__(self, limits: Limits | None = None, version: str = "1.0") -> None:
         self.limits = limits or Limits()
         self.version = version

@@ -34,6 +34,9 @@ class Receipts:
         store could not write; the waiting RECEIPTs are then dropped.
     """
 
+    # One per session: slots instead of a dictionary each.
+    __slots__ = ("_drained", "_failed", "_send", "_sync", "_waiting", "open")
+
     def __init__(
         self,
         send: Callable[[str], None],

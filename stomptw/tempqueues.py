@@ -68,6 +68,9 @@ class TempQueue(Queue):
 class TempQueues:
     """A session's temporary queues, by the name it uses."""
 
+    # One per session: slots instead of a dictionary each.
+    __slots__ = ("queues", "session")
+
     def __init__(self, session: IMessageConsumer) -> None:
         self.session = session
         self.queues: dict[str, TempQueue] = {}

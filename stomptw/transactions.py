@@ -29,6 +29,9 @@ class Transactions:
         hold (``--max-transaction-bytes``); 0 means no limit.
     """
 
+    # One per session: slots instead of a dictionary each.
+    __slots__ = ("_actions", "_room", "bytes", "max_bytes")
+
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._actions: dict[str, list[Action]] = {}

@@ -175,7 +175,10 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
 
     @send_queue.setter
     def send_queue(self, queue: deque) -> None:
-        self._send_queue = queue if queue else None
+        if queue:
+            self._send_queue = queue
+        else:
+            self.__dict__.pop("_send_queue", None)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
@@ -388,13 +391,12 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
                 ):
                     continue
             elif (
-                type(value) in _IMMUTABLE
-                # The factory's own option objects, but no function: on a
-                # class it would become a method.
-                or (value is getattr(factory, name, _MISSING) and not hasattr(value, "__get__"))
+                type(value) in _IMMUTABLE or value is getattr(factory, name, _MISSING)
             ) and not hasattr(cls, name):
                 shared[name] = value
-                setattr(cls, name, value)
+                # A function (an option such as perMessageCompressionAccept)
+                # would become a method on a class: it stays a plain value.
+                setattr(cls, name, staticmethod(value) if hasattr(value, "__get__") else value)
                 continue
             own[name] = value
         # A new dictionary is sized for what is left.
