@@ -433,3 +433,17 @@ def test_cluster_benchmark_runs_one_node_and_the_cluster_side_by_side():
         # 300 messages may use less than a clock tick of it).
         assert (r["redis_cpu_s"] >= 0) if r["setup"] != "single" else r["redis_cpu_s"] == 0, r
     assert "vs single" in out and "redis ms/1k" in out, out
+
+
+def test_compiled_benchmark_measures_a_compiled_copy_beside_the_pure_code():
+    pytest.importorskip("Cython", reason="benchmarks/compiled.py needs Cython (pip install Cython)")
+    if shutil.which("cc") is None:
+        pytest.skip("benchmarks/compiled.py needs a C compiler")
+    out, _ = run_script(
+        "benchmarks/compiled.py", "--modules", "frame", "--runs", "1", "--micro-only"
+    )
+    pure, compiled = (line for line in out.splitlines() if line.startswith("run 1 "))
+    assert "pure" in pure and pure.endswith("stomptw/frame.py)"), pure
+    assert "compiled" in compiled and compiled.endswith(".so)"), compiled
+    for line in (pure, compiled):
+        assert float(line.split("parse")[1].split()[0]) > 0
