@@ -98,8 +98,8 @@ AUTOBAHN_INTERNALS = (
 
 
 #: Attributes of Autobahn's protocol that hold the opening handshake (the
-#: raw request and response, parsed headers and parameters); Autobahn reads
-#: them only while the handshake is under way.
+#: raw request and response, parsed headers and parameters, the client's
+#: key); Autobahn reads them only while the handshake is under way.
 _HANDSHAKE_LEFTOVERS = (
     "http_request_data",
     "http_headers",
@@ -108,6 +108,7 @@ _HANDSHAKE_LEFTOVERS = (
     "http_response_data",
     "websocket_protocols",
     "websocket_extensions",
+    "_wskey",
 )
 
 
@@ -115,6 +116,7 @@ _HANDSHAKE_LEFTOVERS = (
 #: same value as every other connection (see ``_share_idle_state``).
 _IMMUTABLE = (type(None), bool, int, float, str, bytes)
 _MISSING = object()
+_OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
 @implementer(IStompTransport, IPushProducer)
@@ -145,18 +147,43 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     fast_receive = False
     #: Whether outgoing messages may bypass Autobahn's sendMessage (set on open).
     fast_send = False
-    #: The listener's shared compressor once this connection negotiated
-    #: permessage-deflate, and the window the client allows it.
-    deflate: SharedDeflate | None = None
-    deflate_bits = 15
     _linger: IDelayedCall | None = None
-    #: Autobahn's queue of chopped or synchronous writes; made when first
-    #: needed (see :attr:`send_queue`), as the fast paths never use it.
-    _send_queue: deque | None = None
+
+    # Read for every frame in and every message out by the fast paths:
+    # slots, read as fast as a connection's own attributes (a value left to
+    # the class, see _share_idle_state, is read about four times slower)
+    # and taking no room in its dictionary. Autobahn sets its own before
+    # reading them; __init__ sets the broker's.
+    __slots__ = (
+        "state",
+        "current_frame",
+        "inside_message",
+        "failedByMe",
+        "data",
+        "maxFramePayloadSize",
+        "maxMessagePayloadSize",
+        "utf8validateIncoming",
+        "autoPingTimeoutCall",
+        "autoPingRestartOnAnyTraffic",
+        "deflate",
+        "deflate_bits",
+        "_send_queue",
+    )
     #: What open connections of one factory share: the attribute values
     #: every one of them holds (see ``_share_idle_state``). Only the
     #: subclass each factory makes has its own dict here.
     _idle_defaults: dict[str, Any] | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The listener's shared compressor once this connection negotiated
+        #: permessage-deflate, and the window the client allows it.
+        self.deflate: SharedDeflate | None = None
+        self.deflate_bits = 15
+        #: Autobahn's queue of chopped or synchronous writes; made when
+        #: first needed (see :attr:`send_queue`), as the fast paths never
+        #: use it.
+        self._send_queue: deque | None = None
 
     @property
     def send_queue(self) -> deque:
@@ -175,10 +202,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
 
     @send_queue.setter
     def send_queue(self, queue: deque) -> None:
-        if queue:
-            self._send_queue = queue
-        else:
-            self.__dict__.pop("_send_queue", None)
+        self._send_queue = queue if queue else None
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
@@ -213,7 +237,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         without its per-message overhead. With permessage-deflate the
         payload is the listener's shared compressor's output (RSV1 set).
         """
-        if self.state != self.STATE_OPEN:
+        if self.state != _OPEN:
             return
         opcode = opcode_for(data)
         n = len(data)
@@ -420,7 +444,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         errors behave as before.
         """
         if (
-            self.state != self.STATE_OPEN
+            self.state != _OPEN
             or self.current_frame is not None
             or self.inside_message
             or self.failedByMe
@@ -442,7 +466,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             session = self.session
             if session is not None:
                 session.data_received(payload)
-            if self.state != self.STATE_OPEN or self.failedByMe or self.session is None:
+            if self.state != _OPEN or self.failedByMe or self.session is None:
                 wait = False
                 break
         if pos and self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:

@@ -608,3 +608,20 @@ def test_the_write_queue_is_made_only_when_autobahn_queues(ws_in_process):
     assert list(proto.send_queue) == [(b"x", True)]
     proto.send_queue = type(proto.send_queue)()
     assert proto._send_queue is None
+
+
+def test_what_the_fast_paths_read_is_never_left_to_the_class(ws_in_process):
+    """
+    A value left to the class is read about four times slower than a
+    connection's own: what the fast paths read for every frame stays in the
+    connection's slots, set on every open connection.
+    """
+    from stomptw.websocket import StompWebSocketProtocol
+
+    first, _ = ws_in_process
+    second, _ = open_in_process(first.factory, 40001)
+    shared = type(second).__dict__["_idle_defaults"]
+    hot = set(StompWebSocketProtocol.__slots__)
+    assert shared and not hot & set(shared)
+    assert not hot & set(vars(second))
+    assert all(hasattr(second, name) for name in hot)
