@@ -447,3 +447,14 @@ def test_compiled_benchmark_measures_a_compiled_copy_beside_the_pure_code():
     assert "compiled" in compiled and compiled.endswith(".so)"), compiled
     for line in (pure, compiled):
         assert float(line.split("parse")[1].split()[0]) > 0
+
+
+@pytest.mark.parametrize("transport", ["ws", "tcp"])
+def test_idle_memory_lists_the_heap_per_session_by_site(transport):
+    out, _ = run_script(
+        "benchmarks/idle_memory.py", "--sessions", "20", "--transport", transport, "--top", "5"
+    )
+    total, *sites = out.splitlines()
+    assert total.startswith(f"{transport}: ") and "KiB of heap per session over 20" in total
+    assert float(total.split()[1]) > 0
+    assert len(sites) == 5 and all(" B " in line for line in sites)
