@@ -14,7 +14,6 @@ is the site the broker serves on its own WebSocket listener, and
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -44,6 +43,7 @@ from stomptw.wsframes import (
     read_simple_frames,
 )
 from stomptw.wsframes import unmask as _unmask  # noqa: F401 - the name tests know
+from stomptw.wslean import LeanConnection, sharing_class
 
 if TYPE_CHECKING:
     from stomptw.listeners import ConnectionLimit
@@ -97,30 +97,11 @@ AUTOBAHN_INTERNALS = (
 )
 
 
-#: Attributes of Autobahn's protocol that hold the opening handshake (the
-#: raw request and response, parsed headers and parameters, the client's
-#: key); Autobahn reads them only while the handshake is under way.
-_HANDSHAKE_LEFTOVERS = (
-    "http_request_data",
-    "http_headers",
-    "http_status_line",
-    "http_request_params",
-    "http_response_data",
-    "websocket_protocols",
-    "websocket_extensions",
-    "_wskey",
-)
-
-
-#: Value types an open connection may leave to its class when it holds the
-#: same value as every other connection (see ``_share_idle_state``).
-_IMMUTABLE = (type(None), bool, int, float, str, bytes)
-_MISSING = object()
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
 @implementer(IStompTransport, IPushProducer)
-class StompWebSocketProtocol(WebSocketServerProtocol):
+class StompWebSocketProtocol(LeanConnection, WebSocketServerProtocol):
     """
     An Autobahn WebSocket connection carrying one STOMP session.
 
@@ -151,7 +132,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
 
     # Read for every frame in and every message out by the fast paths:
     # slots, read as fast as a connection's own attributes (a value left to
-    # the class, see _share_idle_state, is read about four times slower)
+    # the class, see LeanConnection.slim_down, is read about four times slower)
     # and taking no room in its dictionary. Autobahn sets its own before
     # reading them; __init__ sets the broker's.
     __slots__ = (
@@ -167,12 +148,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         "autoPingRestartOnAnyTraffic",
         "deflate",
         "deflate_bits",
-        "_send_queue",
     )
-    #: What open connections of one factory share: the attribute values
-    #: every one of them holds (see ``_share_idle_state``). Only the
-    #: subclass each factory makes has its own dict here.
-    _idle_defaults: dict[str, Any] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -180,39 +156,6 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         #: permessage-deflate, and the window the client allows it.
         self.deflate: SharedDeflate | None = None
         self.deflate_bits = 15
-        #: Autobahn's queue of chopped or synchronous writes; made when
-        #: first needed (see :attr:`send_queue`), as the fast paths never
-        #: use it.
-        self._send_queue: deque | None = None
-
-    @property
-    def send_queue(self) -> deque:
-        """
-        Autobahn's queue of writes waiting for the next reactor turn.
-
-        An empty deque takes 600 bytes, and Autobahn makes one per
-        connection; here it is made the first time Autobahn queues a write
-        (the fast paths and :meth:`sendData` write directly while it is
-        empty).
-        """
-        queue = self._send_queue
-        if queue is None:
-            queue = self._send_queue = deque()
-        return queue
-
-    @send_queue.setter
-    def send_queue(self, queue: deque) -> None:
-        self._send_queue = queue if queue else None
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """
-        Write ``data`` now when nothing is queued (Autobahn's own rule, without
-        making its queue); otherwise queue it behind the rest, as Autobahn does.
-        """
-        if not sync and not chopsize and not self._send_queue:
-            self.transport.write(data)
-            return
-        super().sendData(data, sync, chopsize)
 
     # -- IStompTransport ------------------------------------------------------------
 
@@ -360,10 +303,6 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         self.fast_send = (
             self.fast_receive and not self.autoFragmentSize and not self.maskServerFrames
         )
-        # What Autobahn keeps of the opening handshake is not read once
-        # the connection is open: let it go (about 1.5 KiB a connection).
-        for name in _HANDSHAKE_LEFTOVERS:
-            setattr(self, name, None)
         factory = self.factory
         pmce = self._perMessageCompress
         if pmce is not None:
@@ -384,47 +323,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             factory.broker, factory.config, self, factory.sweep, factory.reactor.seconds
         )
         self.session.connection_made()
-        self._share_idle_state()
-
-    def _share_idle_state(self) -> None:
-        """
-        Leave to the class the attribute values every open connection holds.
-
-        Autobahn keeps about 90 attributes on each connection: its options,
-        copied from the factory, and flags that stay at the same value while
-        a connection is open. An instance dictionary that size takes 3.3 KiB.
-        Each factory makes its own subclass (:meth:`StompWebSocketFactory.
-        setProtocolOptions`); the first connection to open gives it its
-        immutable values and the factory's own option objects as class
-        attributes, and every connection then keeps in its dictionary only
-        what differs from them. Lookups find the same values either way,
-        and an assignment puts a value back on the instance; a name the
-        class hierarchy already defines is never shared.
-        """
-        cls = type(self)
-        shared = cls.__dict__.get("_idle_defaults")
-        if shared is None:
-            return
-        factory = self.factory
-        own: dict[str, Any] = {}
-        for name, value in self.__dict__.items():
-            if name in shared:
-                default = shared[name]
-                if value is default or (
-                    type(value) is type(default) and type(value) in _IMMUTABLE and value == default
-                ):
-                    continue
-            elif (
-                type(value) in _IMMUTABLE or value is getattr(factory, name, _MISSING)
-            ) and not hasattr(cls, name):
-                shared[name] = value
-                # A function (an option such as perMessageCompressionAccept)
-                # would become a method on a class: it stays a plain value.
-                setattr(cls, name, staticmethod(value) if hasattr(value, "__get__") else value)
-                continue
-            own[name] = value
-        # A new dictionary is sized for what is left.
-        self.__dict__ = own
+        self.slim_down()
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -572,14 +471,13 @@ class StompWebSocketFactory(WebSocketServerFactory):
         Set Autobahn's options (:meth:`WebSocketServerFactory.setProtocolOptions`)
         for connections made from now on.
 
-        Connections share their unchanging attributes through a subclass of
-        the factory's protocol class (``_share_idle_state``), made afresh
-        here so that connections already open keep the options they opened
-        with, as Autobahn's copies would.
+        Connections share what they hold alike through a subclass of the
+        factory's protocol class (:func:`~stomptw.wslean.sharing_class`),
+        made afresh here so that connections already open keep the options
+        they opened with, as Autobahn's copies would.
         """
         super().setProtocolOptions(**options)
-        base = type(self).protocol
-        self.protocol = type(base.__name__, (base,), {"_idle_defaults": {}})
+        self.protocol = sharing_class(type(self).protocol)
 
 
 #: The first-byte bit of a compressed message (RFC 7692 "Per-Message Compressed").

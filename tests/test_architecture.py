@@ -166,7 +166,7 @@ def test_the_handshake_autobahn_keeps_is_let_go_once_open(ws_in_process):
     """
     from autobahn.websocket.protocol import WebSocketServerProtocol
 
-    from stomptw.websocket import _HANDSHAKE_LEFTOVERS
+    from stomptw.wslean import HANDSHAKE_LEFTOVERS as _HANDSHAKE_LEFTOVERS
 
     source = inspect.getsource(WebSocketServerProtocol.processHandshake)
     source += inspect.getsource(WebSocketServerProtocol.succeedHandshake)
