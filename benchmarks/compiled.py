@@ -8,7 +8,7 @@ The copy is built in a temporary directory (``cythonize`` with
 checkout is not touched. Two measurements, each alternating pure and
 compiled code:
 
-* the frame parser and ``encode_message`` in this process (best of 15
+* the frame parser and ``encode_message`` in a child process (best of 15
   rounds; SEND frames of 100-byte bodies fed in 4 KiB reads);
 * ``compare.py`` against the broker run from each tree (``--stomptw-code``),
   with the compiled generator, over TCP with 100-byte bodies.

@@ -22,58 +22,34 @@ from __future__ import annotations
 
 import argparse
 import gc
-import socket
 import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness import REPO_ROOT, free_port, raise_fd_limit  # noqa: E402
 
 _CLIENT = r"""
-import base64, os, socket, sys
-port, n, transport = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-subscribe = sys.argv[4] == "1"
-
-def ws_frame(payload):
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    n = len(payload)
-    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
-    return head + mask + body
-
-socks = []
+import sys, time
+sys.path.insert(0, sys.argv[5])
+from harness import Target, raise_fd_limit
+from loadgen import open_session
+port, n, transport, subscribe = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+raise_fd_limit()
+deadline = time.monotonic() + 60 + n / 50
+target = Target("stomptw", transport, port)
+sessions = []
 for i in range(n):
-    s = socket.create_connection(("127.0.0.1", port))
-    frames = [b"CONNECT\naccept-version:1.2\nhost:/\nheart-beat:0,0\n\n\x00",
-              b"SUBSCRIBE\nid:0\ndestination:/topic/idle-%d\n\n\x00" % i]
-    if transport == "ws":
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall(("GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                   "Connection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                   "Sec-WebSocket-Protocol: v12.stomp\r\n\r\n").encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += s.recv(4096)
-        frames = [ws_frame(f) for f in frames]
-    s.sendall(frames[0])
-    got = b""
-    while b"CONNECTED" not in got:
-        got += s.recv(4096)
+    conn = open_session(target, deadline)
     if subscribe:
-        s.sendall(frames[1])
-    socks.append(s)
+        conn.subscribe(f"/topic/idle-{i}", "auto", deadline)
+    sessions.append(conn)
 print("ready", flush=True)
 sys.stdin.readline()
 """
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -86,7 +62,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO_ROOT))
+    raise_fd_limit()
     tracemalloc.start(1)
     from twisted.internet import reactor
     from twisted.internet.threads import deferToThread
@@ -122,13 +99,18 @@ def main() -> None:
                 str(args.sessions),
                 args.transport,
                 "0" if args.no_subscribe else "1",
+                str(HERE),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
 
-        def snapshot(_: object) -> None:
+        def snapshot(line: str) -> None:
+            if line != "ready\n":
+                client.kill()
+                reactor.stop()
+                return
             gc.collect()
             stats = tracemalloc.take_snapshot().compare_to(before, "lineno")
             n = args.sessions
@@ -143,14 +125,13 @@ def main() -> None:
             client.wait()
             reactor.stop()
 
-        # Settle a second after the last CONNECTED, so the SUBSCRIBEs land.
-        d = deferToThread(client.stdout.readline)
-        d.addCallback(lambda _: reactor.callLater(1.0, snapshot, None))
+        # Every SUBSCRIBE was receipted; the collection above settles the rest.
+        deferToThread(client.stdout.readline).addCallback(snapshot)
 
     reactor.callWhenRunning(measure)
     reactor.run()
     if "total" not in result:
-        sys.exit("no measurement was taken")
+        sys.exit("no measurement was taken: the client did not open every session")
 
 
 if __name__ == "__main__":

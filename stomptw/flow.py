@@ -74,8 +74,11 @@ class InputGate:
 
     def unblock(self, queue: Any) -> None:
         """``queue`` lets the client go."""
-        if queue in self.blockers:
-            self.blockers.discard(queue)
+        blockers = self.blockers
+        if queue in blockers:
+            blockers.discard(queue)
+            if not blockers:
+                self.blockers = _NONE
         self._update()
 
     def unsent(self, size: int) -> None:

@@ -167,7 +167,7 @@ class StompWebSocketProtocol(LeanConnection, WebSocketServerProtocol):
     @property
     def disconnecting(self) -> bool:
         """True once the WebSocket has left the OPEN state: nothing more is sent."""
-        return self.state != self.STATE_OPEN
+        return self.state != _OPEN
 
     def write(self, data: bytes) -> None:
         """
@@ -477,7 +477,7 @@ class StompWebSocketFactory(WebSocketServerFactory):
         they opened with, as Autobahn's copies would.
         """
         super().setProtocolOptions(**options)
-        self.protocol = sharing_class(type(self).protocol)
+        self.protocol = sharing_class(self.protocol)
 
 
 #: The first-byte bit of a compressed message (RFC 7692 "Per-Message Compressed").

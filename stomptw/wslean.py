@@ -47,15 +47,18 @@ _IMMUTABLE = (type(None), bool, int, float, str, bytes)
 _MISSING = object()
 
 
-def sharing_class(base: type) -> type:
+def sharing_class(protocol: type) -> type:
     """
-    A subclass of ``base`` through which the connections it makes share
-    what they hold alike (see :meth:`LeanConnection.slim_down`).
+    A subclass of ``protocol`` through which the connections it makes share
+    what they hold alike (see :meth:`LeanConnection.slim_down`); given such
+    a subclass, a fresh one of the class it was made from.
 
     A factory makes one per set of options, so connections already open
     keep the options they opened with, as Autobahn's own copies would.
     """
-    return type(base.__name__, (base,), {"_idle_defaults": {}})
+    if "_idle_defaults" in protocol.__dict__:
+        protocol = protocol.__bases__[0]
+    return type(protocol.__name__, (protocol,), {"_idle_defaults": {}})
 
 
 class LeanConnection:
@@ -97,13 +100,19 @@ class LeanConnection:
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
-        Write ``data`` now when nothing is queued (Autobahn's own rule, without
-        making its queue); otherwise queue it behind the rest, as Autobahn does.
+        Write ``data`` now when nothing is queued, counted as Autobahn counts
+        it (its own rule, without making its queue); otherwise, or to log
+        the octets, it is Autobahn's ``sendData``.
         """
-        if not sync and not chopsize and not self._send_queue:
-            self.transport.write(data)
+        if sync or chopsize or self._send_queue or self.logOctets:
+            super().sendData(data, sync, chopsize)
             return
-        super().sendData(data, sync, chopsize)
+        self.transport.write(data)
+        stats = self.trafficStats
+        if self.state == self.STATE_OPEN:
+            stats.outgoingOctetsWireLevel += len(data)
+        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
+            stats.preopenOutgoingOctetsWireLevel += len(data)
 
     def slim_down(self) -> None:
         """

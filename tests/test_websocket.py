@@ -625,3 +625,11 @@ def test_what_the_fast_paths_read_is_never_left_to_the_class(ws_in_process):
     assert shared and not hot & set(shared)
     assert not hot & set(vars(second))
     assert all(hasattr(second, name) for name in hot)
+
+
+def test_a_direct_write_is_counted_as_autobahn_counts_it(ws_in_process):
+    """The pong written without Autobahn's queue still counts in its traffic statistics."""
+    proto, transport = ws_in_process
+    before = proto.trafficStats.outgoingOctetsWireLevel
+    proto.dataReceived(wire(b"hi", PING))
+    assert proto.trafficStats.outgoingOctetsWireLevel - before == len(transport.value()) == 4

@@ -68,6 +68,8 @@ class ClusterQueue(Queue):
         self._entries: dict[Message, bytes] = {}
         #: The credit last told to the engine.
         self._asked = 0
+        #: Whether the engine watches this queue's room for blocked producers.
+        self._watching = False
 
     # -- what clients send -------------------------------------------------------------
 
@@ -97,6 +99,7 @@ class ClusterQueue(Queue):
         self.context.stats["producers_blocked"] += 1
         producer.block(self)
         self.engine.watch(self.subject, True)
+        self._watching = True
 
     # -- limits across the cluster -----------------------------------------------------
 
@@ -120,7 +123,9 @@ class ClusterQueue(Queue):
 
     def _check_room(self) -> None:
         super()._check_room()
-        if not self.blocked:
+        # Runs for every ACK: tell the engine only when it was watching.
+        if self._watching and not self.blocked:
+            self._watching = False
             self.engine.watch(self.subject, False)
 
     def cluster_back(self) -> None:

@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from stomptw.cluster.probe import command
 from stomptw.errors import NotReplicated
 
 __all__ = ["Confirmations"]
@@ -53,6 +54,8 @@ class Confirmations:
         self.node_id = node_id
         self.replicas = replicas
         self._replica_timeout = replica_timeout
+        # The same WAIT every time (timeout in ms, at least 1: 0 would wait for ever).
+        self._wait = command("WAIT", str(replicas), str(max(1, int(replica_timeout * 1000))))
         self._connection = connection
         self._held_back = held_back
         self.sent = 0
@@ -119,15 +122,7 @@ class Confirmations:
         if protocol is None:
             return
         self._wait_upto = upto
-        timeout = b"%d" % max(1, int(self._replica_timeout * 1000))
-        replicas = b"%d" % self.replicas
-        command = b"*3\r\n$4\r\nWAIT\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-            len(replicas),
-            replicas,
-            len(timeout),
-            timeout,
-        )
-        protocol.raw([command], lambda reply: self._replicated(upto, reply))
+        protocol.raw([self._wait], lambda reply: self._replicated(upto, reply))
 
     def _replicated(self, upto: int, reply: Any) -> None:
         """A ``WAIT``'s answer: how many replicas hold the SENDs up to ``upto``."""
