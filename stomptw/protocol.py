@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from stomptw.broker import Broker
+from stomptw.coalesce import CoalescingOutput, coalescing
 from stomptw.config import BrokerConfig
 from stomptw.credentials import certificate_of
 from stomptw.errors import ProtocolError
@@ -47,9 +48,12 @@ __all__ = [
 
 
 @implementer(IStompTransport, IPushProducer)
-class StompProtocol(Protocol):
+class StompProtocol(CoalescingOutput, Protocol):
     """
     One STOMP connection over TCP or TLS.
+
+    What the session writes while a read is handled is sent when the read
+    is done, in one block (see :mod:`stomptw.coalesce`).
 
     :ivar session: the connection's :class:`~stomptw.session.StompSession`
         (set once the connection is made).
@@ -58,6 +62,9 @@ class StompProtocol(Protocol):
     session: StompSession | None = None
     #: What :class:`~stomptw.interfaces.IStompTransport` says of a TCP stream.
     max_message_size = 0
+    #: Output held until the callback that wrote it ends (CoalescingOutput).
+    _out: list[bytes] | None = None
+    _out_bytes = 0
 
     def __init__(
         self,
@@ -92,16 +99,16 @@ class StompProtocol(Protocol):
             self._producer_registered = True
             set_high_water(transport, self.config.write_high_water)
         self.peer = format_peer(transport.getPeer())
-        # Writes go straight to the socket: no call through this adapter on
-        # the hot path (write() below is what the interface promises).
-        self.write = transport.write
+        # No call through write() below on the hot path.
+        self.write = self.write_out
         self.session = StompSession(self.broker, self.config, self, self._sweep, self.clock.seconds)
         self.session.connection_made()
 
     def dataReceived(self, data: bytes) -> None:
-        self.session.data_received(data)
+        coalescing(self.session.data_received, data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self.drop_output()
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
@@ -115,8 +122,8 @@ class StompProtocol(Protocol):
         self.session.pause_writing()
 
     def resumeProducing(self) -> None:
-        """The output buffer drained."""
-        self.session.resume_writing()
+        """The output buffer drained: deliver again, coalesced."""
+        coalescing(self.session.resume_writing)
 
     def stopProducing(self) -> None:
         """The connection is going; :meth:`connectionLost` cleans up."""
@@ -129,8 +136,8 @@ class StompProtocol(Protocol):
         return self.transport.disconnecting
 
     def write(self, data: bytes) -> None:
-        """Write one frame or heart-beat to the socket."""
-        self.transport.write(data)
+        """Write one frame or heart-beat to the socket (coalesced within a read)."""
+        self.write_out(data)
 
     def pause_reading(self) -> None:
         """Stop reading from the socket."""
@@ -150,6 +157,7 @@ class StompProtocol(Protocol):
 
     def close(self, linger: float) -> None:
         """Close in order (see :func:`close_lingering`), dropping after ``linger``."""
+        self.flush_output()
         if self._producer_registered:
             # A transport with a producer registered does not close.
             self._producer_registered = False

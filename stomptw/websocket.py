@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from stomptw.broker import Broker
+from stomptw.coalesce import CoalescingOutput, coalescing
 from stomptw.config import BrokerConfig
 from stomptw.credentials import certificate_of
 
@@ -101,7 +102,7 @@ _OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
 @implementer(IStompTransport, IPushProducer)
-class StompWebSocketProtocol(LeanConnection, WebSocketServerProtocol):
+class StompWebSocketProtocol(CoalescingOutput, LeanConnection, WebSocketServerProtocol):
     """
     An Autobahn WebSocket connection carrying one STOMP session.
 
@@ -111,6 +112,9 @@ class StompWebSocketProtocol(LeanConnection, WebSocketServerProtocol):
     hold several frames), and every frame the session writes is sent as one
     WebSocket message, text when it is valid UTF-8 and binary otherwise. It
     is also the socket's push producer once the connection is open.
+
+    What the session writes while a read is handled is sent when the read
+    is done, in one block (see :mod:`stomptw.coalesce`).
     """
 
     #: The STOMP session, while the WebSocket is open.
@@ -148,10 +152,14 @@ class StompWebSocketProtocol(LeanConnection, WebSocketServerProtocol):
         "autoPingRestartOnAnyTraffic",
         "deflate",
         "deflate_bits",
+        "_out",
+        "_out_bytes",
     )
 
     def __init__(self) -> None:
         super().__init__()
+        self._out: list[bytes] | None = None
+        self._out_bytes = 0
         #: The listener's shared compressor once this connection negotiated
         #: permessage-deflate, and the window the client allows it.
         self.deflate: SharedDeflate | None = None
@@ -194,9 +202,16 @@ class StompWebSocketProtocol(LeanConnection, WebSocketServerProtocol):
             n = len(data)
             opcode |= _RSV1
         if n < 65536:
-            self.transport.write(frame_header(opcode, n) + data)
+            self.write_out(frame_header(opcode, n) + data)
         else:
+            self.flush_output()
             self.transport.writeSequence([frame_header(opcode, n), data])
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Autobahn's writes (control frames, its own sendMessage) go after the held ones."""
+        if self._out is not None:
+            self.flush_output()
+        super().sendData(data, sync, chopsize)
 
     def pause_reading(self) -> None:
         """Stop reading from the socket."""
@@ -220,6 +235,7 @@ class StompWebSocketProtocol(LeanConnection, WebSocketServerProtocol):
         Start the WebSocket closing handshake (after queued messages); drop
         the connection if it has not closed within ``linger`` seconds.
         """
+        self.flush_output()
         self.release_producer()
         if self.state == self.STATE_OPEN:
             self.sendClose(code=1000)
@@ -240,9 +256,9 @@ class StompWebSocketProtocol(LeanConnection, WebSocketServerProtocol):
             self.session.pause_writing()
 
     def resumeProducing(self) -> None:
-        """The output buffer drained."""
+        """The output buffer drained: deliver again, coalesced."""
         if self.session is not None:
-            self.session.resume_writing()
+            coalescing(self.session.resume_writing)
 
     def stopProducing(self) -> None:
         """The connection is going; :meth:`onClose` cleans up."""
@@ -326,9 +342,13 @@ class StompWebSocketProtocol(LeanConnection, WebSocketServerProtocol):
         self.slim_down()
 
     def dataReceived(self, data: bytes) -> None:
+        """Take bytes from the socket, with the output they cause coalesced."""
+        coalescing(self._receive, data)
+
+    def _receive(self, data: bytes) -> None:
         """
-        Take bytes from the socket: complete, unfragmented data frames go
-        straight to the STOMP session; everything else goes to Autobahn.
+        Complete, unfragmented data frames go straight to the STOMP session;
+        everything else goes to Autobahn.
 
         The fast path handles only what Autobahn would handle the same way
         with nothing to remember: an open connection between messages, and
@@ -401,6 +421,7 @@ class StompWebSocketProtocol(LeanConnection, WebSocketServerProtocol):
         pass
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.drop_output()
         counted, self.counted = self.counted, None
         if counted is not None:
             counted.release(self.counted_address)
