@@ -252,7 +252,14 @@ def send(session: StompSession, headers: Headers, body: bytes) -> None:
         limit = session.config.max_scheduled_messages
         if held and limit and len(session.broker.scheduled) >= limit:
             raise _too_many_scheduled(limit)
-    forwarded = {k: v for k, v in headers.items() if k not in NOT_FORWARDED}
+    # What travels: a copy without the headers the broker sets (usually
+    # only destination and content-length are there to drop).
+    forwarded = headers.copy()
+    del forwarded["destination"]
+    forwarded.pop("content-length", None)
+    if not NOT_FORWARDED.isdisjoint(forwarded):
+        for name in NOT_FORWARDED.intersection(forwarded):
+            del forwarded[name]
     if user.name:
         forwarded["user-id"] = user.name
     reply_to = forwarded.get("reply-to")
@@ -484,14 +491,22 @@ def _settle_frame(session: StompSession, command: str, headers: Headers, accepte
 
 
 def _settle(session: StompSession, sub: Subscription, ack_id: str, accepted: bool) -> None:
-    # ``client`` mode is cumulative for ACK and NACK alike.
-    taken = sub.take(ack_id, cumulative=sub.ack_mode == "client")
-    if not taken:
-        return
-    pending = session.pending
-    for key, _ in taken:
-        pending.pop(key, None)
-    messages = [message for _, message in taken]
+    if sub.ack_mode == "client":
+        # Cumulative, for ACK and NACK alike.
+        taken = sub.take(ack_id, cumulative=True)
+        if not taken:
+            return
+        pending = session.pending
+        for key, _ in taken:
+            pending.pop(key, None)
+        messages = [message for _, message in taken]
+    else:
+        # One message (client-individual): no list of pairs on the way.
+        message = sub.unacked.pop(ack_id, None)
+        if message is None:
+            return
+        session.pending.pop(ack_id, None)
+        messages = [message]
     if accepted:
         session.broker.ack(sub, messages)
     else:

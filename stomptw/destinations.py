@@ -65,7 +65,12 @@ class QueueLimits:
 
     def is_full(self) -> bool:
         """Whether the queue is at its message count or byte limit."""
-        return self._at()
+        # _at(1.0), written out: a SEND asks twice.
+        config = self.context.config
+        return bool(
+            (config.max_queue_length and self.count >= config.max_queue_length)
+            or (config.max_queue_bytes and self.bytes >= config.max_queue_bytes)
+        )
 
     def _has_room(self) -> bool:
         return not self._at(RESUME_BELOW)

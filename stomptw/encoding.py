@@ -13,6 +13,8 @@ __all__ = [
     "encode_frame",
     "encode_message",
     "escape_header",
+    "join_message",
+    "message_head",
     "message_parts",
 ]
 
@@ -139,31 +141,54 @@ def encode_message(
     ``None``), ``redelivered:true`` (when ``redelivered``),
     ``x-delivery-count`` and then the message's own, in that order.
     """
+    return join_message(
+        message_head(subscription, version), parts, version, ack, redelivered, delivery_count
+    )
+
+
+def message_head(subscription: str, version: str) -> bytes:
+    """
+    The first lines of every MESSAGE to ``subscription`` in ``version``:
+    the command and the ``subscription`` header (a subscription keeps
+    them, see :func:`stomptw.model.encode_delivery`).
+    """
     if not _NEEDS_ESCAPE.isdisjoint(subscription):
         subscription = escape_header(subscription, version)
+    return f"MESSAGE\nsubscription:{subscription}\n".encode()
+
+
+# The x-delivery-count lines of the first deliveries, made once.
+_COUNT_LINES = tuple(b"x-delivery-count:%d\n" % n for n in range(8))
+
+
+def join_message(
+    head: bytes,
+    parts: tuple[bytes, bytes],
+    version: str,
+    ack: str | None = None,
+    redelivered: bool = False,
+    delivery_count: int = 0,
+) -> bytes:
+    """:func:`encode_message` with the subscription's :func:`message_head` made already."""
     middle, suffix = parts
-    if ack is None and not redelivered:
-        return b"".join(
-            (
-                f"MESSAGE\nsubscription:{subscription}\n".encode(),
-                middle,
-                b"x-delivery-count:%d\n" % delivery_count,
-                suffix,
-            )
-        )
-    tail = []
-    if ack is not None:
-        if not _NEEDS_ESCAPE.isdisjoint(ack):
-            ack = escape_header(ack, version)
-        tail.append(f"ack:{ack}\n")
-    if redelivered:
-        tail.append("redelivered:true\n")
-    tail.append(f"x-delivery-count:{delivery_count}\n")
+    count = (
+        _COUNT_LINES[delivery_count]
+        if delivery_count < 8
+        else b"x-delivery-count:%d\n" % delivery_count
+    )
+    if ack is None:
+        if not redelivered:
+            return b"".join((head, middle, count, suffix))
+        return b"".join((head, middle, b"redelivered:true\n", count, suffix))
+    if not _NEEDS_ESCAPE.isdisjoint(ack):
+        ack = escape_header(ack, version)
     return b"".join(
         (
-            f"MESSAGE\nsubscription:{subscription}\n".encode(),
+            head,
             middle,
-            "".join(tail).encode(),
+            f"ack:{ack}\n".encode(),
+            b"redelivered:true\n" if redelivered else b"",
+            count,
             suffix,
         )
     )

@@ -445,11 +445,14 @@ def _find_blank_line(buf: bytearray, start: int) -> tuple[int, int]:
         stop = min(start + window, size)
         # Matches starting before ``stop`` lie within these bounds.
         i = buf.find(b"\n\n", start, stop + 1)
-        j = buf.find(b"\n\r\n", start, stop + 2)
-        if j >= 0 and (i < 0 or j < i):
-            return -1, j
         if i >= 0:
-            return i, -1
+            # Only an LF CR LF that starts before ``i`` comes first: the
+            # usual frame without CRs is not scanned past its header section.
+            j = buf.find(b"\n\r\n", start, i + 2)
+            return (-1, j) if j >= 0 else (i, -1)
+        j = buf.find(b"\n\r\n", start, stop + 2)
+        if j >= 0:
+            return -1, j
         start = stop
         window *= 2
     return -1, -1

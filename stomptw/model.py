@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from stomptw.encoding import encode_frame, encode_message, message_parts
+from stomptw.encoding import encode_frame, join_message, message_head, message_parts
 from stomptw.frame import CLIENT_COMMANDS, SERVER_COMMANDS
 from stomptw.interfaces import IDestination, IMessageConsumer
 
@@ -218,6 +218,7 @@ class Subscription:
         "target",
         "active",
         "stream_start",
+        "head",
     )
 
     def __init__(
@@ -248,6 +249,9 @@ class Subscription:
         #: Where a subscription to a stream starts reading
         #: (:class:`stomptw.streams.StreamStart`); None: new messages only.
         self.stream_start: Any = None
+        #: The version and the first lines of every MESSAGE to this
+        #: subscription (:func:`~stomptw.encoding.message_head`), once made.
+        self.head: tuple[str, bytes] | None = None
 
     def is_ready(self) -> bool:
         """Whether this subscription may be handed another message now."""
@@ -438,9 +442,12 @@ def encode_delivery(
         if target is not None and target.shares_encodings:
             message.encoded = (version, parts)
     if parts is not None:
-        return encode_message(
+        head = subscription.head
+        if head is None or head[0] != version:
+            head = subscription.head = (version, message_head(subscription.id, version))
+        return join_message(
+            head[1],
             parts,
-            subscription.id,
             version,
             ack_id if version == "1.2" else None,
             count > 1,

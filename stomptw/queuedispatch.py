@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["QueueDispatch"]
 
+# No subscription has declined yet in this pass (a set is made for the first).
+_NONE_DECLINED: frozenset[int] = frozenset()
+
 
 class QueueDispatch:
     """A queue's delivery order and dispatch (see the module docstring)."""
@@ -74,7 +77,7 @@ class QueueDispatch:
             return
         self._dispatching = True
         # Subscriptions that declined a message sit out the rest of this pass.
-        declined: set[int] = set()
+        declined: frozenset[int] | set[int] = _NONE_DECLINED
         stats = self.context.stats
         store = self.context.store
         now_ms = 0
@@ -99,6 +102,8 @@ class QueueDispatch:
                     # place for the others.
                     message.delivery_count -= 1
                     pending.appendleft(message)
+                    if declined is _NONE_DECLINED:
+                        declined = set()
                     declined.add(id(sub))
                     continue
                 stats["delivered"] += 1
@@ -118,7 +123,7 @@ class QueueDispatch:
         if self.tail and len(self.pending) < self.window // 2 + 1:
             self._read_ahead()
 
-    def _pick(self: Queue, declined: set[int]) -> Subscription | None:
+    def _pick(self: Queue, declined: frozenset[int] | set[int]) -> Subscription | None:
         subs = self.subscriptions
         count = len(subs)
         if count == 1:

@@ -125,7 +125,15 @@ class SessionOutput:
         if ack_id is not None:
             subscription.unacked[ack_id] = message
             self.pending[ack_id] = subscription
-        self.counters.frames_sent["MESSAGE"] += 1
+        # _write(), written out: this runs for every delivery.
+        self._transport_write(data)
+        size = len(data)
+        counters = self.counters
+        counters.frames_sent["MESSAGE"] += 1
+        counters.bytes_sent += size
         self.frames_out += 1
-        self._write(data)
+        self.bytes_out += size
+        self.liveness.last_sent = self.now()
+        if not self.writable:
+            self.gate.unsent(size)
         return True

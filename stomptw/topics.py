@@ -80,9 +80,9 @@ class Topic:
     def publish(
         self, message: Message, producer: IMessageConsumer | None = None, reject: bool = True
     ) -> None:
-        stats = self.context.stats
         self.messages_in += 1
         self.bytes_in += len(message.body)
+        delivered = 0
         for sub in tuple(self.subscriptions):
             if not sub.active:
                 continue
@@ -91,9 +91,11 @@ class Topic:
                 if sub.backlog and sub.is_ready():
                     self.ready(sub)
             elif sub.consumer.deliver(sub, message):
-                stats["delivered"] += 1
-                self.messages_out += 1
-                self.bytes_out += len(message.body)
+                delivered += 1
+        if delivered:
+            self.context.stats["delivered"] += delivered
+            self.messages_out += delivered
+            self.bytes_out += delivered * len(message.body)
         for durable in tuple(self.durables.values()):
             durable.queue.publish(message.copy())
         if self._stuck and producer is not None and producer not in self.blocked:

@@ -1104,7 +1104,7 @@ _PART_NAMES = st.one_of(
     st.dictionaries(_PART_NAMES, _PART_TEXT, max_size=4),
     st.binary(max_size=5),
     st.one_of(st.none(), st.from_regex(r"\A[0-9]{1,4}\Z")),
-    st.integers(0, 5),
+    st.integers(0, 12),
 )
 def test_message_from_shared_parts_is_byte_identical(
     version, sub, message_id, destination, own, body, ack, count

@@ -105,6 +105,17 @@ def test_encode_delivery_shares_parts_only_when_the_destination_says_so(version)
     assert first.body == second.body == b"hi"
 
 
+def test_a_subscription_keeps_its_message_head_per_version():
+    """The kept ``MESSAGE`` and ``subscription`` lines follow the session's version."""
+    message = Message("m-1", "/topic/t", {}, b"hi")
+    sub = Subscription(Consumer(), "a:b", "/topic/t")
+    sub.target = Target(shares=True)
+    for version, line in (("1.2", "subscription:a\\cb"), ("1.0", "subscription:a:b")):
+        data = encode_delivery(sub, message, version, None)
+        assert data.split(b"\n")[:2] == [b"MESSAGE", line.encode()]
+        assert sub.head == (version, f"MESSAGE\n{line}\n".encode())
+
+
 def test_format_peer():
     assert format_peer(IPv4Address("TCP", "127.0.0.1", 4000)) == "127.0.0.1:4000"
 

@@ -113,6 +113,10 @@ class ClusterQueue(Queue):
             or (config.max_queue_bytes and size >= config.max_queue_bytes * share)
         )
 
+    def is_full(self) -> bool:
+        """Whether the queue is at its limits, counted across the cluster."""
+        return self._at()
+
     _scope = " across the cluster"
 
     def _held(self) -> tuple[int, int]:
