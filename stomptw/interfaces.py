@@ -365,7 +365,8 @@ class IClusterQueues(Interface):
     def purge(subject):  # noqa: N805
         """
         Drop what waits in the queue ``subject`` that no node has taken yet;
-        a Deferred that fires with how many (fails if the engine is unreachable).
+        a Deferred that fires with how many (fails with the builtin
+        ``ConnectionError`` if the engine is unreachable or goes away).
         """
 
     def together():

@@ -10,6 +10,7 @@ dead-letter queue.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from urllib.parse import quote
 
@@ -69,6 +70,48 @@ def test_a_purge_on_one_node_empties_what_waits_in_redis(cluster, tmp_path):
         producer.send(queue, "after", receipt=True)
         assert consumer.next_message().body == "after"  # nothing purged comes back
     assert "purged 8 message(s) from " + queue + " across the cluster" in a.log_text()
+
+
+def test_a_purge_while_redis_is_unreachable_answers_503(cluster, tmp_path):
+    token = tmp_path / "admin-token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    redis, a, b = cluster.pair("--admin-token-file", str(token))
+    queue = "/queue/" + unique("unreachable")
+    with ClientPool() as pool:
+        pool.tcp(a.port).send(queue, "kept", headers={"persistent": "true"}, receipt=True)
+    redis.kill()
+    a.wait_cluster(connected=False)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        purge(a, queue)
+    assert refused.value.code == 503
+    assert "could not purge" in json.loads(refused.value.read())["error"]
+
+
+def test_a_purge_cut_off_when_redis_goes_away_fails_as_unreachable():
+    """Redis lost during the purge: the builtin ConnectionError the admin API maps to 503."""
+    import txredisapi
+    from twisted.internet import defer
+
+    from stomptw.cluster.redisqueues import RedisQueues
+
+    class Limits:
+        def purge(self, protocol, subject, group):
+            return defer.fail(txredisapi.ConnectionError("Lost connection"))
+
+    class Engine:
+        limits = Limits()
+
+        def _protocol(self):
+            return object()
+
+        def flush(self):
+            pass
+
+    failures = []
+    RedisQueues.purge(Engine(), "//queue/q").addErrback(failures.append)
+    assert failures and failures[0].check(ConnectionError)
+    assert not failures[0].check(txredisapi.ConnectionError)
 
 
 def test_a_message_that_expires_while_waiting_in_redis_is_never_delivered(cluster):

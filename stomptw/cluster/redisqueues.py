@@ -243,7 +243,14 @@ class RedisQueues:
         if protocol is None:
             return defer.fail(ConnectionError("the cluster's Redis is unreachable"))
         self.flush()  # this node's acknowledgements first
-        return self.limits.purge(protocol, subject, GROUP)
+
+        def lost(failure: Any) -> Any:
+            # Redis went away during the purge: the same unreachable engine,
+            # in the builtin class the admin API answers with 503.
+            failure.trap(txredisapi.ConnectionError)
+            raise ConnectionError(f"the cluster's Redis went away: {failure.value}")
+
+        return self.limits.purge(protocol, subject, GROUP).addErrback(lost)
 
     def watch(self, subject: str, on: bool) -> None:
         self.limits.watch(subject, on)
