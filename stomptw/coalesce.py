@@ -13,8 +13,9 @@ the outermost such callback returns, every connection written to sends its
 frames as one block, straight to the socket when Twisted holds nothing
 for it (:func:`write_now`). What the socket does not take goes to Twisted's
 buffer, whose high-water mark pauses the session as before. A connection
-holding :data:`FLUSH_AT` bytes sends them at once, so a fan-out never
-holds more than that per connection before flow control sees it.
+holding :data:`FLUSH_AT` bytes (or its ``--write-high-water``, if lower)
+sends them at once, so a fan-out never holds more than that per
+connection before flow control sees it.
 
 Writes outside such a callback (heart-beats and other timers, store and
 cluster callbacks) go to Twisted's buffer directly, as before.
@@ -26,8 +27,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet import tcp
+from twisted.logger import Logger
 
-__all__ = ["BATCH", "FLUSH_AT", "TWISTED_INTERNALS", "CoalescingOutput", "coalescing", "write_now"]
+__all__ = [
+    "BATCH",
+    "FLUSH_AT",
+    "TWISTED_INTERNALS",
+    "CoalescingOutput",
+    "coalescing",
+    "flush_at",
+    "write_now",
+]
 
 #: A connection holding this many bytes sends them without waiting for the
 #: callback to end.
@@ -43,10 +53,13 @@ TWISTED_INTERNALS = (
     "dataBuffer",
     "_tempDataBuffer",
     "_writeDisconnecting",
+    "_aborting",
     "writeSomeData",
 )
 
 _T = TypeVar("_T")
+
+log = Logger()
 
 
 class OutputBatch:
@@ -67,7 +80,12 @@ class OutputBatch:
         while self.waiting:
             waiting, self.waiting = self.waiting, []
             for connection in waiting:
-                connection.flush_output()
+                try:
+                    connection.flush_output()
+                except Exception:
+                    # One connection's failure must not strand the others'
+                    # output, nor end the connection whose read is handled.
+                    log.failure("could not send a connection's output")
 
 
 #: The reactor thread's batch: the broker and its connections run there.
@@ -90,6 +108,11 @@ def coalescing(f: Callable[..., _T], *args: Any) -> _T:
             batch.flush()
 
 
+def flush_at(write_high_water: int) -> int:
+    """What a connection may hold within a batch: never more than its high-water mark."""
+    return min(FLUSH_AT, max(write_high_water, 1))
+
+
 def write_now(transport: Any, data: bytes) -> None:
     """
     Write ``data`` to a Twisted ``transport``: straight to the socket when
@@ -103,6 +126,7 @@ def write_now(transport: Any, data: bytes) -> None:
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnecting
+        and not transport._aborting
         and not transport.dataBuffer
         and not transport._tempDataBuffer
     ):
@@ -125,9 +149,19 @@ class CoalescingOutput:
 
     __slots__ = ()
 
+    #: Bytes held that make the connection send at once: :data:`FLUSH_AT`,
+    #: or a lower ``--write-high-water`` (see :func:`flush_at`).
+    flush_at = FLUSH_AT
+
     _out: list[bytes] | None
     _out_bytes: int
     transport: Any
+
+    def hold_at_most(self, write_high_water: int) -> None:
+        """Hold at most ``write_high_water`` bytes in a batch (when under FLUSH_AT)."""
+        held = flush_at(write_high_water)
+        if held != self.flush_at:
+            self.flush_at = held
 
     def write_out(self, data: bytes) -> None:
         """Write ``data`` (bytes for the socket): held in a batch, otherwise to Twisted."""
@@ -140,9 +174,12 @@ class CoalescingOutput:
                 return
             out.append(data)
             self._out_bytes += len(data)
-            if self._out_bytes >= FLUSH_AT:
+            if self._out_bytes >= self.flush_at:
                 self.flush_output()
             return
+        if self._out is not None:
+            # Held by a batch whose flush failed: keep the order regardless.
+            self.flush_output()
         transport = self.transport
         if transport is not None:
             transport.write(data)
@@ -156,7 +193,8 @@ class CoalescingOutput:
         self._out_bytes = 0
         transport = self.transport
         if transport is not None:
-            write_now(transport, out[0] if len(out) == 1 else b"".join(out))
+            # One bytes item is joined without a copy.
+            write_now(transport, b"".join(out))
 
     def drop_output(self) -> None:
         """The connection is gone: forget what it holds."""

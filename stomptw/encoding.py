@@ -173,7 +173,7 @@ def join_message(
     middle, suffix = parts
     count = (
         _COUNT_LINES[delivery_count]
-        if delivery_count < 8
+        if 0 <= delivery_count < 8
         else b"x-delivery-count:%d\n" % delivery_count
     )
     if ack is None:

@@ -98,6 +98,7 @@ class StompProtocol(CoalescingOutput, Protocol):
         else:
             self._producer_registered = True
             set_high_water(transport, self.config.write_high_water)
+        self.hold_at_most(self.config.write_high_water)
         self.peer = format_peer(transport.getPeer())
         # No call through write() below on the hot path.
         self.write = self.write_out

@@ -335,6 +335,7 @@ class StompWebSocketProtocol(CoalescingOutput, LeanConnection, WebSocketServerPr
             transport.registerProducer(self, True)
         self.producing = True
         set_high_water(transport, factory.config.write_high_water)
+        self.hold_at_most(factory.config.write_high_water)
         self.session = StompSession(
             factory.broker, factory.config, self, factory.sweep, factory.reactor.seconds
         )

@@ -22,6 +22,7 @@ from twisted.internet.threads import deferToThread
 from wireclient import connected_client, frame
 
 from stomptw.coalesce import BATCH, FLUSH_AT, TWISTED_INTERNALS, coalescing, write_now
+from stomptw.config import BrokerConfig
 from stomptw.encoding import encode_frame
 from stomptw.protocol import StompFactory
 from stomptw.testing import ClientSession
@@ -44,14 +45,15 @@ class _CountingTransport(StringTransport):
 class _CountingClient(Client):
     """An in-process client whose transport keeps each write apart."""
 
-    def __init__(self, env: Env) -> None:
-        self.proto = StompFactory(env.broker, env.config, env.clock).buildProtocol(None)
+    def __init__(self, env: Env, config: BrokerConfig | None = None) -> None:
+        config = config or env.config
+        self.proto = StompFactory(env.broker, config, env.clock).buildProtocol(None)
         self.proto.makeConnection(_CountingTransport())
         ClientSession.__init__(self, self.proto.session, self.proto.transport)
 
 
-def _client(env: Env) -> Client:
-    client = _CountingClient(env)
+def _client(env: Env, config: BrokerConfig | None = None) -> Client:
+    client = _CountingClient(env, config)
     client.connect()
     client.transport.writes.clear()
     return client
@@ -125,6 +127,40 @@ def test_a_connection_holding_flush_at_bytes_sends_at_once():
     assert seen == [1]
     assert client.transport.writes[0] == chunk * (FLUSH_AT // len(chunk) + 1)
     assert client.transport.writes[1:] == [b"tail"]
+
+
+def test_a_write_high_water_under_flush_at_bounds_what_is_held():
+    env = Env()
+    client = _client(env, BrokerConfig(write_high_water=1000))
+    seen: list[int] = []
+
+    def write_two() -> None:
+        client.proto.write(b"a" * 600)
+        seen.append(len(client.transport.writes))
+        client.proto.write(b"b" * 600)
+        seen.append(len(client.transport.writes))
+
+    coalescing(write_two)
+    assert seen == [0, 1]
+    assert client.transport.writes == [b"a" * 600 + b"b" * 600]
+
+
+def test_one_connection_that_fails_to_send_does_not_strand_the_others():
+    env = Env()
+    broken, fine = _client(env), _client(env)
+
+    def refuse(data: bytes) -> None:
+        raise RuntimeError("this transport cannot write")
+
+    broken.transport.write = refuse
+
+    def write_both() -> None:
+        broken.proto.write(b"lost\n")
+        fine.proto.write(b"delivered\n")
+
+    coalescing(write_both)
+    assert fine.transport.writes == [b"delivered\n"]
+    assert BATCH.depth == 0 and BATCH.waiting == []
 
 
 def test_writes_outside_a_callback_are_not_held():
@@ -204,11 +240,15 @@ async def _connected_pair(receive_buffer: int = 0) -> tuple[object, socket.socke
 
 
 def _read_exactly(client: socket.socket, size: int) -> bytes:
+    """Up to ``size`` bytes; fewer if the connection ends (closed or reset) first."""
     client.setblocking(True)
     client.settimeout(TIMEOUT)
     got = bytearray()
     while len(got) < size:
-        chunk = client.recv(size - len(got))
+        try:
+            chunk = client.recv(size - len(got))
+        except ConnectionResetError:
+            break
         if not chunk:
             break
         got += chunk
@@ -259,6 +299,20 @@ async def test_write_now_keeps_the_order_when_the_socket_takes_part():
     finally:
         client.close()
         transport.loseConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_now_sends_nothing_on_an_aborted_connection():
+    transport, client, port = await _connected_pair()
+    try:
+        transport.abortConnection()
+        write_now(transport, b"after the abort")
+        assert transport._tempDataBuffer == [b"after the abort"]  # never sent
+        got = await deferToThread(_read_exactly, client, len(b"after the abort"))
+        assert got == b""
+    finally:
+        client.close()
         await port.stopListening()
 
 

@@ -1095,6 +1095,13 @@ _PART_NAMES = st.one_of(
 )
 
 
+def test_a_negative_delivery_count_is_written_as_it_is():
+    """A count below zero (only from a damaged store row) is not taken from the made lines."""
+    parts = message_parts("m", "/queue/q", {}, b"", "1.2")
+    got = encode_message(parts, "s", "1.2", None, False, -1)
+    assert b"\nx-delivery-count:-1\n" in got
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     st.sampled_from(["1.0", "1.1", "1.2"]),
