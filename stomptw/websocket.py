@@ -208,8 +208,19 @@ class StompWebSocketProtocol(CoalescingOutput, LeanConnection, WebSocketServerPr
             self.transport.writeSequence([frame_header(opcode, n), data])
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """Autobahn's writes (control frames, its own sendMessage) go after the held ones."""
-        if self._out is not None:
+        """
+        Autobahn's writes (control frames, its own sendMessage) go after the
+        held ones, in the same write when nothing asks otherwise: a close
+        frame left for a later turn would be dropped when the client's reply
+        is read first (Autobahn then aborts the connection).
+        """
+        out = self._out
+        if out is not None:
+            if not (sync or chopsize or self._send_queue or self.logOctets):
+                out.append(data)
+                self._out_bytes += len(data)
+                self._count_sent(data)
+                return
             self.flush_output()
         super().sendData(data, sync, chopsize)
 
@@ -233,9 +244,9 @@ class StompWebSocketProtocol(CoalescingOutput, LeanConnection, WebSocketServerPr
     def close(self, linger: float) -> None:
         """
         Start the WebSocket closing handshake (after queued messages); drop
-        the connection if it has not closed within ``linger`` seconds.
+        the connection if it has not closed within ``linger`` seconds. The
+        close frame joins what the connection holds (see :meth:`sendData`).
         """
-        self.flush_output()
         self.release_producer()
         if self.state == self.STATE_OPEN:
             self.sendClose(code=1000)

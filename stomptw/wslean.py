@@ -108,6 +108,10 @@ class LeanConnection:
             super().sendData(data, sync, chopsize)
             return
         self.transport.write(data)
+        self._count_sent(data)
+
+    def _count_sent(self, data: bytes) -> None:
+        """Count ``data`` written as Autobahn counts what it writes."""
         stats = self.trafficStats
         if self.state == self.STATE_OPEN:
             stats.outgoingOctetsWireLevel += len(data)
