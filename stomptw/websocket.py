@@ -41,10 +41,10 @@ from stomptw.wsframes import (
     OPCODE_BINARY,
     frame_header,
     opcode_for,
-    read_simple_frames,
 )
 from stomptw.wsframes import unmask as _unmask  # noqa: F401 - the name tests know
 from stomptw.wslean import LeanConnection, sharing_class
+from stomptw.wsreceive import StreamingReceive
 
 if TYPE_CHECKING:
     from stomptw.listeners import ConnectionLimit
@@ -102,7 +102,9 @@ _OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
 @implementer(IStompTransport, IPushProducer)
-class StompWebSocketProtocol(CoalescingOutput, LeanConnection, WebSocketServerProtocol):
+class StompWebSocketProtocol(
+    CoalescingOutput, StreamingReceive, LeanConnection, WebSocketServerProtocol
+):
     """
     An Autobahn WebSocket connection carrying one STOMP session.
 
@@ -352,85 +354,6 @@ class StompWebSocketProtocol(CoalescingOutput, LeanConnection, WebSocketServerPr
         )
         self.session.connection_made()
         self.slim_down()
-
-    def dataReceived(self, data: bytes) -> None:
-        """Take bytes from the socket, with the output they cause coalesced."""
-        coalescing(self._receive, data)
-
-    def _receive(self, data: bytes) -> None:
-        """
-        Complete, unfragmented data frames go straight to the STOMP session;
-        everything else goes to Autobahn.
-
-        The fast path handles only what Autobahn would handle the same way
-        with nothing to remember: an open connection between messages, and
-        the simple frames of :func:`stomptw.wsframes.read_simple_frames`. The
-        start of such a frame (up to :data:`FAST_PARTIAL_MAX` of payload)
-        waits in the buffer for the rest, as a pipelining client's writes are
-        cut anywhere by TCP. At the first frame that is anything else (a
-        control frame, a fragment, a larger partial frame, an oversized or
-        invalid one) the rest goes, unchanged, to Autobahn's own frame
-        processing, which then sees exactly the bytes it would have seen, so
-        closing handshakes, pings, limits (close code 1009) and protocol
-        errors behave as before.
-        """
-        if (
-            self.state != _OPEN
-            or self.current_frame is not None
-            or self.inside_message
-            or self.failedByMe
-            or self.session is None
-            or not self.fast_receive
-        ):
-            self._dataReceived(data)
-            return
-        if self.data:
-            data = self.data + data
-            self.data = b""
-        found = read_simple_frames(
-            data, self.maxFramePayloadSize, self.maxMessagePayloadSize, self.utf8validateIncoming
-        )
-        pos = 0
-        wait = found.wait
-        for payload, end in found.payloads:
-            pos = end
-            session = self.session
-            if session is not None:
-                session.data_received(payload)
-            if self.state != _OPEN or self.failedByMe or self.session is None:
-                wait = False
-                break
-        if pos and self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
-            # As Autobahn does at the end of every data frame.
-            self._cancelAutoPingTimeoutCall()
-        if pos < len(data):
-            rest = data[pos:] if pos else data
-            if wait:
-                # The start of a frame the fast path will take once it is
-                # whole: keep it in Autobahn's own buffer, where Autobahn
-                # would find it if the next bytes go its way.
-                self.data = rest
-            else:
-                self._dataReceived(rest)
-
-    # Messages are not buffered: the payload of every WebSocket frame streams
-    # into the STOMP parser as it arrives (after Autobahn's UTF-8 check for
-    # text messages), so the STOMP limits bound memory and an oversized STOMP
-    # frame is answered with an ERROR whatever the WebSocket framing.
-
-    def onMessageBegin(self, isBinary: bool) -> None:
-        self.message_is_binary = isBinary
-        self.message_data_total_length = 0
-
-    def onMessageFrameData(self, payload: bytes) -> None:
-        if not self.failedByMe and self.session is not None:
-            self.session.data_received(payload)
-
-    def onMessageFrameEnd(self) -> None:
-        self.frame_data = None
-
-    def onMessageEnd(self) -> None:
-        pass
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.drop_output()
