@@ -35,7 +35,6 @@ __all__ = [
     "TWISTED_INTERNALS",
     "CoalescingOutput",
     "coalescing",
-    "flush_at",
     "write_now",
 ]
 
@@ -108,11 +107,6 @@ def coalescing(f: Callable[..., _T], *args: Any) -> _T:
             batch.flush()
 
 
-def flush_at(write_high_water: int) -> int:
-    """What a connection may hold within a batch: never more than its high-water mark."""
-    return min(FLUSH_AT, max(write_high_water, 1))
-
-
 def write_now(transport: Any, data: bytes) -> None:
     """
     Write ``data`` to a Twisted ``transport``: straight to the socket when
@@ -142,15 +136,15 @@ def write_now(transport: Any, data: bytes) -> None:
 class CoalescingOutput:
     """
     A connection whose writes are held while a :func:`coalescing` callback
-    runs (see the module docstring). The class using it sets ``_out`` to
-    None and ``_out_bytes`` to 0 when the connection is made, and has a
-    Twisted ``transport``.
+    runs (see the module docstring). The class using it starts ``_out`` at
+    None and ``_out_bytes`` at 0 (as class defaults or in ``__init__``), and
+    has a Twisted ``transport``.
     """
 
     __slots__ = ()
 
     #: Bytes held that make the connection send at once: :data:`FLUSH_AT`,
-    #: or a lower ``--write-high-water`` (see :func:`flush_at`).
+    #: or a lower ``--write-high-water`` (see :meth:`hold_at_most`).
     flush_at = FLUSH_AT
 
     _out: list[bytes] | None
@@ -159,7 +153,7 @@ class CoalescingOutput:
 
     def hold_at_most(self, write_high_water: int) -> None:
         """Hold at most ``write_high_water`` bytes in a batch (when under FLUSH_AT)."""
-        held = flush_at(write_high_water)
+        held = min(FLUSH_AT, max(write_high_water, 1))
         if held != self.flush_at:
             self.flush_at = held
 
@@ -177,9 +171,6 @@ class CoalescingOutput:
             if self._out_bytes >= self.flush_at:
                 self.flush_output()
             return
-        if self._out is not None:
-            # Held by a batch whose flush failed: keep the order regardless.
-            self.flush_output()
         transport = self.transport
         if transport is not None:
             transport.write(data)

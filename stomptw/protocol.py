@@ -100,8 +100,6 @@ class StompProtocol(CoalescingOutput, Protocol):
             set_high_water(transport, self.config.write_high_water)
         self.hold_at_most(self.config.write_high_water)
         self.peer = format_peer(transport.getPeer())
-        # No call through write() below on the hot path.
-        self.write = self.write_out
         self.session = StompSession(self.broker, self.config, self, self._sweep, self.clock.seconds)
         self.session.connection_made()
 
@@ -136,9 +134,8 @@ class StompProtocol(CoalescingOutput, Protocol):
         """True once the transport is closing."""
         return self.transport.disconnecting
 
-    def write(self, data: bytes) -> None:
-        """Write one frame or heart-beat to the socket (coalesced within a read)."""
-        self.write_out(data)
+    #: Write one frame or heart-beat to the socket (coalesced within a read).
+    write = CoalescingOutput.write_out
 
     def pause_reading(self) -> None:
         """Stop reading from the socket."""

@@ -42,11 +42,16 @@ def purge(node, queue: str) -> dict:
         return json.loads(response.read())
 
 
-def test_a_purge_on_one_node_empties_what_waits_in_redis(cluster, tmp_path):
+def _token_file(tmp_path) -> str:
+    """The admin token in a file only its owner may read, for --admin-token-file."""
     token = tmp_path / "admin-token"
     token.write_text(TOKEN)
     token.chmod(0o600)
-    redis, a, b = cluster.pair("--admin-token-file", str(token))
+    return str(token)
+
+
+def test_a_purge_on_one_node_empties_what_waits_in_redis(cluster, tmp_path):
+    redis, a, b = cluster.pair("--admin-token-file", _token_file(tmp_path))
     queue = "/queue/" + unique("purged")
     subject = "/" + queue
     with ClientPool() as pool:
@@ -73,10 +78,7 @@ def test_a_purge_on_one_node_empties_what_waits_in_redis(cluster, tmp_path):
 
 
 def test_a_purge_while_redis_is_unreachable_answers_503(cluster, tmp_path):
-    token = tmp_path / "admin-token"
-    token.write_text(TOKEN)
-    token.chmod(0o600)
-    redis, a, b = cluster.pair("--admin-token-file", str(token))
+    redis, a, b = cluster.pair("--admin-token-file", _token_file(tmp_path))
     queue = "/queue/" + unique("unreachable")
     with ClientPool() as pool:
         pool.tcp(a.port).send(queue, "kept", headers={"persistent": "true"}, receipt=True)

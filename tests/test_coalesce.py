@@ -251,6 +251,12 @@ async def _connected_pair(receive_buffer: int = 0) -> tuple[object, socket.socke
     return transport, client, port
 
 
+async def _close_pair(transport, client: socket.socket, port) -> None:
+    client.close()
+    transport.loseConnection()
+    await port.stopListening()
+
+
 def _read_exactly(client: socket.socket, size: int) -> bytes:
     """Up to ``size`` bytes; fewer if the connection ends (closed or reset) first."""
     client.setblocking(True)
@@ -274,9 +280,7 @@ async def test_the_twisted_internals_write_now_reads_are_there():
         for name in TWISTED_INTERNALS:
             assert hasattr(transport, name), name
     finally:
-        client.close()
-        transport.loseConnection()
-        await port.stopListening()
+        await _close_pair(transport, client, port)
 
 
 @pytest_twisted.ensureDeferred
@@ -288,9 +292,7 @@ async def test_write_now_sends_at_once_when_twisted_holds_nothing():
         got = await deferToThread(_read_exactly, client, len(b"straight to the socket"))
         assert got == b"straight to the socket"
     finally:
-        client.close()
-        transport.loseConnection()
-        await port.stopListening()
+        await _close_pair(transport, client, port)
 
 
 @pytest_twisted.ensureDeferred
@@ -309,9 +311,7 @@ async def test_write_now_keeps_the_order_when_the_socket_takes_part():
         got = await deferToThread(_read_exactly, client, len(expected))
         assert got == expected
     finally:
-        client.close()
-        transport.loseConnection()
-        await port.stopListening()
+        await _close_pair(transport, client, port)
 
 
 @pytest_twisted.ensureDeferred
@@ -324,8 +324,7 @@ async def test_write_now_sends_nothing_on_an_aborted_connection():
         got = await deferToThread(_read_exactly, client, len(b"after the abort"))
         assert got == b""
     finally:
-        client.close()
-        await port.stopListening()
+        await _close_pair(transport, client, port)
 
 
 def test_write_now_on_another_transport_writes_through_it():
